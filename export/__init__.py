@@ -1,0 +1,1 @@
+"""The exporter: deploy IR, folding, packing and lowering to the triton / onnx / trt targets."""

@@ -1,0 +1,1 @@
+"""Triton integer kernels, each beside a plain integer reference (GPU; tests run in the interpreter)."""

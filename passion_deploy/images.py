@@ -1,0 +1,122 @@
+"""Image files in and out, and the resampling the one-step SR pipeline expects.
+
+Resampling uses PIL's bicubic filter (what OSEDiff and PassionSR use to make and upscale LR
+images), applied per channel in float mode so no 8-bit rounding sneaks in.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from .io_utils import atomic_path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class ImageError(ValueError):
+    """An image file that cannot be used; the message names the file and the problem."""
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """Any RGB/RGBA/grayscale/palette/16-bit image -> float32 tensor 3 x H x W in [0, 1]."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: the file is empty (0 bytes)")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = _to_rgb_array(im)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ImageError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from None
+    if arr.shape[0] < 1 or arr.shape[1] < 1:
+        raise ImageError(f"{path}: the image has no pixels")
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def _to_rgb_array(im: Image.Image) -> np.ndarray:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+        a = np.asarray(im).astype(np.float64)
+        top = 65535.0 if a.max() > 255 or im.mode.startswith("I;16") else 255.0
+        a = np.clip(a / top, 0.0, 1.0).astype(np.float32)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if im.mode == "F":
+        a = np.clip(np.asarray(im, dtype=np.float32), 0.0, 1.0)
+        return np.repeat(a[:, :, None], 3, axis=2)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # transparent pixels go on white, as an image viewer shows them
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, rgba)
+    a = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
+    return a
+
+
+def write_png(path: str | os.PathLike, img: torch.Tensor) -> None:
+    """3 x H x W tensor in [0, 1] -> 8-bit PNG, written to a temp file then renamed."""
+    arr = (img.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr, "RGB").save(tmp, format="PNG")
+
+
+def resize_bicubic(img: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """PIL bicubic resize of a (B x) 3 x H x W float tensor to size_hw, per channel in float mode.
+
+    PIL antialiases when downscaling (like MATLAB's imresize), which is how LR images of SR
+    datasets are made; upscaling is plain bicubic.
+    """
+    squeeze = img.dim() == 3
+    x = img[None] if squeeze else img
+    h, w = size_hw
+    out = torch.empty(x.shape[0], x.shape[1], h, w, dtype=torch.float32)
+    xs = x.detach().float().cpu().numpy()
+    for b in range(xs.shape[0]):
+        for c in range(xs.shape[1]):
+            ch = Image.fromarray(xs[b, c], mode="F").resize((w, h), Image.BICUBIC)
+            out[b, c] = torch.from_numpy(np.asarray(ch, dtype=np.float32))
+    out = out.to(img.device)
+    return out[0] if squeeze else out
+
+
+def upscale_bicubic(lr: torch.Tensor, scale: int = 4) -> torch.Tensor:
+    h, w = lr.shape[-2:]
+    return resize_bicubic(lr, (h * scale, w * scale)).clamp(0, 1)
+
+
+def downscale_bicubic(hr: torch.Tensor, scale: int = 4) -> torch.Tensor:
+    h, w = hr.shape[-2:]
+    if h % scale or w % scale:
+        raise ValueError(f"HR size {h}x{w} is not a multiple of {scale}")
+    return resize_bicubic(hr, (h // scale, w // scale)).clamp(0, 1)
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Reflect-pad the bottom/right of B x C x H x W so H and W are multiples; returns (padded, (H, W))."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+def list_images(path: str | os.PathLike) -> list[Path]:
+    """A single file, or the image files of a folder sorted by name (every regular file with an image suffix)."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [path]
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
+    """PSNR in dB of two same-shape tensors (RGB on [0, 1] unless peak says otherwise)."""
+    mse = torch.mean((a.double() - b.double()) ** 2).item()
+    if mse == 0:
+        return float("inf")
+    return 10.0 * np.log10(peak * peak / mse)

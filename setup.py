@@ -1,0 +1,46 @@
+"""passion-deploy: real low-bit deployment of PassionSR-quantized one-step diffusion SR."""
+import re
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "passion_deploy" / "__init__.py").read_text()).group(1)
+
+# kernels/ and export/ are top-level folders in the repo but install inside the package, so
+# nothing generic lands in site-packages.
+packages = ["passion_deploy"] + [f"passion_deploy.{p}" for p in find_packages("passion_deploy")]
+packages += ["passion_deploy.kernels"] + [f"passion_deploy.kernels.{p}" for p in find_packages("kernels")]
+packages += ["passion_deploy.export"] + [f"passion_deploy.export.{p}" for p in find_packages("export")]
+
+setup(
+    name="passion-deploy",
+    version=VERSION,
+    description="Calibrate, compile and verify PassionSR W8A8/W6A6 one-step diffusion super-resolution",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=packages,
+    package_dir={"passion_deploy.kernels": "kernels", "passion_deploy.export": "export"},
+    package_data={"passion_deploy": ["assets/*", "assets/*/*", "assets/*/*/*"]},
+    install_requires=[
+        "torch>=2.1",
+        "diffusers>=0.30",
+        "safetensors>=0.4",
+        "numpy>=1.24",
+        "pillow>=9",
+        "pyyaml>=6",
+        "tqdm>=4.60",
+    ],
+    extras_require={
+        "test": ["pytest>=7"],
+        "train": ["scikit-image>=0.22"],
+        "gpu": ["tensorrt", "pycuda", "onnxruntime-gpu"],
+    },
+    entry_points={
+        "console_scripts": [
+            "passion-sr=passion_deploy.cli.sr:main",
+            "passion-demo=passion_deploy.cli.demo:main",
+        ]
+    },
+)
