@@ -1,0 +1,162 @@
+"""Calibrated checkpoints: one safetensors file, no pickle anywhere on the load path.
+
+Tensors: every quantization tensor of the fake-quant model (quantizer boundaries, LET scales
+and offsets, attention scales, init flags) under `unet.` / `vae.` prefixes, plus optionally
+the FP weights under their usual diffusers names. Metadata (JSON strings): format and version,
+model preset, quantization config, the FP weights' source, tool version.
+
+Loading validates everything before touching a model: format, preset, config, the exact set
+of tensor names and every shape. A bad file fails with one sentence that names the problem.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from . import __version__, assets
+from .config import ConfigError, QuantConfig
+from .io_utils import atomic_path
+
+FORMAT = "passion-deploy/calibrated-checkpoint"
+FORMAT_VERSION = 1
+COMPONENTS = ("unet", "vae")
+BUNDLED = {"tiny-w8a8": "tiny/tiny-w8a8.safetensors", "tiny-w6a6": "tiny/tiny-w6a6.safetensors"}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file and the problem."""
+
+
+def quant_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The quantization tensors of a fake-quant component (everything but the FP model's own)."""
+    from .quant.attention import QuantAttnProcessor
+    from .quant.layers import QuantLayer
+
+    sd = module.state_dict()
+    keep = {}
+    for path, m in module.named_modules():
+        if isinstance(m, (QuantLayer, QuantAttnProcessor)):
+            fp_own = {f"{path}.weight", f"{path}.bias"} if isinstance(m, QuantLayer) else set()
+            for k in m.state_dict(prefix=f"{path}.").keys():
+                if k not in fp_own:
+                    keep[k] = sd[k]
+    return keep
+
+
+def save_checkpoint(pipe, path: str | Path, include_fp_weights: bool = False, extra: dict | None = None) -> None:
+    """Write the calibrated state of a fake-quant pipeline atomically."""
+    from safetensors.torch import save_file
+
+    config: QuantConfig = pipe.quant_config
+    tensors = {}
+    for comp in COMPONENTS:
+        module = getattr(pipe, comp)
+        sd = module.state_dict() if include_fp_weights else quant_state_dict(module)
+        tensors.update({f"{comp}.{k}": v.detach().contiguous().cpu() for k, v in sd.items()})
+    meta = {
+        "format": FORMAT,
+        "format_version": str(FORMAT_VERSION),
+        "tool_version": __version__,
+        "preset": pipe.preset,
+        "quant_config": config.to_json(),
+        "weights_source": getattr(pipe, "weights_source", "unknown"),
+        "includes_fp_weights": json.dumps(include_fp_weights),
+        "extra": json.dumps(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def resolve_checkpoint(name_or_path: str | Path) -> Path:
+    """A bundled checkpoint name (tiny-w8a8, tiny-w6a6) or a path."""
+    key = str(name_or_path)
+    if key in BUNDLED:
+        p = assets.path(BUNDLED[key])
+        if not p.is_file():
+            raise CheckpointError(f"{key}: the bundled checkpoint is not in this installation ({p})")
+        return p
+    return Path(name_or_path)
+
+
+def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) after checking the file is a readable checkpoint of this format."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes)")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors checkpoint, truncated or corrupt ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a passion-deploy calibrated checkpoint (format {meta.get('format')!r})")
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')} is not supported (this tool reads {FORMAT_VERSION})")
+    for key in ("preset", "quant_config", "includes_fp_weights"):
+        if key not in meta:
+            raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r}")
+    return meta, tensors
+
+
+def load_checkpoint(name_or_path: str | Path, preset: str | None = None, weights: str | Path | None = None):
+    """Build the fake-quant pipeline a checkpoint describes. Nothing is half-loaded: the model
+    is built and every tensor name and shape checked before any value is copied in."""
+    from .models import WeightsError, build_pipeline
+    from .quant.wrap import attention_processors, quantize_pipeline
+
+    path = resolve_checkpoint(name_or_path)
+    meta, tensors = read_checkpoint(path)
+    if preset is not None and preset != meta["preset"]:
+        raise CheckpointError(f"{path}: calibrated for preset {meta['preset']!r}, not {preset!r}")
+    try:
+        config = QuantConfig.from_dict(json.loads(meta["quant_config"]), f"{path} quant_config")
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise CheckpointError(f"{path}: bad quantization config in metadata ({e})") from None
+    includes_fp = json.loads(meta["includes_fp_weights"])
+    try:
+        if includes_fp:
+            pipe = build_pipeline(meta["preset"], random_weights=0)
+        else:
+            pipe = build_pipeline(meta["preset"], weights=weights)
+    except (WeightsError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build its model ({e})") from None
+    quantize_pipeline(pipe, config)
+    # attention scales per key token are sized by calibration: take the stored length
+    for comp in COMPONENTS:
+        for name, proc in attention_processors(getattr(pipe, comp)):
+            t = tensors.get(f"{comp}.{name}.s_vw")
+            if t is not None and t.dim() == 1:
+                proc.resize_s_vw(t.numel())
+    expected = {}
+    for comp in COMPONENTS:
+        module = getattr(pipe, comp)
+        sd = module.state_dict() if includes_fp else quant_state_dict(module)
+        expected.update({f"{comp}.{k}": v for k, v in sd.items()})
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing:
+        raise CheckpointError(f"{path}: {len(missing)} tensor(s) missing for this preset and config, e.g. {missing[0]!r}")
+    if extra:
+        raise CheckpointError(f"{path}: {len(extra)} unexpected tensor(s) for this preset and config, e.g. {extra[0]!r}")
+    for k, v in expected.items():
+        if tensors[k].shape != v.shape:
+            raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)}")
+        if tensors[k].dtype != v.dtype:
+            raise CheckpointError(f"{path}: tensor {k!r} has dtype {tensors[k].dtype}, expected {v.dtype}")
+    for comp in COMPONENTS:
+        prefix = f"{comp}."
+        getattr(pipe, comp).load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
+                                            strict=includes_fp)
+    pipe.weights_source = meta.get("weights_source", "unknown")
+    pipe.checkpoint_path = path
+    return pipe

@@ -1,0 +1,28 @@
+import os
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(scope="session")
+def calib_batches():
+    """Two small calibration batches of smooth random images (64x64, tiny's size multiple is 16)."""
+    g = torch.Generator().manual_seed(0)
+    lo = torch.rand(2, 3, 8, 8, generator=g)
+    x = torch.nn.functional.interpolate(lo, size=(64, 64), mode="bicubic", align_corners=False).clamp(0, 1)
+    return [x[:1], x[1:]]
+
+
+@pytest.fixture(scope="session")
+def tiny_w8a8(calib_batches):
+    """A statistics-calibrated W8A8 (UNet+VAE) fake-quant tiny pipeline, shared read-only."""
+    from passion_deploy.calibrate import statistics_pass
+    from passion_deploy.config import NAMED_CONFIGS
+    from passion_deploy.models import build_pipeline
+    from passion_deploy.quant import quantize_pipeline
+
+    pipe = quantize_pipeline(build_pipeline("tiny"), NAMED_CONFIGS["w8a8"])
+    statistics_pass(pipe, calib_batches, progress=False)
+    return pipe
