@@ -63,6 +63,7 @@ def save_checkpoint(pipe, path: str | Path, include_fp_weights: bool = False, ex
         "quant_config": config.to_json(),
         "weights_source": getattr(pipe, "weights_source", "unknown"),
         "includes_fp_weights": json.dumps(include_fp_weights),
+        "latent_tile": json.dumps(list(pipe.latent_tile)),
         "extra": json.dumps(extra or {}),
     }
     with atomic_path(path) as tmp:
@@ -102,7 +103,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise CheckpointError(f"{path}: not a passion-deploy calibrated checkpoint (format {meta.get('format')!r})")
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise CheckpointError(f"{path}: checkpoint format version {meta.get('format_version')} is not supported (this tool reads {FORMAT_VERSION})")
-    for key in ("preset", "quant_config", "includes_fp_weights"):
+    for key in ("preset", "quant_config", "includes_fp_weights", "latent_tile"):
         if key not in meta:
             raise CheckpointError(f"{path}: checkpoint metadata lacks {key!r}")
     return meta, tensors
@@ -157,6 +158,7 @@ def load_checkpoint(name_or_path: str | Path, preset: str | None = None, weights
         prefix = f"{comp}."
         getattr(pipe, comp).load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
                                             strict=includes_fp)
+    pipe.latent_tile = tuple(json.loads(meta["latent_tile"]))
     pipe.weights_source = meta.get("weights_source", "unknown")
     pipe.checkpoint_path = path
     return pipe

@@ -79,7 +79,7 @@ def resize_bicubic(img: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
     for b in range(xs.shape[0]):
         for c in range(xs.shape[1]):
             ch = Image.fromarray(xs[b, c], mode="F").resize((w, h), Image.BICUBIC)
-            out[b, c] = torch.from_numpy(np.asarray(ch, dtype=np.float32))
+            out[b, c] = torch.from_numpy(np.array(ch, dtype=np.float32))
     out = out.to(img.device)
     return out[0] if squeeze else out
 

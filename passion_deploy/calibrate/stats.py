@@ -29,6 +29,12 @@ def statistics_pass(pipe, batches: Iterable[torch.Tensor], progress: bool = True
     batches = list(batches)
     if not batches:
         raise ValueError("the statistics pass needs at least one calibration batch")
+    sizes = {tuple(b.shape[-2:]) for b in batches}
+    if len(sizes) != 1:
+        raise ValueError(f"calibration batches must share one size (attention scales are per token), got {sorted(sizes)}")
+    (hh, ww), = sizes
+    # the UNet is now tied to this latent tile (see models/tiling.py)
+    pipe.latent_tile = (hh // pipe.vae_factor, ww // pipe.vae_factor)
     modules = [pipe.unet, pipe.vae]
     try:
         for m in modules:
