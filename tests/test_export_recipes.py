@@ -1,0 +1,213 @@
+"""Deploy-IR recipes and the integer algebra, each layer kind against its fake-quant layer.
+
+`run_layer` / `run_attention` compute with integer operands, zero points and compensation
+terms only (int_algebra); they must reproduce the fake-quant function to float precision."""
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+from passion_deploy.export import int_algebra as ia
+from passion_deploy.export.recipes import attention_recipe, layer_recipe, run_attention, run_layer
+from passion_deploy.quant.attention import QuantAttnProcessor
+from passion_deploy.quant.layers import QuantConv, QuantLinear
+from passion_deploy.quant.quantizer import QuantSpec
+from passion_deploy.quant.wrap import set_observers
+
+SPECS = {
+    "w8a8": (QuantSpec(8), QuantSpec(8)),
+    "w6a6": (QuantSpec(6), QuantSpec(6)),
+    "w8a8-sym": (QuantSpec(8, sym=True), QuantSpec(8, sym=True)),
+    "w6a6-signed": (QuantSpec(6, sign=True), QuantSpec(6, sign=True)),
+}
+
+
+def calibrated(layer, x, seed=0, let=True):
+    """Random LET scale/offset, then min/max calibration of every quantizer on x."""
+    g = torch.Generator().manual_seed(seed)
+    if let:
+        n = layer.let_scale.numel()
+        layer.let_scale.data = torch.exp(torch.randn(n, generator=g) * 0.5)
+        layer.let_offset.data = torch.randn(n, generator=g) * 0.5
+    set_observers(layer, act="minmax", weight="minmax")
+    with torch.no_grad():
+        layer(x)
+    set_observers(layer, act=None, weight=None)
+    return layer
+
+
+def make(kind, spec, split, let=True, let_form="consistent", **kw):
+    torch.manual_seed(0)
+    wspec, aspec = SPECS[spec]
+    mod = nn.Conv2d(6, 5, **kw) if kind == "conv" else nn.Linear(8, 6)
+    cls = QuantConv if kind == "conv" else QuantLinear
+    return cls(mod, wspec=wspec, aspec=aspec, split=split, use_let=let, let_form=let_form, s_alpha=0.5, only_weight=False)
+
+
+def assert_close(y, ref, tol=2e-6):
+    err = (y - ref).abs().max().item()
+    assert err <= tol * ref.abs().max().item(), f"max abs err {err} vs scale {ref.abs().max().item()}"
+
+
+CONVS = {"3x3s1": dict(kernel_size=3, padding=1), "3x3s2": dict(kernel_size=3, stride=2, padding=1),
+         "1x1": dict(kernel_size=1), "3x3pad0": dict(kernel_size=3)}
+
+
+@pytest.mark.parametrize("geom", list(CONVS))
+@pytest.mark.parametrize("spec", list(SPECS))
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("isa", ["portable", "vnni"])
+def test_conv_recipe_matches_fake_quant(geom, spec, split, isa):
+    layer = make("conv", spec, split, **CONVS[geom])
+    x = torch.randn(2, 6, 9, 7) * 2 + 0.3
+    calibrated(layer, x)
+    rec = layer_recipe("conv", layer)
+    assert rec.let_taps is not None and len(rec.weights) == (2 if split else 1)
+    with torch.no_grad():
+        assert_close(run_layer(rec, x, isa), layer(x))
+
+
+@pytest.mark.parametrize("shape", [(3, 8), (2, 10, 8), (1, 7, 8)])
+@pytest.mark.parametrize("spec", list(SPECS))
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("let_form", ["consistent", "reference"])
+def test_linear_recipe_matches_fake_quant(shape, spec, split, let_form):
+    layer = make("linear", spec, split, let_form=let_form)
+    x = torch.randn(*shape) * 2 - 0.2
+    calibrated(layer, x)
+    rec = layer_recipe("lin", layer)
+    with torch.no_grad():
+        assert_close(run_layer(rec, x), layer(x))
+
+
+def test_token_split_uses_two_activation_grids():
+    layer = make("linear", "w8a8", True)
+    x = torch.randn(1, 10, 8)
+    x[:, 5:] *= 10  # second token half has a much wider range
+    calibrated(layer, x)
+    rec = layer_recipe("lin", layer)
+    assert rec.act_split_on_tokens(3)
+    assert rec.acts[1].step > 5 * rec.acts[0].step
+    with torch.no_grad():
+        assert_close(run_layer(rec, x), layer(x))
+
+
+def test_conv_without_let_and_zero_offset_has_no_correction():
+    layer = make("conv", "w8a8", False, let=False, kernel_size=3, padding=1)
+    x = torch.randn(1, 6, 8, 8)
+    calibrated(layer, x, let=False)
+    rec = layer_recipe("c", layer)
+    assert rec.let_scale is None and rec.let_taps is None
+    with torch.no_grad():
+        assert_close(run_layer(rec, x), layer(x))
+
+
+def test_one_signed_weight_channel_and_out_of_range_activation_grid():
+    """Residual paths: a channel whose weights are all positive (weight zero point outside the
+    operand type: + B' * window sums) and an all-positive activation range (zp > 0: pad taps
+    corrected by a static map)."""
+    layer = make("conv", "w8a8", True, kernel_size=3, padding=1)
+    with torch.no_grad():
+        layer.weight[2] = layer.weight[2].abs() + 0.05
+    x = torch.rand(1, 6, 8, 8) + 1.0  # all positive
+    calibrated(layer, x, let=False)
+    rec = layer_recipe("c", layer)
+    aop = ia.act_operand(rec.acts[0])
+    assert aop.wide and aop.residual != 0
+    for isa in ("portable", "vnni"):
+        wop = ia.weight_operand(rec.weights[0].codes, rec.weights[0].grid, "u8" if isa == "portable" else "s8")
+        assert wop.has_residual and wop.residual[2] != 0 and not wop.residual[[0, 1, 3, 4]].any()
+        with torch.no_grad():
+            assert_close(run_layer(rec, x, isa), layer(x))
+
+
+@pytest.mark.parametrize("bits", [8, 6])
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_recipe_matches_fake_quant(bits, cross):
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=24 if cross else None, heads=2, dim_head=8)
+    proc = QuantAttnProcessor(QuantSpec(bits), head_dim=8, s_alpha=0.5)
+    attn.set_processor(proc)
+    hidden = torch.randn(1, 12, 16)
+    ctx = torch.randn(1, 7, 24) if cross else None
+    proc.let_observer = True
+    for q in proc.quantizers():
+        q.observer = "ema"
+    with torch.no_grad():
+        attn(hidden, encoder_hidden_states=ctx)
+    proc.let_observer = False
+    for q in proc.quantizers():
+        q.observer = None
+    rec = attention_recipe("attn", attn, proc)
+    with torch.no_grad():
+        q = attn.head_to_batch_dim(attn.to_q(hidden))
+        src = hidden if ctx is None else ctx
+        k, v = attn.head_to_batch_dim(attn.to_k(src)), attn.head_to_batch_dim(attn.to_v(src))
+        ref = proc.attention(q, k, v, attn.scale)
+        for isa in ("portable", "vnni"):
+            out = run_attention(rec, q, k, v, isa)
+            # scores agree to float rounding; a P code may flip where P*s_vw/D sits within
+            # rounding of a half step, which moves an output by at most one P step times |v|
+            bound = float(rec.p.step) * float(v.abs().max() / torch.from_numpy(rec.s_vw).min()) * 2
+            assert (out - ref).abs().max().item() <= max(bound, 1e-6 * ref.abs().max().item())
+            assert ((out - ref).abs() > 1e-5 * ref.abs().max()).float().mean() < 0.05
+
+
+@pytest.mark.parametrize("spec", list(SPECS))
+def test_act_operand_reproduces_grid_values(spec):
+    aspec = SPECS[spec][1]
+    for lo, hi in [(-3.0, 5.0), (0.5, 4.0), (-6.0, -2.0), (0.0, 1.0)]:
+        from passion_deploy.quant.quantizer import LBQuantizer
+        qz = LBQuantizer(aspec)
+        qz.x_min.data.fill_(lo)
+        qz.x_max.data.fill_(hi)
+        qz.initialized.fill_(True)
+        grid = ia.grid_of(qz)
+        x = torch.linspace(lo - 2, hi + 2, 1001)
+        j = ia.quant_codes(x, grid) + float(grid.zp)
+        for dtype in ("u8", "s8"):
+            op = ia.act_operand(grid, dtype)
+            a = ia.act_operand_values(x, op)
+            lo_t, hi_t = ia.DTYPE_RANGE[dtype]
+            assert a.min() >= lo_t and a.max() <= hi_t
+            assert lo_t <= op.kernel_zero <= hi_t
+            torch.testing.assert_close(a - op.kernel_zero + op.residual, j, rtol=0, atol=0)
+            assert (op.residual != 0) == op.wide
+
+
+def test_weight_operand_and_signed_shift():
+    rng = np.random.default_rng(0)
+    for bits, signed in [(8, False), (6, False), (8, True), (6, True)]:
+        lo = -(1 << (bits - 1)) if signed else 0
+        codes = rng.integers(lo, lo + (1 << bits), (4, 10))
+        zp = np.array([-(1 << bits) + 1, 0, -3, 400]) if not signed else np.array([0, 3, -7, 300])
+        grid = ia.Grid(np.ones(4, np.float32), zp, bits, signed)
+        j = codes + zp[:, None]
+        for dtype in ("u8", "s8"):
+            op = ia.weight_operand(codes, grid, dtype)
+            rebuilt = op.values.astype(np.int64) - op.zero.astype(np.int64)[:, None] + op.residual[:, None]
+            np.testing.assert_array_equal(rebuilt, j)
+            assert op.residual[3] != 0 and not op.residual[:3].any()
+        m, c = ia.to_signed(codes, grid)
+        assert m.min() >= -(1 << (bits - 1)) and m.max() < (1 << (bits - 1))
+        np.testing.assert_array_equal(m + c, j)
+
+
+def test_kernel_choice_respects_int16_saturation():
+    a8 = ia.act_operand(ia.Grid(np.float32(0.1), np.int64(-100), 8, False))
+    a6 = ia.act_operand(ia.Grid(np.float32(0.1), np.int64(-10), 6, False))
+    assert a8.max_abs == 255 and a6.max_abs == 63
+    assert ia.choose_weight_dtype(a8, 8, "portable") == "u8"
+    assert ia.choose_weight_dtype(a8, 6, "portable") == "s8"  # 2*255*32 fits int16
+    assert ia.choose_weight_dtype(a6, 8, "portable") == "s8"  # 2*63*128 fits int16
+    assert ia.choose_weight_dtype(a8, 8, "vnni") == "s8"
+    with pytest.raises(ValueError, match="unknown ISA"):
+        ia.choose_weight_dtype(a8, 8, "avx9")
+
+
+def test_ones_conv_map_is_exact_at_borders():
+    taps = torch.arange(1.0, 10.0).view(1, 3, 3)
+    m = ia.ones_conv_map(taps, (4, 5), (1, 1), (1, 1), (1, 1))
+    assert m[0, 1, 1] == 45  # interior: all nine taps
+    assert m[0, 0, 0] == 5 + 6 + 8 + 9  # corner: the four taps that see the image
