@@ -41,6 +41,7 @@ setup(
         "console_scripts": [
             "passion-sr=passion_deploy.cli.sr:main",
             "passion-demo=passion_deploy.cli.demo:main",
+            "passion-calibrate=passion_deploy.cli.calibrate:main",
         ]
     },
 )

@@ -45,17 +45,18 @@ def quant_state_dict(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return keep
 
 
-def save_checkpoint(pipe, path: str | Path, include_fp_weights: bool = False, extra: dict | None = None) -> None:
-    """Write the calibrated state of a fake-quant pipeline atomically."""
-    from safetensors.torch import save_file
-
-    config: QuantConfig = pipe.quant_config
+def checkpoint_tensors(pipe, include_fp_weights: bool = False) -> dict[str, torch.Tensor]:
     tensors = {}
     for comp in COMPONENTS:
         module = getattr(pipe, comp)
         sd = module.state_dict() if include_fp_weights else quant_state_dict(module)
         tensors.update({f"{comp}.{k}": v.detach().contiguous().cpu() for k, v in sd.items()})
-    meta = {
+    return tensors
+
+
+def checkpoint_metadata(pipe, include_fp_weights: bool = False, extra: dict | None = None) -> dict[str, str]:
+    config: QuantConfig = pipe.quant_config
+    return {
         "format": FORMAT,
         "format_version": str(FORMAT_VERSION),
         "tool_version": __version__,
@@ -66,8 +67,17 @@ def save_checkpoint(pipe, path: str | Path, include_fp_weights: bool = False, ex
         "latent_tile": json.dumps(list(pipe.latent_tile)),
         "extra": json.dumps(extra or {}),
     }
+
+
+def save_checkpoint(pipe, path: str | Path, include_fp_weights: bool = False, extra: dict | None = None,
+                    more_tensors: dict[str, torch.Tensor] | None = None) -> None:
+    """Write the calibrated state of a fake-quant pipeline atomically (temp file, then rename)."""
+    from safetensors.torch import save_file
+
+    tensors = checkpoint_tensors(pipe, include_fp_weights)
+    tensors.update(more_tensors or {})
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+        save_file(tensors, str(tmp), metadata=checkpoint_metadata(pipe, include_fp_weights, extra))
 
 
 def resolve_checkpoint(name_or_path: str | Path) -> Path:
@@ -109,34 +119,18 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     return meta, tensors
 
 
-def load_checkpoint(name_or_path: str | Path, preset: str | None = None, weights: str | Path | None = None):
-    """Build the fake-quant pipeline a checkpoint describes. Nothing is half-loaded: the model
-    is built and every tensor name and shape checked before any value is copied in."""
-    from .models import WeightsError, build_pipeline
-    from .quant.wrap import attention_processors, quantize_pipeline
+def apply_tensors(pipe, tensors: dict[str, torch.Tensor], path, includes_fp: bool = False) -> None:
+    """Check names, shapes and dtypes of `tensors` against the fake-quant `pipe`, then load them.
 
-    path = resolve_checkpoint(name_or_path)
-    meta, tensors = read_checkpoint(path)
-    if preset is not None and preset != meta["preset"]:
-        raise CheckpointError(f"{path}: calibrated for preset {meta['preset']!r}, not {preset!r}")
-    try:
-        config = QuantConfig.from_dict(json.loads(meta["quant_config"]), f"{path} quant_config")
-    except (json.JSONDecodeError, ConfigError) as e:
-        raise CheckpointError(f"{path}: bad quantization config in metadata ({e})") from None
-    includes_fp = json.loads(meta["includes_fp_weights"])
-    try:
-        if includes_fp:
-            pipe = build_pipeline(meta["preset"], random_weights=0)
-        else:
-            pipe = build_pipeline(meta["preset"], weights=weights)
-    except (WeightsError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot build its model ({e})") from None
-    quantize_pipeline(pipe, config)
-    # attention scales per key token are sized by calibration: take the stored length
+    Attention scales per key token are sized by calibration, so their length is taken from the
+    file. Nothing is copied unless everything matches.
+    """
+    from .quant.wrap import attention_processors
+
     for comp in COMPONENTS:
         for name, proc in attention_processors(getattr(pipe, comp)):
             t = tensors.get(f"{comp}.{name}.s_vw")
-            if t is not None and t.dim() == 1:
+            if t is not None and t.dim() == 1 and t.numel() != proc.s_vw.numel():
                 proc.resize_s_vw(t.numel())
     expected = {}
     for comp in COMPONENTS:
@@ -154,11 +148,41 @@ def load_checkpoint(name_or_path: str | Path, preset: str | None = None, weights
             raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(tensors[k].shape)}, expected {tuple(v.shape)}")
         if tensors[k].dtype != v.dtype:
             raise CheckpointError(f"{path}: tensor {k!r} has dtype {tensors[k].dtype}, expected {v.dtype}")
-    for comp in COMPONENTS:
-        prefix = f"{comp}."
-        getattr(pipe, comp).load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)},
-                                            strict=includes_fp)
+    with torch.no_grad():
+        for comp in COMPONENTS:
+            prefix = f"{comp}."
+            getattr(pipe, comp).load_state_dict(
+                {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=includes_fp)
+
+
+def load_checkpoint(name_or_path: str | Path, preset: str | None = None, weights: str | Path | None = None):
+    """Build the fake-quant pipeline a checkpoint describes. Nothing is half-loaded: the model
+    is built and every tensor name and shape checked before any value is copied in."""
+    from .models import WeightsError, build_pipeline
+    from .quant.wrap import quantize_pipeline
+
+    path = resolve_checkpoint(name_or_path)
+    meta, tensors = read_checkpoint(path)
+    if preset is not None and preset != meta["preset"]:
+        raise CheckpointError(f"{path}: calibrated for preset {meta['preset']!r}, not {preset!r}")
+    try:
+        config = QuantConfig.from_dict(json.loads(meta["quant_config"]), f"{path} quant_config")
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise CheckpointError(f"{path}: bad quantization config in metadata ({e})") from None
+    includes_fp = json.loads(meta["includes_fp_weights"])
+    try:
+        if includes_fp:
+            pipe = build_pipeline(meta["preset"], random_weights=0)
+        else:
+            pipe = build_pipeline(meta["preset"], weights=weights)
+    except (WeightsError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot build its model ({e})") from None
+    recorded = meta.get("weights_source", "unknown")
+    if not includes_fp and recorded != "unknown" and recorded != pipe.weights_source:
+        raise CheckpointError(f"{path}: calibrated on FP weights {recorded!r} but the weights given are {pipe.weights_source!r}")
+    quantize_pipeline(pipe, config)
+    apply_tensors(pipe, tensors, path, includes_fp)
     pipe.latent_tile = tuple(json.loads(meta["latent_tile"]))
-    pipe.weights_source = meta.get("weights_source", "unknown")
+    pipe.weights_source = recorded
     pipe.checkpoint_path = path
     return pipe

@@ -34,3 +34,44 @@ def pair_from_hr(hr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def photo_batches(paths: list[Path], size_px: int) -> list[torch.Tensor]:
     """One 1 x 3 x size x size pipeline input per photo (centre square, LR made from it)."""
     return [pair_from_hr(center_square(read_image(p), size_px))[0][None] for p in paths]
+
+
+class CalibrationDataError(ValueError):
+    """Calibration images that cannot be used; the message names the folder or file."""
+
+
+def load_calibration_pairs(folder: str | Path, size_px: int) -> list[tuple[torch.Tensor, torch.Tensor, str]]:
+    """(lr_up, hr, name) per image of a calibration folder, both 1 x 3 x size x size.
+
+    The folder holds `lr/` and `hr/` with matching file names (LR then bicubic-upscaled x4), or
+    only HR images (directly or in `hr/`), whose LR is made by bicubic x4 downscaling. HR is
+    centre-cropped to a square and resized to `size_px` (the calibrated tile size).
+    """
+    from ..images import ImageError
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CalibrationDataError(f"{folder}: calibration image folder does not exist")
+    hr_dir = folder / "hr" if (folder / "hr").is_dir() else folder
+    lr_dir = folder / "lr" if (folder / "lr").is_dir() else None
+    hr_files = list_images(hr_dir)
+    if not hr_files:
+        raise CalibrationDataError(f"{hr_dir}: no calibration images found")
+    if size_px % (4 * SCALE):
+        raise CalibrationDataError(f"{folder}: process size {size_px} must be a multiple of {4 * SCALE}")
+    pairs = []
+    for f in hr_files:
+        try:
+            hr = center_square(read_image(f), size_px)
+            if lr_dir is not None:
+                match = [p for p in list_images(lr_dir) if p.stem == f.stem]
+                if not match:
+                    raise CalibrationDataError(f"{lr_dir}: no LR image matches {f.name}")
+                lr = center_square(read_image(match[0]), size_px // SCALE)
+                lr_up = upscale_bicubic(lr, SCALE)
+            else:
+                lr_up = pair_from_hr(hr)[0]
+        except ImageError as e:
+            raise CalibrationDataError(str(e)) from None
+        pairs.append((lr_up[None], hr[None], f.stem))
+    return pairs

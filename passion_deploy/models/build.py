@@ -18,13 +18,18 @@ class WeightsError(ValueError):
 def load_context(path: str | Path | None = None) -> torch.Tensor:
     """The fixed cross-attention context: the real SD2.1 empty-prompt embedding by default."""
     path = Path(path) if path else assets.path("sd21_empty_context.safetensors")
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such context embedding file")
     try:
-        tensors = load_file(str(path))
-    except Exception as e:  # safetensors raises several types for bad files
-        raise WeightsError(f"{path}: not a readable context file ({e})") from None
-    if "context" not in tensors:
-        raise WeightsError(f"{path}: has no tensor named 'context'")
-    ctx = tensors["context"].float()
+        if path.suffix == ".safetensors":
+            ctx = load_file(str(path)).get("context")
+        else:  # PassionSR ships empty_context_embedding.pt: a pickled tensor, read without code execution
+            ctx = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # safetensors and torch raise several types for bad files
+        raise WeightsError(f"{path}: not a readable context file ({e.__class__.__name__})") from None
+    if not isinstance(ctx, torch.Tensor):
+        raise WeightsError(f"{path}: holds no context tensor (expected 'context', 77 x dim)")
+    ctx = ctx.float()
     if ctx.dim() == 2:
         ctx = ctx[None]
     return ctx
