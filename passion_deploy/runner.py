@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 from .images import pad_to_multiple, upscale_bicubic
-from .models.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, denoise_tiled
+from .models.presets import get_preset
+from .models.tiling import DEFAULT_OVERLAP, denoise_tiled
 
 BACKENDS = ("fp32", "fp16", "fakequant")
 SCALE = 4
@@ -25,11 +26,12 @@ class SRModel:
         return torch.float16 if self.backend == "fp16" else torch.float32
 
 
-def calibrate_on_photos(pipe, latent_tile: int = DEFAULT_TILE, progress: bool = True, exclude: tuple[str, ...] = ()):
+def calibrate_on_photos(pipe, latent_tile: int | None = None, progress: bool = True, exclude: tuple[str, ...] = ()):
     """Statistics-only calibration on the bundled photos at one latent tile (no checkpoint needed)."""
     from .calibrate.data import bundled_photos, photo_batches
     from .calibrate.stats import statistics_pass
 
+    latent_tile = latent_tile or get_preset(pipe.preset).latent_tile
     photos = [p for p in bundled_photos() if p.stem not in exclude] or bundled_photos()
     if not photos:
         raise ValueError("no calibration photos are bundled in this installation; pass --ckpt")
@@ -59,7 +61,8 @@ def load_model(preset: str = "tiny", backend: str = "fp32", weights=None, lora=N
     pipe = build_pipeline(preset, weights, lora, random_weights)
     if backend == "fp16":
         pipe = pipe.half()
-    return SRModel(pipe, backend, (DEFAULT_TILE, DEFAULT_TILE), f"{backend} ({pipe.weights_source})")
+    tile = get_preset(preset).latent_tile
+    return SRModel(pipe, backend, (tile, tile), f"{backend} ({pipe.weights_source})")
 
 
 @torch.no_grad()

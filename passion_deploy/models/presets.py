@@ -75,6 +75,7 @@ class Preset:
     name: str
     unet: dict
     vae: dict
+    latent_tile: int  # default UNet tile (latent pixels): SD's 64 (512 px); tiny's 32 (128 px)
 
     @property
     def vae_factor(self) -> int:
@@ -89,8 +90,8 @@ class Preset:
 
 
 PRESETS = {
-    "sd21": Preset("sd21", SD21_UNET, SD21_VAE),
-    "tiny": Preset("tiny", TINY_UNET, TINY_VAE),
+    "sd21": Preset("sd21", SD21_UNET, SD21_VAE, latent_tile=64),
+    "tiny": Preset("tiny", TINY_UNET, TINY_VAE, latent_tile=32),
 }
 
 

@@ -12,7 +12,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-DEFAULT_TILE = 64
 DEFAULT_OVERLAP = 32
 GAUSS_VAR = 0.01  # variance of the blending window on a [0, 1] tile coordinate, as in OSEDiff
 

@@ -31,6 +31,8 @@ def round_half_away(v: torch.Tensor) -> torch.Tensor:
 
 def round_ste(v: torch.Tensor) -> torch.Tensor:
     """Round half away from zero with an identity gradient."""
+    if not v.requires_grad:  # inference: no gradient to route around the rounding
+        return round_half_away(v)
     return v + (round_half_away(v) - v).detach()
 
 
