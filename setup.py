@@ -12,6 +12,7 @@ VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "passion_deploy" / "__in
 packages = ["passion_deploy"] + [f"passion_deploy.{p}" for p in find_packages("passion_deploy")]
 packages += ["passion_deploy.kernels"] + [f"passion_deploy.kernels.{p}" for p in find_packages("kernels")]
 packages += ["passion_deploy.export"] + [f"passion_deploy.export.{p}" for p in find_packages("export")]
+packages += ["passion_deploy.benchmarks"]
 
 setup(
     name="passion-deploy",
@@ -21,7 +22,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=packages,
-    package_dir={"passion_deploy.kernels": "kernels", "passion_deploy.export": "export"},
+    package_dir={"passion_deploy.kernels": "kernels", "passion_deploy.export": "export",
+                 "passion_deploy.benchmarks": "benchmarks"},
     package_data={"passion_deploy": ["assets/*", "assets/*/*", "assets/*/*/*"]},
     install_requires=[
         "torch>=2.1",
@@ -33,7 +35,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7"],
+        "test": ["pytest>=7", "onnx>=1.16", "onnxruntime>=1.17"],
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],  # the onnx export target and its runtime
         "train": ["scikit-image>=0.22"],
         "gpu": ["tensorrt", "pycuda", "onnxruntime-gpu"],
     },
@@ -42,6 +45,8 @@ setup(
             "passion-sr=passion_deploy.cli.sr:main",
             "passion-demo=passion_deploy.cli.demo:main",
             "passion-calibrate=passion_deploy.cli.calibrate:main",
+            "passion-export=passion_deploy.cli.export:main",
+            "passion-bench=passion_deploy.cli.bench:main",
         ]
     },
 )

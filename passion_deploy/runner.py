@@ -40,11 +40,18 @@ def calibrate_on_photos(pipe, latent_tile: int | None = None, progress: bool = T
 
 
 def load_model(preset: str = "tiny", backend: str = "fp32", weights=None, lora=None, random_weights=None,
-               ckpt=None, config: str = "w8a8", progress: bool = True, calib_exclude: tuple[str, ...] = ()) -> SRModel:
+               ckpt=None, config: str = "w8a8", progress: bool = True, calib_exclude: tuple[str, ...] = (),
+               model_dir=None) -> SRModel:
     from .checkpoint import load_checkpoint
     from .config import resolve_quant_config
     from .models import build_pipeline
     from .quant import quantize_pipeline
+
+    if model_dir is not None:  # an exported artifact (passion-export) runs on ONNX Runtime
+        from .export.runtime import OnnxSR
+
+        rt = OnnxSR(model_dir)
+        return SRModel(rt, "onnx", rt.latent_tile, rt.description)
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

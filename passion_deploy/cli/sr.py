@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", help="calibrated checkpoint (path, or bundled name such as tiny-w8a8) for --backend fakequant")
     p.add_argument("--config", default="w8a8",
                    help="quantization config when no --ckpt is given: w8a8, w6a6, w8a8-unet, w6a6-unet or a YAML file")
+    p.add_argument("--model", metavar="DIR", help="an artifact directory written by passion-export (replaces --backend)")
     p.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
     return p
 
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"passion-sr: {src}: no images found (looked for .png/.jpg/.jpeg/.bmp/.tif/.webp)", file=sys.stderr)
         return 2
     try:
-        model = load_model(args.preset, args.backend, args.weights, args.lora, args.random_weights, args.ckpt, args.config)
+        model = load_model(args.preset, args.backend, args.weights, args.lora, args.random_weights, args.ckpt, args.config,
+                           model_dir=args.model)
     except (CheckpointError, ConfigError, WeightsError, ValueError) as e:
         print(f"passion-sr: {e}", file=sys.stderr)
         return 2

@@ -1,0 +1,1 @@
+"""Benchmark harness and report writers (installed as passion_deploy.benchmarks); measured runs live in results/."""

@@ -1,0 +1,203 @@
+"""Latency and memory of an exported artifact against its FP32 baselines, per component.
+
+Variants, all on the same input in one process:
+    int_onnx    the artifact's integer ONNX model (ONNX Runtime, CPU provider)
+    fp32_onnx   the same IR graph traced without quantization, lowered the same way
+    torch_fp32  the FP model in PyTorch eager mode
+
+Every variant is warmed up, then the variants are timed in alternation (run 1 of each, run 2
+of each, ...) so that load changes on a shared machine hit all of them alike; the median of
+>= 5 runs is reported with every sample. Memory, sampled from /proc/self/status: the resident-set increase while a
+variant's session is loaded and warmed up (weights + workspace; for PyTorch its FP32
+parameters + workspace) and the process's peak while it runs; weight bytes are the files it
+loads.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+VARIANTS = ("int_onnx", "fp32_onnx", "torch_fp32")
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def rss_bytes() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PeakRSS:
+    """Highest resident set size seen while the block runs (sampled every 2 ms)."""
+
+    def __enter__(self):
+        self.peak = rss_bytes()
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._sample, daemon=True)
+        self._t.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.002)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def machine_info() -> dict:
+    from passion_deploy.export.artifact import cpu_flags, cpu_model
+
+    flags = cpu_flags()
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "cpu_flags": {f: f in flags for f in CPU_FLAGS},
+            "platform": platform.platform(), "python": sys.version.split()[0], "load_average": load,
+            "torch_threads": torch.get_num_threads()}
+
+
+def versions() -> dict:
+    import diffusers
+    import onnx
+    import onnxruntime
+
+    from passion_deploy import __version__
+
+    return {"passion_deploy": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "onnx": onnx.__version__, "numpy": np.__version__, "diffusers": diffusers.__version__}
+
+
+def bench_inputs(manifest: dict, vae_px: int | None, seed: int = 0) -> dict[str, tuple[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    p = manifest["pipeline"]
+    th, tw = p["latent_tile"]
+    px = vae_px or th * p["vae_factor"]
+    if px % p["size_multiple"]:
+        raise ValueError(f"--vae-size {px} must be a multiple of {p['size_multiple']}")
+    lo = torch.rand(1, 3, max(px // 8, 2), max(px // 8, 2), generator=g)
+    image = torch.nn.functional.interpolate(lo, size=(px, px), mode="bicubic", align_corners=False).clamp(0, 1)
+    return {"unet": ("latent", torch.randn(1, 4, th, tw, generator=g)),
+            "vae_encoder": ("image", image),
+            "vae_decoder": ("latent", torch.randn(1, 4, px // p["vae_factor"], px // p["vae_factor"], generator=g) * 3)}
+
+
+def _dir_bytes(d: Path, files: list[str]) -> int:
+    return sum((d / f).stat().st_size for f in files if f and (d / f).exists())
+
+
+def run_benchmark(model_dir: str | Path, components: list[str] | None = None, runs: int = 5, warmup: int = 1,
+                  vae_px: int | None = None, threads: int | None = None, torch_eager: bool = True,
+                  progress: bool = True, log=print) -> dict:
+    from tqdm import tqdm
+
+    from passion_deploy.export.exporter import save_onnx
+    from passion_deploy.export.fp_model import fp_copy
+    from passion_deploy.export.onnx_lower import lower_graph
+    from passion_deploy.export.runtime import OnnxSR, session
+    from passion_deploy.export.trace import trace_component
+
+    if runs < 5:
+        raise ValueError("--runs must be at least 5 (the median of fewer runs is not reported)")
+    model_dir = Path(model_dir)
+    rt = OnnxSR(model_dir, threads=threads, load_sessions=False)  # sessions are loaded below, measured
+    m = rt.manifest
+    components = components or list(m["components"])
+    missing = [c for c in components if c not in m["components"]]
+    if missing:
+        raise ValueError(f"{model_dir}: the artifact has no {missing[0]} component")
+    if threads:
+        torch.set_num_threads(threads)
+    inputs = bench_inputs(m, vae_px)
+    record = {"model_dir": str(model_dir), "source_checkpoint": m["source_checkpoint"], "quant_config": m["quant_config_name"],
+              "isa": m["isa"], "machine": machine_info(), "versions": versions(),
+              "settings": {"runs": runs, "warmup": warmup, "ort_intra_op_threads": threads or "default",
+                           "order": "variants alternate within each run"}, "components": {}}
+    log(f"passion-bench: loading the fake-quant checkpoint for the FP32 baselines ({m['source_checkpoint']['name']})")
+    pipe = rt.fallback()
+    tmp = Path(tempfile.mkdtemp(prefix="passion-bench-"))
+    fp_files = {}
+    try:
+        for comp in components:
+            name, x = inputs[comp]
+            log(f"passion-bench: building the FP32 ONNX baseline of {comp}")
+            with torch.no_grad():
+                g, _ = trace_component(pipe, comp, x, quantized=False, fold=bool(m["components"][comp].get("folded_constants", True)))
+            fp_files[comp] = save_onnx(lower_graph(g), tmp, comp)
+            del g
+        fp = fp_copy(pipe, inplace=True)  # the fake-quant model is not needed any more
+        rt._fallback = None
+        torch_fns = {"unet": fp.unet_eps, "vae_encoder": fp.encode, "vae_decoder": fp.decode}
+        for comp in components:
+            name, x = inputs[comp]
+            xn = x.numpy()
+            c = m["components"][comp]
+            rec = {"int_onnx": {"weight_bytes_on_disk": _dir_bytes(model_dir, [c["onnx"], c.get("onnx_data")]),
+                                "ir_bytes_on_disk": c["ir_file_bytes"]},
+                   "fp32_onnx": {"weight_bytes_on_disk": _dir_bytes(tmp, fp_files[comp])}}
+            fns = {}
+            # load each session and warm it up while sampling memory: weights + workspace
+            for v, path in (("int_onnx", model_dir / c["onnx"]), ("fp32_onnx", tmp / f"{comp}.onnx")):
+                before = rss_bytes()
+                with PeakRSS() as mem:
+                    sess = session(path, threads)
+                    for _ in range(warmup):
+                        sess.run(None, {name: xn})
+                rec[v]["load_and_warmup_rss_increase_bytes"] = mem.peak - before
+                fns[v] = (lambda s=sess: s.run(None, {name: xn}))
+            if torch_eager:
+                before = rss_bytes()
+                f = torch_fns[comp]
+                with torch.no_grad(), PeakRSS() as mem:
+                    for _ in range(warmup):
+                        f(x)
+                rec["torch_fp32"] = {"weight_bytes_in_memory": c["fp32_weight_bytes"],
+                                     "load_and_warmup_rss_increase_bytes": mem.peak - before + c["fp32_weight_bytes"]}
+                fns["torch_fp32"] = (lambda f=f: f(x))
+            for v in fns:
+                rec[v].update(samples_s=[], peak_rss_bytes=0)
+            with torch.no_grad():
+                for _ in tqdm(range(runs), desc=f"bench {comp}", unit="run", disable=not progress):
+                    for v, fn in fns.items():
+                        with PeakRSS() as mem:
+                            t0 = time.perf_counter()
+                            fn()
+                            rec[v]["samples_s"].append(time.perf_counter() - t0)
+                        rec[v]["peak_rss_bytes"] = max(rec[v]["peak_rss_bytes"], mem.peak)
+            for v in fns:
+                smp = rec[v]["samples_s"]
+                rec[v].update(median_s=statistics.median(smp), min_s=min(smp), max_s=max(smp))
+            speed = {"vs_fp32_onnx": rec["fp32_onnx"]["median_s"] / rec["int_onnx"]["median_s"]}
+            if "torch_fp32" in rec:
+                speed["vs_torch_fp32"] = rec["torch_fp32"]["median_s"] / rec["int_onnx"]["median_s"]
+            record["components"][comp] = {"input": {name: list(x.shape)}, "variants": rec, "speedup": speed,
+                                          "ir_vs_fp32_bytes": c["ir_vs_fp32"]}
+            log(f"  {comp:12s} int {rec['int_onnx']['median_s'] * 1e3:9.1f} ms   fp32 ORT {rec['fp32_onnx']['median_s'] * 1e3:9.1f} ms"
+                + (f"   torch {rec['torch_fp32']['median_s'] * 1e3:9.1f} ms" if "torch_fp32" in rec else "")
+                + f"   -> {speed['vs_fp32_onnx']:.2f}x vs FP32 ORT")
+            del fns
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    record["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return record

@@ -1,0 +1,40 @@
+"""Markdown summary of a benchmark record (benchmarks/harness.py)."""
+from __future__ import annotations
+
+LABELS = {"int_onnx": "integer ONNX (artifact)", "fp32_onnx": "FP32 ONNX Runtime", "torch_fp32": "PyTorch FP32 eager"}
+
+
+def _mb(n) -> str:
+    return f"{n / 1e6:,.1f}" if isinstance(n, (int, float)) else "-"
+
+
+def markdown(rec: dict) -> str:
+    m = rec["machine"]
+    flags = ", ".join(f for f, on in m["cpu_flags"].items() if on) or "none of " + ", ".join(m["cpu_flags"])
+    v = rec["versions"]
+    lines = [
+        f"# passion-bench: {rec['quant_config']} ({rec['isa']} int8 kernels)",
+        "",
+        f"- model: `{rec['model_dir']}` from `{rec['source_checkpoint']['name']}` "
+        f"(preset {rec['source_checkpoint']['preset']}, weights {rec['source_checkpoint']['weights_source']})",
+        f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, flags: {flags}; "
+        f"load average at start {m['load_average']}, at end {m.get('load_average_end')}",
+        f"- versions: onnxruntime {v['onnxruntime']}, torch {v['torch']}, onnx {v['onnx']}, passion-deploy {v['passion_deploy']}",
+        f"- method: {rec['settings']['warmup']} warm-up run(s), then {rec['settings']['runs']} runs with the variants "
+        "alternating; median (min-max) in ms",
+        "",
+        "| component | input | variant | median ms | min-max ms | variant ms / int ms | weights on disk MB | load+warm-up RSS MB | peak RSS MB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for comp, c in rec["components"].items():
+        shape = "x".join(str(d) for d in next(iter(c["input"].values())))
+        for var, r in c["variants"].items():
+            sp = "1.00x" if var == "int_onnx" else f"{r['median_s'] / c['variants']['int_onnx']['median_s']:.2f}x"
+            disk = r.get("weight_bytes_on_disk", r.get("weight_bytes_in_memory"))
+            lines.append(f"| {comp} | {shape} | {LABELS[var]} | {r['median_s'] * 1e3:,.1f} | "
+                         f"{r['min_s'] * 1e3:,.1f}-{r['max_s'] * 1e3:,.1f} | {sp} | {_mb(disk)} | "
+                         f"{_mb(r.get('load_and_warmup_rss_increase_bytes'))} | {_mb(r.get('peak_rss_bytes'))} |")
+    lines += ["", "Speed-up = variant median / integer median. PyTorch weights are its FP32 parameters in memory.",
+              "Deploy-IR packed weight file vs FP32 weight bytes: "
+              + ", ".join(f"{k} {c['ir_vs_fp32_bytes']:.3f}x" for k, c in rec["components"].items()), ""]
+    return "\n".join(lines)

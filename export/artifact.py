@@ -1,0 +1,115 @@
+"""Artifact directories: files written atomically, a manifest that describes and seals them.
+
+    DIR/manifest.json        format, tool version, source checkpoint sha256, quantization
+                             config, pipeline constants, per-component inputs/outputs and
+                             files, and the sha256 and size of every file
+    DIR/<component>.onnx     (+ .onnx.data external weights when the model exceeds 2 GB)
+    DIR/<component>.ir.safetensors   the deploy IR (packed weights + graph)
+
+The manifest is written last, so a directory with a manifest is complete. Loading re-hashes
+every file and refuses a missing, resized, modified or foreign file with one sentence.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from passion_deploy import __version__
+from passion_deploy.io_utils import atomic_write_text, sha256_file
+
+FORMAT = "passion-deploy/artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+class ArtifactError(ValueError):
+    """An artifact directory that cannot be used; the message names the file and the problem."""
+
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_vnni() -> bool:
+    return bool(cpu_flags() & VNNI_FLAGS)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def file_record(path: Path) -> dict:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def write_manifest(out_dir: Path, manifest: dict, files: list[str]) -> dict:
+    """Seal `files` (relative to out_dir) into the manifest and write it atomically, last."""
+    manifest = dict(manifest)
+    manifest["format"] = FORMAT
+    manifest["format_version"] = FORMAT_VERSION
+    manifest["tool_version"] = __version__
+    manifest["files"] = {f: file_record(out_dir / f) for f in sorted(set(files))}
+    atomic_write_text(out_dir / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def read_manifest(out_dir: str | os.PathLike, check_files: bool = True) -> dict:
+    d = Path(out_dir)
+    if not d.is_dir():
+        raise ArtifactError(f"{d}: no such artifact directory")
+    mpath = d / MANIFEST
+    if not mpath.is_file():
+        raise ArtifactError(f"{mpath}: missing; {d} is not a passion-export artifact (or its export did not finish)")
+    try:
+        m = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mpath}: not valid JSON ({e.__class__.__name__} at {getattr(e, 'pos', '?')})") from None
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ArtifactError(f"{mpath}: not a passion-deploy artifact manifest")
+    if m.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{mpath}: artifact format version {m.get('format_version')} is not supported (this tool reads {FORMAT_VERSION})")
+    for key in ("files", "components", "pipeline", "target"):
+        if key not in m:
+            raise ArtifactError(f"{mpath}: manifest lacks {key!r}")
+    if check_files:
+        check_artifact_files(d, m)
+    return m
+
+
+def check_artifact_files(d: Path, m: dict) -> None:
+    for name, rec in m["files"].items():
+        p = d / name
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise ArtifactError(f"{d / MANIFEST}: file entry {name!r} points outside the artifact directory")
+        if not p.is_file():
+            raise ArtifactError(f"{p}: listed in the manifest but missing")
+        if p.stat().st_size != rec["bytes"]:
+            raise ArtifactError(f"{p}: is {p.stat().st_size} bytes, the manifest says {rec['bytes']} (truncated or replaced); re-export")
+        if sha256_file(p) != rec["sha256"]:
+            raise ArtifactError(f"{p}: sha256 does not match the manifest (the file was modified or corrupted); re-export")
+    for comp, c in m["components"].items():
+        for key in ("onnx", "ir"):
+            if c.get(key) and c[key] not in m["files"]:
+                raise ArtifactError(f"{d / MANIFEST}: component {comp} names {c[key]} which is not sealed in the manifest")
+
+
+def check_cpu(m: dict, where: str) -> None:
+    """Artifacts with int8 weights on every 8x8 layer are exact only with VNNI (see int_algebra)."""
+    if m.get("isa") == "vnni" and not cpu_has_vnni():
+        raise ArtifactError(f"{where}: exported with --isa vnni, whose int8 GEMMs saturate on this CPU without VNNI "
+                            "and would compute wrong results; re-export with --isa portable")

@@ -1,0 +1,172 @@
+"""passion-export's work: checkpoint -> deploy IR -> target artifacts -> sealed directory."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+import torch
+from tqdm import tqdm
+
+from passion_deploy.io_utils import sha256_file
+
+from . import artifact
+from .irfile import save_ir, weight_bytes
+from .onnx_lower import lower_graph
+from .trace import COMPONENTS, ExportError, trace_component
+
+TARGETS = ("onnx", "triton", "trt")
+EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin for the graph itself
+QUANT_PARAM_SUFFIXES = (".x_min", ".x_max", ".let_scale", ".let_offset", ".s_qk", ".s_vw")
+
+
+def parse_tile(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ExportError(f"--tile {text!r}: expected LATENT_HxW such as 64x64") from None
+    if h <= 0 or w <= 0:
+        raise ExportError(f"--tile {text!r}: sides must be positive")
+    return h, w
+
+
+def resolve_isa(isa: str) -> str:
+    if isa == "auto":
+        return "vnni" if artifact.cpu_has_vnni() else "portable"
+    if isa not in ("portable", "vnni"):
+        raise ExportError(f"--isa {isa!r}: choose auto, portable or vnni")
+    return isa
+
+
+def probe_images(hw: tuple[int, int], count: int = 3, seed: int = 0) -> tuple[list[torch.Tensor], str]:
+    """Real-photo probes (bundled photos, centre squares, LR made the pipeline's way) for square
+    sizes; smooth random images when no photos are bundled or the size is not square."""
+    from passion_deploy.calibrate.data import bundled_photos, photo_batches
+
+    photos = bundled_photos()[:count]
+    if photos and hw[0] == hw[1]:
+        return photo_batches(photos, hw[0]), "photos: " + ", ".join(p.stem for p in photos)
+    g = torch.Generator().manual_seed(seed)
+    lo = torch.rand(count, 3, max(hw[0] // 8, 2), max(hw[1] // 8, 2), generator=g)
+    imgs = torch.nn.functional.interpolate(lo, size=hw, mode="bicubic", align_corners=False).clamp(0, 1)
+    why = "no photos bundled" if not photos else "non-square size"
+    return [imgs[i:i + 1] for i in range(count)], f"{count} smooth random images ({why})"
+
+
+def component_modules(pipe, component: str) -> list[torch.nn.Module]:
+    vae = pipe.vae
+    if component == "unet":
+        return [pipe.unet]
+    if component == "vae_encoder":
+        return [m for m in (vae.encoder, vae.quant_conv) if m is not None]
+    return [m for m in (vae.post_quant_conv, vae.decoder) if m is not None]
+
+
+def fp32_bytes(pipe, component: str) -> int:
+    """Bytes of the component's FP32 weights (quantization parameters excluded)."""
+    n = 0
+    for m in component_modules(pipe, component):
+        n += sum(p.numel() for name, p in m.named_parameters() if not name.endswith(QUANT_PARAM_SUFFIXES))
+    return 4 * n
+
+
+def save_onnx(model: onnx.ModelProto, out_dir: Path, stem: str) -> list[str]:
+    """Write <stem>.onnx (+ <stem>.onnx.data beyond 2 GB) atomically; returns the file names."""
+    big = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
+    name, data = f"{stem}.onnx", f"{stem}.onnx.data"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out_dir))
+    try:
+        if big:
+            onnx.save_model(model, str(tmp / name), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data, size_threshold=1024)
+        else:
+            onnx.save_model(model, str(tmp / name))
+        files = [data, name] if big else [name]
+        for f in files:  # data first: a model file never points at missing weights
+            (tmp / f).replace(out_dir / f)
+        if not big and (out_dir / data).exists():
+            (out_dir / data).unlink()
+        return files
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", components: tuple[str, ...] = COMPONENTS,
+                    tile: tuple[int, int] | None = None, isa: str = "auto", fold: bool = True,
+                    progress: bool = True, pipe=None) -> dict:
+    """Export the calibrated checkpoint `ckpt` (path or bundled name) to `out_dir`; returns the manifest."""
+    from passion_deploy.checkpoint import load_checkpoint, resolve_checkpoint
+
+    if target != "onnx":
+        raise ExportError(f"target {target!r} is not built yet; use --target onnx")
+    unknown = [c for c in components if c not in COMPONENTS]
+    if unknown or not components:
+        raise ExportError(f"--components: unknown {unknown[0]!r}; choose from {', '.join(COMPONENTS)}" if unknown
+                          else "--components: name at least one component")
+    isa = resolve_isa(isa)
+    t0 = time.perf_counter()
+    ckpt_path = resolve_checkpoint(ckpt)
+    if pipe is None:
+        pipe = load_checkpoint(ckpt)
+    calibrated = tuple(pipe.latent_tile)
+    tile = tuple(tile) if tile else calibrated
+    if "unet" in components and tile != calibrated:
+        raise ExportError(f"{ckpt_path}: the UNet was calibrated at {calibrated[0]}x{calibrated[1]} latent tiles "
+                          f"(its attention scale s_vw has one entry per token), so it cannot be exported at "
+                          f"{tile[0]}x{tile[1]}; omit --tile or export only the VAE components")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = out_dir / artifact.MANIFEST
+    if stale.exists():
+        stale.unlink()  # the directory is unsealed until the new manifest is written
+    images, probe_desc = probe_images((tile[0] * pipe.vae_factor, tile[1] * pipe.vae_factor), count=1)
+    with torch.no_grad():
+        x = images[0]
+        z = pipe.encode(x)
+        z0 = pipe.denoise(z) if "vae_decoder" in components else None
+    probes = {"unet": z, "vae_encoder": x, "vae_decoder": z0}
+    files, comps = [], {}
+    bar = tqdm(components, desc="export", unit="component", disable=not progress)
+    for comp in bar:
+        bar.set_postfix_str(f"{comp}: tracing")
+        graph, _ = trace_component(pipe, comp, probes[comp], quantized=True, fold=fold)
+        bar.set_postfix_str(f"{comp}: writing IR")
+        ir_name = f"{comp}.ir.safetensors"
+        save_ir(graph, out_dir / ir_name)
+        bar.set_postfix_str(f"{comp}: lowering to ONNX")
+        model = lower_graph(graph, isa)
+        onnx_files = save_onnx(model, out_dir, comp)
+        del model
+        files += [ir_name] + onnx_files
+        wb = weight_bytes(graph)
+        comps[comp] = {
+            "onnx": f"{comp}.onnx", "onnx_data": f"{comp}.onnx.data" if len(onnx_files) > 1 else None, "ir": ir_name,
+            "inputs": {k: list(v) for k, v in graph.inputs.items()},
+            "outputs": {k: list(v) for k, v in graph.outputs.items()},
+            "folded_constants": fold if comp == "unet" else None,
+            "quantized_layers": sum(1 for n in graph.nodes if n.op in ("qconv", "qlinear")),
+            "quantized_attention": sum(1 for n in graph.nodes if n.op == "qattention"),
+            "ir_file_bytes": (out_dir / ir_name).stat().st_size,
+            "onnx_bytes": sum((out_dir / f).stat().st_size for f in onnx_files),
+            "fp32_weight_bytes": fp32_bytes(pipe, comp),
+            **wb,
+        }
+        comps[comp]["ir_vs_fp32"] = round(comps[comp]["ir_file_bytes"] / comps[comp]["fp32_weight_bytes"], 4)
+    manifest = {
+        "target": target,
+        "isa": isa,
+        "source_checkpoint": {"name": str(ckpt), "path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path),
+                              "preset": pipe.preset, "weights_source": getattr(pipe, "weights_source", "unknown")},
+        "quant_config": json.loads(pipe.quant_config.to_json()),
+        "quant_config_name": pipe.quant_config.name,
+        "pipeline": {"timestep": 999, "scaling_factor": pipe.scaling_factor, "sqrt_alpha": pipe.sqrt_a,
+                     "sqrt_one_minus_alpha": pipe.sqrt_1ma, "vae_factor": pipe.vae_factor,
+                     "size_multiple": pipe.size_multiple, "latent_tile": list(tile)},
+        "components": comps,
+        "probe": probe_desc,
+        "export_seconds": round(time.perf_counter() - t0, 1),
+    }
+    return artifact.write_manifest(out_dir, manifest, files)

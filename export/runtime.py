@@ -1,0 +1,100 @@
+"""Run an exported ONNX artifact as a one-step SR pipeline (the interface of OneStepSR that
+the runner, verification and benchmarks use: encode, unet_eps, denoise, decode)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import artifact
+
+
+def session(path_or_bytes, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+class OnnxSR:
+    """A OneStepSR-like pipeline backed by ONNX Runtime sessions of an artifact directory.
+
+    Components the artifact does not contain run on the fake-quant checkpoint it was exported
+    from (loaded on first use)."""
+
+    backend = "onnx"
+
+    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, load_sessions: bool = True):
+        self.dir = Path(model_dir)
+        self.manifest = artifact.read_manifest(self.dir)
+        artifact.check_cpu(self.manifest, str(self.dir))
+        p = self.manifest["pipeline"]
+        self.scaling_factor = p["scaling_factor"]
+        self.sqrt_a, self.sqrt_1ma = p["sqrt_alpha"], p["sqrt_one_minus_alpha"]
+        self.vae_factor, self.size_multiple = p["vae_factor"], p["size_multiple"]
+        self.latent_tile = tuple(p["latent_tile"])
+        self.threads = threads
+        self.sessions = {c: session(self.dir / info["onnx"], threads) for c, info in self.manifest["components"].items()} \
+            if load_sessions else {}
+        self._fallback = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def description(self) -> str:
+        m = self.manifest
+        parts = ", ".join(sorted(self.sessions))
+        return f"ONNX Runtime {m['quant_config_name']} ({m['isa']}) from {self.dir} [{parts}]"
+
+    def fallback(self):
+        if self._fallback is None:
+            from passion_deploy.checkpoint import load_checkpoint
+
+            src = self.manifest["source_checkpoint"]
+            path = src["path"] if Path(src["path"]).is_file() else src["name"]
+            self._fallback = load_checkpoint(path)
+        return self._fallback
+
+    def _run(self, comp: str, name: str, x: torch.Tensor) -> torch.Tensor:
+        sess = self.sessions[comp]
+        outs = [sess.run(None, {name: x[i:i + 1].detach().float().cpu().numpy()})[0] for i in range(x.shape[0])]
+        return torch.from_numpy(np.concatenate(outs, axis=0))
+
+    def encode(self, lr_up: torch.Tensor) -> torch.Tensor:
+        if "vae_encoder" not in self.sessions:
+            with torch.no_grad():
+                return self.fallback().encode(lr_up)
+        return self._run("vae_encoder", "image", lr_up)
+
+    def unet_eps(self, z: torch.Tensor) -> torch.Tensor:
+        if "unet" not in self.sessions:
+            with torch.no_grad():
+                return self.fallback().unet_eps(z)
+        if tuple(z.shape[-2:]) != self.latent_tile:
+            raise ValueError(f"{self.dir}: the UNet runs on {self.latent_tile[0]}x{self.latent_tile[1]} latent tiles, got {tuple(z.shape[-2:])}")
+        return self._run("unet", "latent", z)
+
+    def z0_from_eps(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        # the reference computes this step in float64 (pipeline.OneStepSR.z0_from_eps)
+        return ((z.double() - self.sqrt_1ma * eps.double()) / self.sqrt_a).to(z.dtype)
+
+    def denoise(self, z: torch.Tensor) -> torch.Tensor:
+        return self.z0_from_eps(z, self.unet_eps(z))
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        if "vae_decoder" not in self.sessions:
+            with torch.no_grad():
+                return self.fallback().decode(z0)
+        return self._run("vae_decoder", "latent", z0)
+
+    def __call__(self, lr_up: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.denoise(self.encode(lr_up)))
