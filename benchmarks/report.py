@@ -22,6 +22,11 @@ def markdown(rec: dict) -> str:
         f"- versions: onnxruntime {v['onnxruntime']}, torch {v['torch']}, onnx {v['onnx']}, passion-deploy {v['passion_deploy']}",
         f"- method: {rec['settings']['warmup']} warm-up run(s), then {rec['settings']['runs']} runs with the variants "
         "alternating; median (min-max) in ms",
+    ]
+    if rec["settings"].get("isa_check_skipped_outputs_invalid"):
+        lines.append("- **timing only**: this int8-everywhere (vnni) artifact saturates int16 on this CPU without "
+                     "VNNI; its outputs are wrong here and only its latency is meaningful (the int8 GEMMs run faster still with VNNI)")
+    lines += [
         "",
         "| component | input | variant | median ms | min-max ms | variant ms / int ms | weights on disk MB | load+warm-up RSS MB | peak RSS MB |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|",

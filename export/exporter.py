@@ -56,6 +56,18 @@ def probe_images(hw: tuple[int, int], count: int = 3, seed: int = 0) -> tuple[li
     return [imgs[i:i + 1] for i in range(count)], f"{count} smooth random images ({why})"
 
 
+def trace_probes(pipe, tile: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Inputs to trace each component on. Tracing only needs the right shapes (recipes come
+    from the calibrated parameters, folded constants from t and the context), so the VAE
+    graphs, which accept any size, are traced on a small image and the UNet on a random
+    latent of its tile."""
+    g = torch.Generator().manual_seed(0)
+    small = 2 * pipe.size_multiple
+    return {"unet": torch.randn(1, 4, *tile, generator=g),
+            "vae_encoder": probe_images((small, small), count=1)[0][0],
+            "vae_decoder": torch.randn(1, 4, small // pipe.vae_factor, small // pipe.vae_factor, generator=g)}
+
+
 def component_modules(pipe, component: str) -> list[torch.nn.Module]:
     vae = pipe.vae
     if component == "unet":
@@ -122,12 +134,7 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
     stale = out_dir / artifact.MANIFEST
     if stale.exists():
         stale.unlink()  # the directory is unsealed until the new manifest is written
-    images, probe_desc = probe_images((tile[0] * pipe.vae_factor, tile[1] * pipe.vae_factor), count=1)
-    with torch.no_grad():
-        x = images[0]
-        z = pipe.encode(x)
-        z0 = pipe.denoise(z) if "vae_decoder" in components else None
-    probes = {"unet": z, "vae_encoder": x, "vae_decoder": z0}
+    probes = trace_probes(pipe, tile)
     files, comps = [], {}
     bar = tqdm(components, desc="export", unit="component", disable=not progress)
     for comp in bar:
@@ -141,6 +148,14 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
         onnx_files = save_onnx(model, out_dir, comp)
         del model
         files += [ir_name] + onnx_files
+        if "context" in graph.inputs:  # dynamic constants: the runtime feeds t=999 and this context
+            from safetensors.numpy import save_file
+
+            from passion_deploy.io_utils import atomic_path
+
+            with atomic_path(out_dir / "context.safetensors") as tmp:
+                save_file({"context": pipe.context.numpy().astype("float32")}, str(tmp))
+            files.append("context.safetensors")
         wb = weight_bytes(graph)
         comps[comp] = {
             "onnx": f"{comp}.onnx", "onnx_data": f"{comp}.onnx.data" if len(onnx_files) > 1 else None, "ir": ir_name,
@@ -166,7 +181,6 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
                      "sqrt_one_minus_alpha": pipe.sqrt_1ma, "vae_factor": pipe.vae_factor,
                      "size_multiple": pipe.size_multiple, "latent_tile": list(tile)},
         "components": comps,
-        "probe": probe_desc,
         "export_seconds": round(time.perf_counter() - t0, 1),
     }
     return artifact.write_manifest(out_dir, manifest, files)

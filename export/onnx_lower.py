@@ -34,6 +34,7 @@ OPSET = 21
 MS_DOMAIN = "com.microsoft"
 NP_OF = {"u8": np.uint8, "s8": np.int8}
 ONNX_OF = {"u8": TensorProto.UINT8, "s8": TensorProto.INT8}
+DTYPE_RANGE_OF = ia.DTYPE_RANGE
 INT64_MAX = np.iinfo(np.int64).max
 
 
@@ -83,11 +84,16 @@ def quantize(b: OnnxBuilder, x: str, op: ia.ActOperand, hint: str, axis: int | N
 
     With `axis`, per-channel steps and zero points (split halves in one pass)."""
     if op.wide:
-        zero = b.scalar(op.ql_zero, np.int16)
-        q = b.node("QuantizeLinear", [x, b.scalar(op.step, np.float32), zero], hint)
-        q = b.node("Cast", [q], hint, to=TensorProto.INT32)
-        q = b.node("Clip", [q, b.scalar(op.lo, np.int32), b.scalar(op.hi, np.int32)], hint)
-        return b.node("Cast", [q], hint, to=ONNX_OF[op.dtype])
+        # round(x/step) + zero does not fit an 8-bit zero point (e.g. softmax outputs whose range
+        # starts above 0): round into uint16, move by the zero point exactly in float, then let an
+        # 8-bit QuantizeLinear (scale 1) saturate; every step is exact on integers < 2^24
+        z16, zdq = (op.ql_zero, 0) if op.ql_zero >= 0 else (0, -op.ql_zero)
+        q = b.node("QuantizeLinear", [x, b.scalar(op.step, np.float32), b.scalar(z16, np.uint16)], hint)
+        f = b.node("DequantizeLinear", [q, b.scalar(1.0, np.float32), b.scalar(zdq, np.uint16)], hint)
+        q = b.node("QuantizeLinear", [f, b.scalar(1.0, np.float32), b.scalar(0, NP_OF[op.dtype])], hint)
+        if (op.lo, op.hi) != DTYPE_RANGE_OF[op.dtype]:
+            q = b.node("Clip", [q, b.scalar(op.lo, NP_OF[op.dtype]), b.scalar(op.hi, NP_OF[op.dtype])], hint)
+        return q
     if axis is None:
         q = b.node("QuantizeLinear", [x, b.scalar(op.step, np.float32), b.scalar(op.ql_zero, NP_OF[op.dtype])], hint)
     else:
@@ -119,9 +125,10 @@ def weight_matrix(op: ia.WeightOperand, codes_ndim: int) -> np.ndarray:
 
 
 def int_gemm(b: OnnxBuilder, a: str, aop: ia.ActOperand, wop: ia.WeightOperand, wmat: np.ndarray,
-             bias: np.ndarray | None, hint: str) -> str:
+             bias: np.ndarray | None, hint: str, wkey: str | None = None) -> str:
     """Da * Dw_o * sum_k (a - za)(b - zb) + bias, plus the one-signed-channel residual
-    B'_o * Da * Dw_o * sum_k (a - za) taken from an extra all-ones GEMM column."""
+    B'_o * Da * Dw_o * sum_k (a - za) taken from an extra all-ones GEMM column.
+    GEMMs with the same `wkey` (token halves of one K-group) share one weight initializer."""
     cout = wmat.shape[1]
     steps = wop.step.astype(np.float32)
     zeros = wop.zero
@@ -131,10 +138,12 @@ def int_gemm(b: OnnxBuilder, a: str, aop: ia.ActOperand, wop: ia.WeightOperand, 
         steps = np.append(steps, np.float32(1.0))
         zeros = np.append(zeros, np.zeros(1, zeros.dtype))
         bias = np.append(bias, np.float32(0.0))
-    y = b.node("MatMulIntegerToFloat", [a, b.init(hint + ".w", wmat), b.scalar(aop.step, np.float32),
-                                         b.init(hint + ".w_step", steps), b.scalar(aop.kernel_zero, np.uint8),
-                                         b.init(hint + ".w_zero", zeros), b.init(hint + ".bias", bias)],
-               hint, domain=MS_DOMAIN)
+    key = ("gemm", wkey or hint)
+    if key not in b._consts:
+        b._consts[key] = (b.init(hint + ".w", wmat), b.init(hint + ".w_step", steps), b.init(hint + ".w_zero", zeros))
+    w, w_step, w_zero = b._consts[key]
+    y = b.node("MatMulIntegerToFloat", [a, w, b.scalar(aop.step, np.float32), w_step, b.scalar(aop.kernel_zero, np.uint8),
+                                         w_zero, b.init(hint + ".bias", bias)], hint, domain=MS_DOMAIN)
     if not wop.has_residual:
         return y
     main = b.node("Slice", [y, b.i64([0]), b.i64([cout]), b.i64([-1])], hint)
@@ -196,19 +205,27 @@ def lower_qconv(b: OnnxBuilder, rec: QLayerRecipe, x: str, isa: str) -> str:
         for g, op in zip(groups, aops):
             part = xs if len(groups) == 1 else b.node("Slice", [xs, b.i64([g.k0]), b.i64([g.k1]), b.i64([1])], h)
             parts.append(b.node("Transpose", [quantize(b, part, op, h + ".a")], h, perm=[0, 2, 3, 1]))
-    y = None
+    # per-tap constants summed over the valid taps: the LET correction and the residual of
+    # activation grids outside the operand type (int_algebra.act_residual_taps)
     map_taps = None if rec.let_taps is None else rec.let_taps.astype(np.float64)
-    for gi, (g, op, a) in enumerate(zip(groups, aops, parts)):
-        wop = ia.weight_operand(g.codes, g.grid, ia.choose_weight_dtype(op, g.grid.bits, isa, ones_column=True))
-        cols = im2col_nhwc(b, a, rec, op.kernel_zero, "u8", h)
-        bias = _conv_bias(rec) if gi == 0 else None
-        yg = int_gemm(b, cols, op, wop, weight_matrix(wop, 4), bias, f"{h}.g{gi}")
-        y = yg if y is None else b.node("Add", [y, yg], h)
+    for g, op in zip(groups, aops):
         taps = ia.act_residual_taps(op, g.dequant().double())
         if taps is not None:
             map_taps = taps.numpy() if map_taps is None else map_taps + taps.numpy()
+    spatial_map = map_taps is not None and any(rec.padding)
+    bias = None if rec.bias is None else rec.bias.astype(np.float64)
+    if map_taps is not None and not spatial_map:  # no padding: the map is a constant per channel
+        const = map_taps.reshape(rec.out_channels, -1).sum(1)
+        bias = const if bias is None else bias + const
+    y = None
+    for gi, (g, op, a) in enumerate(zip(groups, aops, parts)):
+        wop = ia.weight_operand(g.codes, g.grid, ia.choose_weight_dtype(op, g.grid.bits, isa, ones_column=True))
+        cols = im2col_nhwc(b, a, rec, op.kernel_zero, "u8", h)
+        gb = None if (gi or bias is None) else bias.astype(np.float32)
+        yg = int_gemm(b, cols, op, wop, weight_matrix(wop, 4), gb, f"{h}.g{gi}")
+        y = yg if y is None else b.node("Add", [y, yg], h)
     y = b.node("Transpose", [y], h, perm=[0, 3, 1, 2])
-    if map_taps is not None and any(rec.padding):
+    if spatial_map:
         y = b.node("Add", [y, ones_map(b, x, map_taps, rec, h)], h)
     return y
 
@@ -256,7 +273,8 @@ def lower_qlinear(b: OnnxBuilder, rec: QLayerRecipe, x: str, shape: tuple, isa: 
             else:
                 a = q
             wop = ia.weight_operand(g.codes, g.grid, ia.choose_weight_dtype(op, g.grid.bits, isa, ones_column=True))
-            yg = int_gemm(b, a, op, wop, weight_matrix(wop, 2), bias if gi == 0 else None, f"{h}.r{ri}g{gi}")
+            yg = int_gemm(b, a, op, wop, weight_matrix(wop, 2), bias if gi == 0 else None, f"{h}.r{ri}g{gi}",
+                          wkey=f"{h}.g{gi}.{wop.dtype}")
             if op.residual:  # activation grid outside the operand type: a constant per output
                 res = ia.act_residual_taps(op, g.dequant().double()).numpy().astype(np.float32)
                 yg = b.node("Add", [yg, b.init(h + ".act_residual", res)], h)

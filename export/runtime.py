@@ -31,10 +31,12 @@ class OnnxSR:
 
     backend = "onnx"
 
-    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, load_sessions: bool = True):
+    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, load_sessions: bool = True,
+                 check_isa: bool = True):
         self.dir = Path(model_dir)
         self.manifest = artifact.read_manifest(self.dir)
-        artifact.check_cpu(self.manifest, str(self.dir))
+        if check_isa:
+            artifact.check_cpu(self.manifest, str(self.dir))
         p = self.manifest["pipeline"]
         self.scaling_factor = p["scaling_factor"]
         self.sqrt_a, self.sqrt_1ma = p["sqrt_alpha"], p["sqrt_one_minus_alpha"]
@@ -64,9 +66,22 @@ class OnnxSR:
             self._fallback = load_checkpoint(path)
         return self._fallback
 
+    def extra_feeds(self, comp: str) -> dict:
+        """Inputs of a UNet exported with --dynamic-constants: t = 999 and the stored context."""
+        inputs = self.manifest["components"][comp]["inputs"]
+        feeds = {}
+        if "timestep" in inputs:
+            feeds["timestep"] = np.array([self.manifest["pipeline"]["timestep"]], np.float32)
+        if "context" in inputs:
+            from safetensors.numpy import load_file
+
+            feeds["context"] = load_file(str(self.dir / "context.safetensors"))["context"]
+        return feeds
+
     def _run(self, comp: str, name: str, x: torch.Tensor) -> torch.Tensor:
         sess = self.sessions[comp]
-        outs = [sess.run(None, {name: x[i:i + 1].detach().float().cpu().numpy()})[0] for i in range(x.shape[0])]
+        extra = self.extra_feeds(comp)
+        outs = [sess.run(None, {name: x[i:i + 1].detach().float().cpu().numpy(), **extra})[0] for i in range(x.shape[0])]
         return torch.from_numpy(np.concatenate(outs, axis=0))
 
     def encode(self, lr_up: torch.Tensor) -> torch.Tensor:

@@ -109,13 +109,13 @@ def capture_layers(pipe, component: str, names: list[str], run) -> dict[str, np.
     return got
 
 
-def layer_table(model_dir: Path, component: str, manifest: dict, pipe, x: torch.Tensor, run_ref) -> list[dict]:
+def layer_table(model_dir: Path, component: str, manifest: dict, pipe, x: torch.Tensor, run_ref, extra: dict) -> list[dict]:
     g = load_ir(model_dir / manifest["components"][component]["ir"])
     qnodes = [n for n in g.nodes if n.op in ("qconv", "qlinear", "qattention")]
     model = lower_graph(g, manifest["isa"], probes=[n.outputs[0] for n in qnodes])
     sess = session(model.SerializeToString())
     del model
-    outs = sess.run([PROBE_PREFIX + n.outputs[0] for n in qnodes], {list(g.inputs)[0]: x.numpy()})
+    outs = sess.run([PROBE_PREFIX + n.outputs[0] for n in qnodes], {list(g.inputs)[0]: x.numpy(), **extra})
     refs = capture_layers(pipe, component, [n.name for n in qnodes], run_ref)
     rows = []
     for n, out in zip(qnodes, outs):
@@ -175,7 +175,7 @@ def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n
         z0 = pipe.denoise(z)
         inputs = {"vae_encoder": (x, lambda: pipe.encode(x)), "unet": (z, lambda: pipe.unet_eps(z)),
                   "vae_decoder": (z0, lambda: pipe.decode(z0))}
-        report["layers"] = {c: layer_table(model_dir, c, m, pipe, inputs[c][0], inputs[c][1]) for c in comps}
+        report["layers"] = {c: layer_table(model_dir, c, m, pipe, inputs[c][0], inputs[c][1], rt.extra_feeds(c)) for c in comps}
     e2e_psnr = report["end_to_end"]["psnr_vs_fakequant_db"]
     ok = e2e_psnr == "inf" or e2e_psnr >= min_psnr
     report["passed"] = ok

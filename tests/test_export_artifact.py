@@ -182,3 +182,18 @@ def test_w6a6_export(calib_batches, tmp_path):
         for art, ref, fpo in [(rt.encode(x), z, fp.encode(x)), (rt.unet_eps(z), pipe.unet_eps(z), fp.unet_eps(z)),
                               (rt.decode(z0), pipe.decode(z0), fp.decode(z0))]:
             assert abs(psnr(art, fpo, False) - psnr(ref, fpo, False)) < 1.0
+
+
+def test_dynamic_constants_artifact_runs_with_timestep_and_context(w8_ckpt, tiny_w8a8, calib_batches, tmp_path):
+    """--dynamic-constants --components unet: the UNet keeps timestep/context inputs (the
+    runtime feeds t=999 and the stored context); VAE components fall back to the checkpoint."""
+    assert export_cli.main(["--ckpt", str(w8_ckpt), "--target", "onnx", "--out", str(tmp_path / "d"), "--isa", "portable",
+                            "--components", "unet", "--dynamic-constants", "--no-progress"]) == 0
+    m = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    assert set(m["components"]["unet"]["inputs"]) == {"latent", "timestep", "context"}
+    assert "context.safetensors" in m["files"]
+    rt = OnnxSR(tmp_path / "d")
+    with torch.no_grad():
+        z = tiny_w8a8.encode(calib_batches[0])
+        assert torch.equal(rt.encode(calib_batches[0]), z)  # not exported: the fake-quant encoder
+        assert psnr(rt.unet_eps(z), tiny_w8a8.unet_eps(z), False) > 40

@@ -104,9 +104,10 @@ def test_qlinear_onnx_matches_fake_quant(shape, bits, split):
         check(run_onnx(lower_graph(single("qlinear", rec, {"x": x}, ref.shape), isa), {"x": x.numpy()}), ref)
 
 
-def test_residual_paths_one_signed_channel_and_positive_activations():
+@pytest.mark.parametrize("geom", ["3x3s1", "1x1"])
+def test_residual_paths_one_signed_channel_and_positive_activations(geom):
     torch.manual_seed(2)
-    layer = QuantConv(nn.Conv2d(6, 5, 3, padding=1), wspec=QuantSpec(8), aspec=QuantSpec(8), split=True, use_let=False,
+    layer = QuantConv(nn.Conv2d(6, 5, **CONVS[geom]), wspec=QuantSpec(8), aspec=QuantSpec(8), split=True, use_let=False,
                       let_form="consistent", s_alpha=0.5, only_weight=False)
     with torch.no_grad():
         layer.weight[1] = layer.weight[1].abs() + 0.05
@@ -134,7 +135,8 @@ def test_weight_only_layer():
 @pytest.mark.parametrize("bits", [8, 6])
 @pytest.mark.parametrize("cross", [False, True])
 @pytest.mark.parametrize("const_kv", [False, True])
-def test_qattention_onnx_matches_fake_quant(bits, cross, const_kv):
+@pytest.mark.parametrize("wide_p", [False, True])
+def test_qattention_onnx_matches_fake_quant(bits, cross, const_kv, wide_p):
     torch.manual_seed(0)
     attn = Attention(query_dim=16, cross_attention_dim=24 if cross else None, heads=2, dim_head=8)
     proc = QuantAttnProcessor(QuantSpec(bits), head_dim=8, s_alpha=0.5)
@@ -149,7 +151,10 @@ def test_qattention_onnx_matches_fake_quant(bits, cross, const_kv):
     proc.let_observer = False
     for q in proc.quantizers():
         q.observer = None
+    with torch.no_grad():  # P*s_vw range starting at 0, or well above it (near-uniform attention: zp > 0)
+        proc.p_quant.x_min.copy_(0.3 * proc.p_quant.x_max if wide_p else torch.zeros(()))
     rec = attention_recipe("attn", attn, proc)
+    assert (int(rec.p.zp) > 0) == wide_p and (ia.act_operand(rec.p).wide == (wide_p and bits == 8))
     with torch.no_grad():
         src = hidden if ctx is None else ctx
         q, k, v = attn.to_q(hidden), attn.to_k(src), attn.to_v(src)
