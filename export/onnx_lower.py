@@ -78,11 +78,9 @@ class OnnxBuilder:
 
 # -- shared pieces --------------------------------------------------------------------------
 
-def quantize(b: OnnxBuilder, x: str, op: ia.ActOperand, hint: str, axis: int | None = None,
-             steps: np.ndarray | None = None, zeros: np.ndarray | None = None) -> str:
-    """x -> operand (`op.dtype`), exactly clip(round(x / step) + zero, lo, hi).
-
-    With `axis`, per-channel steps and zero points (split halves in one pass)."""
+def quantize(b: OnnxBuilder, x: str, op: ia.ActOperand, hint: str) -> str:
+    """x -> operand (`op.dtype`), exactly clip(round(x / step) + zero, lo, hi) (ties aside:
+    QuantizeLinear rounds half to even where the fake-quant rounds half away from zero)."""
     if op.wide:
         # round(x/step) + zero does not fit an 8-bit zero point (e.g. softmax outputs whose range
         # starts above 0): round into uint16, move by the zero point exactly in float, then let an
@@ -94,11 +92,7 @@ def quantize(b: OnnxBuilder, x: str, op: ia.ActOperand, hint: str, axis: int | N
         if (op.lo, op.hi) != DTYPE_RANGE_OF[op.dtype]:
             q = b.node("Clip", [q, b.scalar(op.lo, NP_OF[op.dtype]), b.scalar(op.hi, NP_OF[op.dtype])], hint)
         return q
-    if axis is None:
-        q = b.node("QuantizeLinear", [x, b.scalar(op.step, np.float32), b.scalar(op.ql_zero, NP_OF[op.dtype])], hint)
-    else:
-        q = b.node("QuantizeLinear", [x, b.init(hint + ".steps", steps.astype(np.float32)),
-                                      b.init(hint + ".zeros", zeros.astype(NP_OF[op.dtype]))], hint, axis=axis)
+    q = b.node("QuantizeLinear", [x, b.scalar(op.step, np.float32), b.scalar(op.ql_zero, NP_OF[op.dtype])], hint)
     if op.needs_clip:
         q = b.node("Clip", [q, b.scalar(op.lo, NP_OF[op.dtype]), b.scalar(op.hi, NP_OF[op.dtype])], hint)
     return q
@@ -192,19 +186,13 @@ def lower_qconv(b: OnnxBuilder, rec: QLayerRecipe, x: str, isa: str) -> str:
     xs = let_transform(b, rec, x, 4)
     aops = [ia.act_operand(g, "u8") for g in rec.acts]
     groups = rec.weights
-    if len(groups) == 2 and not any(op.wide for op in aops) and aops[0].needs_clip == aops[1].needs_clip \
-            and (aops[0].lo, aops[0].hi) == (aops[1].lo, aops[1].hi):
-        # both channel halves in one QuantizeLinear with per-channel steps / zero points
-        steps = np.concatenate([np.full(g.k1 - g.k0, op.step, np.float32) for g, op in zip(groups, aops)])
-        zeros = np.concatenate([np.full(g.k1 - g.k0, op.ql_zero) for g, op in zip(groups, aops)])
-        q = quantize(b, xs, aops[0], h + ".a", axis=1, steps=steps, zeros=zeros)
-        t = b.node("Transpose", [q], h, perm=[0, 2, 3, 1])
-        parts = [b.node("Slice", [t, b.i64([g.k0]), b.i64([g.k1]), b.i64([3])], h) for g in groups]
-    else:
-        parts = []
-        for g, op in zip(groups, aops):
-            part = xs if len(groups) == 1 else b.node("Slice", [xs, b.i64([g.k0]), b.i64([g.k1]), b.i64([1])], h)
-            parts.append(b.node("Transpose", [quantize(b, part, op, h + ".a")], h, perm=[0, 2, 3, 1]))
+    # one per-tensor QuantizeLinear per channel half (contiguous NCHW slices): a per-channel
+    # QuantizeLinear would be exact too, but ONNX Runtime's transpose optimizer moves it behind
+    # the NHWC transpose, where per-axis quantization along the last axis is ~50x slower
+    parts = []
+    for g, op in zip(groups, aops):
+        part = xs if len(groups) == 1 else b.node("Slice", [xs, b.i64([g.k0]), b.i64([g.k1]), b.i64([1])], h)
+        parts.append(b.node("Transpose", [quantize(b, part, op, h + ".a")], h, perm=[0, 2, 3, 1]))
     # per-tap constants summed over the valid taps: the LET correction and the residual of
     # activation grids outside the operand type (int_algebra.act_residual_taps)
     map_taps = None if rec.let_taps is None else rec.let_taps.astype(np.float64)
