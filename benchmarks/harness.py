@@ -7,10 +7,11 @@ Variants, all on the same input in one process:
 
 Every variant is warmed up, then the variants are timed in alternation (run 1 of each, run 2
 of each, ...) so that load changes on a shared machine hit all of them alike; the median of
->= 5 runs is reported with every sample. Memory, sampled from /proc/self/status: the resident-set increase while a
-variant's session is loaded and warmed up (weights + workspace; for PyTorch its FP32
-parameters + workspace) and the process's peak while it runs; weight bytes are the files it
-loads.
+>= 5 runs is reported with every sample. Memory: each ONNX model's peak resident set when loaded and run once in a fresh
+process (memprobe.py; in-process numbers cannot separate models, as freed pages are reused),
+and, sampled in-process, the resident-set increase while a variant is loaded and warmed up
+(for PyTorch its FP32 parameters + workspace) and the process's peak; weight bytes are the
+files a variant loads.
 """
 from __future__ import annotations
 
@@ -101,13 +102,27 @@ def bench_inputs(manifest: dict, vae_px: int | None, seed: int = 0) -> dict[str,
             "vae_decoder": ("latent", torch.randn(1, 4, px // p["vae_factor"], px // p["vae_factor"], generator=g) * 3)}
 
 
+def probe_memory(model: Path, feeds: dict, threads: int | None, workdir: Path) -> dict:
+    """Peak RSS of loading + running one ONNX model, in a fresh process (benchmarks/memprobe.py)."""
+    import json
+    import subprocess
+
+    inputs = workdir / "memprobe_inputs.npz"
+    np.savez(inputs, **feeds)
+    out = subprocess.run([sys.executable, "-m", "passion_deploy.benchmarks.memprobe", str(model), str(inputs), str(threads or 0)],
+                         capture_output=True, text=True, timeout=3600)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["memory probe failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _dir_bytes(d: Path, files: list[str]) -> int:
     return sum((d / f).stat().st_size for f in files if f and (d / f).exists())
 
 
 def run_benchmark(model_dir: str | Path, components: list[str] | None = None, runs: int = 5, warmup: int = 1,
                   vae_px: int | None = None, threads: int | None = None, torch_eager: bool = True,
-                  progress: bool = True, log=print, timing_only_isa: bool = False) -> dict:
+                  progress: bool = True, log=print, timing_only_isa: bool = False, memory: bool = True) -> dict:
     from tqdm import tqdm
 
     from passion_deploy.export import artifact
@@ -191,6 +206,10 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
             for v in fns:
                 smp = rec[v]["samples_s"]
                 rec[v].update(median_s=statistics.median(smp), min_s=min(smp), max_s=max(smp))
+            del fns
+            if memory:
+                for v, path in (("int_onnx", model_dir / c["onnx"]), ("fp32_onnx", tmp / f"{comp}.onnx")):
+                    rec[v]["subprocess_memory"] = probe_memory(path, feeds, threads, tmp)
             speed = {"vs_fp32_onnx": rec["fp32_onnx"]["median_s"] / rec["int_onnx"]["median_s"]}
             if "torch_fp32" in rec:
                 speed["vs_torch_fp32"] = rec["torch_fp32"]["median_s"] / rec["int_onnx"]["median_s"]
@@ -199,7 +218,6 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
             log(f"  {comp:12s} int {rec['int_onnx']['median_s'] * 1e3:9.1f} ms   fp32 ORT {rec['fp32_onnx']['median_s'] * 1e3:9.1f} ms"
                 + (f"   torch {rec['torch_fp32']['median_s'] * 1e3:9.1f} ms" if "torch_fp32" in rec else "")
                 + f"   -> {speed['vs_fp32_onnx']:.2f}x vs FP32 ORT")
-            del fns
     finally:
         import shutil
 

@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timing-only", action="store_true",
                    help="time an --isa vnni artifact on a CPU without VNNI (its int8 GEMMs saturate there: timings "
                         "only, outputs invalid; recorded in the JSON)")
+    p.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory probes (fresh processes)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     comps = [c.strip() for c in args.components.split(",")] if args.components else None
     try:
         rec = run_benchmark(args.model, comps, args.runs, args.warmup, args.vae_size, args.threads,
-                            torch_eager=not args.no_torch, progress=not args.no_progress, timing_only_isa=args.timing_only)
+                            torch_eager=not args.no_torch, progress=not args.no_progress, timing_only_isa=args.timing_only,
+                            memory=not args.no_memory)
     except (CheckpointError, ValueError, OSError) as e:
         print(f"passion-bench: {e}", file=sys.stderr)
         return 2
