@@ -47,3 +47,10 @@ def markdown(rec: dict) -> str:
               "Deploy-IR packed weight file vs FP32 weight bytes: "
               + ", ".join(f"{k} {c['ir_vs_fp32_bytes']:.3f}x" for k, c in rec["components"].items()), ""]
     return "\n".join(lines)
+
+
+if __name__ == "__main__":  # python -m passion_deploy.benchmarks.report RECORD.json > REPORT.md
+    import json
+    import sys
+
+    print(markdown(json.loads(open(sys.argv[1], encoding="utf-8").read())))

@@ -1,0 +1,54 @@
+"""Reproduce benchmarks/results/sd21-*: the sd21 architecture (random weights, seed 0), W8A8
+statistics-only calibration on one bundled photo at 512 px (latent tile 64), exported and
+benchmarked on this CPU.
+
+    python -m passion_deploy.benchmarks.sd21_cpu --work /tmp/sd21 [--results benchmarks/results]
+
+Takes about an hour on 2 busy cores (calibration ~20 min, each export ~5 min, each benchmark
+~20 min). The checkpoint keeps the FP weights: a random-weight checkpoint cannot be rebuilt
+from its preset alone.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m passion_deploy.benchmarks.sd21_cpu", description=__doc__)
+    p.add_argument("--work", required=True, help="scratch folder (checkpoint ~3.5 GB, artifacts ~2 GB)")
+    p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--vae-size", type=int, default=256, help="image side for the VAE benchmarks (512 px is slow on 2 cores)")
+    args = p.parse_args(argv)
+    from passion_deploy import runner
+    from passion_deploy.checkpoint import save_checkpoint
+    from passion_deploy.cli import bench, export
+    from passion_deploy.config import NAMED_CONFIGS
+    from passion_deploy.models import build_pipeline
+    from passion_deploy.quant import quantize_pipeline
+
+    work, res = Path(args.work), Path(args.results)
+    ckpt = work / "sd21-w8a8.safetensors"
+    if not ckpt.exists():
+        pipe = quantize_pipeline(build_pipeline("sd21", random_weights=0), NAMED_CONFIGS["w8a8"])
+        runner.calibrate_on_photos(pipe, latent_tile=64, exclude=("chelsea", "coffee"))
+        save_checkpoint(pipe, ckpt, include_fp_weights=True)
+        del pipe
+    steps = [
+        (export.main, ["--ckpt", str(ckpt), "--target", "onnx", "--out", str(work / "portable"), "--isa", "portable"]),
+        (bench.main, ["--model", str(work / "portable"), "--vae-size", str(args.vae_size),
+                      "--json", str(res / "sd21-w8a8-portable-cpu.json"), "--report", str(res / "sd21-w8a8-portable-cpu.md")]),
+        (export.main, ["--ckpt", str(ckpt), "--target", "onnx", "--out", str(work / "vnni"), "--isa", "vnni", "--components", "unet"]),
+        (bench.main, ["--model", str(work / "vnni"), "--components", "unet", "--timing-only",
+                      "--json", str(res / "sd21-w8a8-vnni-unet-timing-only-cpu.json"),
+                      "--report", str(res / "sd21-w8a8-vnni-unet-timing-only-cpu.md")]),
+    ]
+    for fn, a in steps:
+        rc = fn(a)
+        if rc:
+            return rc
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
