@@ -1,0 +1,181 @@
+"""INT8 implicit GEMM: linear layers and 2-D convs (1x1, 3x3 stride 1 or 2) in one kernel.
+
+    y[b, m, n] = sum_g  Da_g Dw_gn * sum_k (a_k - za_g)(b_kn - zb_gn)        int32 dot + zero points
+               + sum_g  B'_gn Da_g Dw_gn * sum_k (a_k - za_g)                one-signed weight columns
+               + bias[n] + map[m, n]                                         LET / activation residual
+
+A is the activation operand (uint8 or int8, the encoding of `int_algebra.act_operand`), read
+channels-last as (B, H*W, C); a linear layer is the 1x1 case with H = 1, W = M. K is ordered
+(tap, channel) and never materialised: each tap loads the input pixels it sees, and taps that
+fall in the padding take the activation zero point, so (a - za) = 0 there, exactly the zero
+grid value the fake-quant pads with. Split layers have two K-groups (channel halves) with their
+own activation and weight scales: one int32 accumulator per group, summed in float.
+
+Weights arrive as `packing` containers (N, taps, row_bytes): one byte per 8-bit code, or 4
+6-bit codes in 3 bytes, unpacked in the load path (each code is read from the two bytes it
+can straddle). Operand value = container code + W_OFFSET (= -2^(b-1), int_algebra's signed
+encoding), so both widths give int8 operands for the tensor-core dot.
+
+Zero-point algebra (spec section 6) instead of subtracting before the dot, because (a - za)
+does not fit int8:  sum (a-za)(b-zb) = sum ab - zb sum a - za sum b + K za zb,  with sum a
+counted in the kernel (row sums, padded taps included) and sum b precomputed per column.
+All four terms stay far inside int32 for K <= 11520 (sd21's largest, 1280 x 3 x 3).
+"""
+from __future__ import annotations
+
+import torch
+
+from passion_deploy.export import int_algebra as ia
+from passion_deploy.export.packing import container_bits
+
+from ._triton import check_device, tl, triton
+from .operands import Epilogue, PackedWeights
+
+
+@triton.jit
+def load_weight_tile(w_ptr, rk, rn, kmask, nmask, stride_wn, W_BITS: tl.constexpr, W_OFFSET: tl.constexpr):
+    """(BK, BN) int8 operand tile of a packed weight row segment (rk: channel indices in the row)."""
+    mask = kmask[:, None] & nmask[None, :]
+    base = w_ptr + rn[None, :] * stride_wn
+    if W_BITS == 8:
+        u = tl.load(base + rk[:, None], mask=mask, other=0).to(tl.int32)
+    else:
+        # code i of a 3-byte word sits at bits 6i..6i+5 of (b0 | b1 << 8 | b2 << 16)
+        byte = (rk // 4) * 3 + ((rk % 4) * 6) // 8
+        shift = ((rk % 4) * 6) % 8
+        lo = tl.load(base + byte[:, None], mask=mask, other=0).to(tl.int32)
+        straddles = (shift > 2)[:, None]  # codes 1 and 2 continue into the next byte
+        hi = tl.load(base + byte[:, None] + 1, mask=mask & straddles, other=0).to(tl.int32)
+        u = ((lo | (hi << 8)) >> shift[:, None]) & 63
+    return tl.where(mask, u + W_OFFSET, 0).to(tl.int8)
+
+
+@triton.jit
+def qgemm_kernel(a_ptr, s_ab, s_ap, s_ac,
+                 w_ptr, s_wg, s_wn, s_wt,
+                 za_ptr, zb_ptr, cs_ptr, scale_ptr, res_ptr, bias_ptr, map_ptr,
+                 out_ptr, s_ob, s_op, s_on,
+                 acc_ptr, rs_ptr,
+                 N, H, W, HO, WO, C, C_SPLIT,
+                 KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
+                 G: tl.constexpr, W_BITS: tl.constexpr, W_OFFSET: tl.constexpr, A_U8: tl.constexpr,
+                 HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MAP: tl.constexpr, STORE_INT: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_m, pid_n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    P_OUT = HO * WO
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    mmask = rm < P_OUT
+    nmask = rn < N
+    oh = rm // WO
+    ow = rm % WO
+    y = tl.zeros((BM, BN), tl.float32)
+    for g in tl.static_range(G):
+        if g == 0:
+            c_lo = 0
+            cg = C_SPLIT
+        else:
+            c_lo = C_SPLIT
+            cg = C - C_SPLIT
+        za = tl.load(za_ptr + g)
+        if A_U8:
+            za = za - 128  # the load path moves uint8 operands onto int8; the zero point moves with them
+        acc = tl.zeros((BM, BN), tl.int32)
+        rs = tl.zeros((BM,), tl.int32)
+        for t in tl.static_range(KH * KW):
+            ih = oh * STRIDE - PAD + t // KW
+            iw = ow * STRIDE - PAD + t % KW
+            inside = mmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a_row = a_ptr + b * s_ab + (ih * W + iw) * s_ap
+            w_row = w_ptr + g * s_wg + t * s_wt
+            for c0 in range(0, cg, BK):
+                rk = c0 + tl.arange(0, BK)
+                kmask = rk < cg
+                a = tl.load(a_row[:, None] + (c_lo + rk)[None, :] * s_ac, mask=inside[:, None] & kmask[None, :], other=0)
+                a = a.to(tl.int32)
+                if A_U8:
+                    a = a - 128
+                a = tl.where(inside[:, None], a, za)  # padded taps: (a - za) = 0
+                a = tl.where(kmask[None, :], a, 0).to(tl.int8)  # K tail: no contribution at all
+                bt = load_weight_tile(w_row, rk, rn, kmask, nmask, s_wn, W_BITS, W_OFFSET)
+                acc += tl.dot(a, bt, out_dtype=tl.int32)
+                rs += tl.sum(a.to(tl.int32), axis=1)
+        k_len = cg * KH * KW
+        zb = tl.load(zb_ptr + g * N + rn, mask=nmask, other=0)
+        cs = tl.load(cs_ptr + g * N + rn, mask=nmask, other=0)
+        exact = acc - zb[None, :] * rs[:, None] - za * cs[None, :] + (k_len * za) * zb[None, :]
+        row_sum = rs - k_len * za  # sum_k (a - za), padded taps contributing 0
+        sc = tl.load(scale_ptr + g * N + rn, mask=nmask, other=0.0)
+        y += exact.to(tl.float32) * sc[None, :]
+        if HAS_RES:
+            rc = tl.load(res_ptr + g * N + rn, mask=nmask, other=0.0)
+            y += row_sum.to(tl.float32)[:, None] * rc[None, :]
+        if STORE_INT:  # the exact integer parts, for tests against the int64 reference
+            base = (g * tl.num_programs(2) + b) * P_OUT
+            tl.store(acc_ptr + (base + rm[:, None]) * N + rn[None, :], exact, mask=mmask[:, None] & nmask[None, :])
+            if pid_n == 0:
+                tl.store(rs_ptr + base + rm, row_sum, mask=mmask)
+    if HAS_BIAS:
+        y += tl.load(bias_ptr + rn, mask=nmask, other=0.0)[None, :]
+    if HAS_MAP:
+        y += tl.load(map_ptr + rm[:, None] * N + rn[None, :], mask=mmask[:, None] & nmask[None, :], other=0.0)
+    tl.store(out_ptr + b * s_ob + rm[:, None] * s_op + rn[None, :] * s_on, y.to(out_ptr.dtype.element_ty),
+             mask=mmask[:, None] & nmask[None, :])
+
+
+def qgemm(a: torch.Tensor, a_ops: list[ia.ActOperand], w: PackedWeights, ep: Epilogue,
+          spatial: tuple[int, int] | None = None, kernel: tuple[int, int] = (1, 1), stride: int = 1, padding: int = 0,
+          out_dtype: torch.dtype = torch.float32, store_int: bool = False,
+          block: tuple[int, int, int] = (64, 64, 32)):
+    """Launch the integer GEMM / implicit-GEMM conv.
+
+    a: (B, P, C) operands (uint8 or int8, channel stride 1 preferred), P = H*W for a conv
+    (`spatial` = (H, W)), or the rows of a linear layer. Returns y (B, P_out, N) of
+    `out_dtype`, channels-last; with `store_int` also the exact int32 parts: (G, B, P_out, N)
+    sum_k (a-za)(b-zb) and (G, B, P_out) sum_k (a-za)."""
+    if a.dim() != 3 or a.dtype not in (torch.uint8, torch.int8):
+        raise ValueError(f"activation operands must be (B, P, C) uint8/int8, got {tuple(a.shape)} {a.dtype}")
+    dt = "u8" if a.dtype == torch.uint8 else "s8"
+    if len(a_ops) != w.groups or any(o.dtype != dt for o in a_ops):
+        raise ValueError(f"need one {dt} activation operand per K-group ({w.groups})")
+    if out_dtype not in (torch.float32, torch.float16):
+        raise ValueError("output is float32 or float16")
+    bsz, p, c = a.shape
+    if sum(w.channels) != c:
+        raise ValueError(f"weights cover {sum(w.channels)} input channels, activations have {c}")
+    kh, kw = kernel
+    if kh * kw != w.taps:
+        raise ValueError(f"kernel {kernel} has {kh * kw} taps, weights have {w.taps}")
+    h, wd = spatial if spatial is not None else (1, p)
+    if h * wd != p:
+        raise ValueError(f"spatial size {spatial} does not match {p} positions")
+    if spatial is None and (w.taps != 1 or stride != 1 or padding != 0):
+        raise ValueError("a linear GEMM has one tap, stride 1 and no padding")
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
+    n = w.out_channels
+    if ep.map is not None and ep.map.shape != (ho * wo, n):
+        raise ValueError(f"epilogue map is {tuple(ep.map.shape)}, output needs ({ho * wo}, {n})")
+    check_device(a, w.data)
+    dev = a.device
+    ep = ep.to(dev)
+    w = w.to(dev)
+    out = torch.empty((bsz, ho * wo, n), dtype=out_dtype, device=dev)
+    g = w.groups
+    acc = torch.empty((g, bsz, ho * wo, n) if store_int else (1,), dtype=torch.int32, device=dev)
+    rs = torch.empty((g, bsz, ho * wo) if store_int else (1,), dtype=torch.int32, device=dev)
+    bm, bn, bk = block
+    dummy = ep.scale
+    grid = (triton.cdiv(ho * wo, bm), triton.cdiv(n, bn), bsz)
+    qgemm_kernel[grid](a, a.stride(0), a.stride(1), a.stride(2),
+                       w.data, w.data.stride(0), w.data.stride(1), w.data.stride(2),
+                       ep.act_zero, w.zero, w.colsum, ep.scale,
+                       dummy if ep.res_coef is None else ep.res_coef,
+                       dummy if ep.bias is None else ep.bias,
+                       dummy if ep.map is None else ep.map,
+                       out, out.stride(0), out.stride(1), out.stride(2), acc, rs,
+                       n, h, wd, ho, wo, c, w.channels[0],
+                       KH=kh, KW=kw, STRIDE=stride, PAD=padding, G=g, W_BITS=container_bits(w.bits),
+                       W_OFFSET=w.offset, A_U8=dt == "u8", HAS_RES=ep.res_coef is not None,
+                       HAS_BIAS=ep.bias is not None, HAS_MAP=ep.map is not None, STORE_INT=store_int,
+                       BM=bm, BN=bn, BK=bk)
+    return (out, acc, rs) if store_int else out

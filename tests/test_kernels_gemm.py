@@ -1,0 +1,237 @@
+"""Activation quantization and the integer (implicit) GEMM kernels in Triton's interpreter.
+
+Each case checks three things: the kernel's int32 parts equal the int64 reference bit for bit,
+its output equals the reference's float64 output to float rounding, and the whole layer
+(quantize + GEMM) equals the fake-quant QuantLinear / QuantConv and the IR's `run_layer`.
+Shapes are tiny (the interpreter is slow) but never multiples of the blocks."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from passion_deploy.kernels import use_interpreter_without_gpu
+
+use_interpreter_without_gpu()
+pytest.importorskip("triton", reason="the kernels need triton (pip install triton)")
+
+from passion_deploy.export import int_algebra as ia  # noqa: E402
+from passion_deploy.export import packing  # noqa: E402
+from passion_deploy.export.recipes import layer_recipe, run_layer  # noqa: E402
+from passion_deploy.kernels import reference as ref  # noqa: E402
+from passion_deploy.kernels.act_quant import act_quant  # noqa: E402
+from passion_deploy.kernels.layers import KernelLayer  # noqa: E402
+from passion_deploy.kernels.gemm import qgemm  # noqa: E402
+from passion_deploy.kernels.operands import linear_epilogue, pack_weights, taps_last  # noqa: E402
+from passion_deploy.quant.layers import QuantConv, QuantLinear  # noqa: E402
+from passion_deploy.quant.quantizer import LBQuantizer, QuantSpec  # noqa: E402
+from calib_helpers import calibrated_layer  # noqa: E402
+
+SPECS = {"w8a8": QuantSpec(8), "w6a6": QuantSpec(6), "w8a8-sym": QuantSpec(8, sym=True),
+         "w6a6-signed": QuantSpec(6, sign=True)}
+BLOCK = (64, 32, 16)  # one N tile and few M tiles: the interpreter pays per program
+SMALL = (16, 16, 16)  # several tiles in M and N, to exercise the tile offsets
+
+
+def make(kind, spec, split, cin, cout=19, one_signed=False, **kw):
+    torch.manual_seed(0)
+    mod = nn.Conv2d(cin, cout, **kw) if kind == "conv" else nn.Linear(cin, cout)
+    if one_signed:  # weight zero point outside int8: the B' residual path
+        with torch.no_grad():
+            mod.weight[2] = mod.weight[2].abs() * 0.2 + 0.5  # zp beyond int8 at 6 bits too
+    cls = QuantConv if kind == "conv" else QuantLinear
+    return cls(mod, wspec=SPECS[spec], aspec=SPECS[spec], split=split, use_let=True, let_form="consistent",
+               s_alpha=0.5, only_weight=False)
+
+
+def assert_close(y, want, rel):
+    y, want = y.double(), want.double()
+    err = (y - want).abs().max().item()
+    assert err <= rel * want.abs().max().item(), f"max abs err {err} vs scale {want.abs().max().item()}"
+
+
+def check_ints(codes, a_ops, rec, acc, rs, spatial=None):
+    """Kernel int32 parts == int64 reference; returns the reference's float64 output."""
+    kw = {} if spatial is None else dict(spatial=spatial, stride=rec.stride[0], padding=rec.padding[0])
+    ex, sums, y = ref.qgemm_ref(codes, a_ops, rec.weights, **kw)
+    assert torch.equal(acc.long(), ex), "int32 accumulators differ from the int64 reference"
+    assert torch.equal(rs.long(), sums), "row sums differ from the int64 reference"
+    return y
+
+
+# -- activation quantization ----------------------------------------------------------------
+
+def grid(lo, hi, spec):
+    q = LBQuantizer(spec)
+    q.x_min.data.fill_(lo)
+    q.x_max.data.fill_(hi)
+    q.initialized.fill_(True)
+    return ia.grid_of(q)
+
+
+@pytest.mark.parametrize("dtype", ["u8", "s8"])
+@pytest.mark.parametrize("case", ["let-split", "div-rows", "mul", "wide"])
+def test_act_quant_matches_reference_and_fake_quant(dtype, case):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 23, 13, generator=g) * 3
+    spec = QuantSpec(8) if dtype == "u8" else QuantSpec(6)
+    grids = [grid(-4.0, 5.0, spec)]
+    kw = {}
+    if case == "let-split":
+        grids.append(grid(-1.0, 7.5, spec))
+        kw = dict(pre="let", scale=torch.rand(13, generator=g) + 0.5, offset=torch.randn(13, generator=g))
+    elif case == "div-rows":
+        kw = dict(pre="div", scale=torch.rand(23, generator=g) + 0.5, vec_on_rows=True)
+    elif case == "mul":
+        kw = dict(pre="mul", scale=torch.rand(13, generator=g) + 0.5)
+    else:  # a range that excludes 0: the operand zero point does not fit 8 bits
+        x = torch.rand(2, 23, 13, generator=g) * 9 + 39  # some values clamp on both sides
+        grids = [grid(40.0, 47.0, spec)]
+    ops = [ia.act_operand(gr, dtype) for gr in grids]
+    assert ops[0].wide == (case == "wide")
+    xt = x.transpose(1, 2).contiguous().transpose(1, 2)  # strided input (channel stride != 1)
+    codes = act_quant(xt, ops, c_split=6 if len(ops) == 2 else None, block=(16, 8), **kw)
+    assert codes.dtype == (torch.uint8 if dtype == "u8" else torch.int8)
+    want = ref.act_quant_ref(x, ops, 6, **kw)
+    assert torch.equal(codes.long(), want)
+    # grid values j = operand - zero + residual are the fake-quant's codes q + zp, per half
+    xs = ref.pre_op(x, kw.get("pre", "none"), kw.get("scale"), kw.get("offset"), kw.get("vec_on_rows", False))
+    bounds = [(0, 6), (6, 13)] if len(ops) == 2 else [(0, 13)]
+    for (c0, c1), op, gr in zip(bounds, ops, grids):
+        j = ia.quant_codes(xs[..., c0:c1], gr) + float(gr.zp)
+        assert torch.equal(codes[..., c0:c1].long() - op.kernel_zero + op.residual, j.long())
+
+
+def test_act_quant_rejects_bad_shapes():
+    op = ia.act_operand(grid(-1.0, 1.0, QuantSpec(8)))
+    with pytest.raises(ValueError, match=r"\(B, P, C\)"):
+        act_quant(torch.zeros(3, 4), [op])
+    with pytest.raises(ValueError, match="split point"):
+        act_quant(torch.zeros(1, 3, 4), [op, op])
+    with pytest.raises(ValueError, match="scale of shape"):
+        act_quant(torch.zeros(1, 3, 4), [op], pre="div", scale=torch.ones(3))
+
+
+# -- weight packing in the kernel's layout ----------------------------------------------------
+
+@pytest.mark.parametrize("spec", ["w6a6", "w8a8-sym"])
+def test_packed_weights_unpack_to_the_int_algebra_operands(spec):
+    layer = make("conv", spec, True, 7, kernel_size=3, padding=1)
+    calibrated_layer(layer, torch.randn(1, 7, 5, 5))
+    rec = layer_recipe("c", layer)
+    pw = pack_weights(rec.weights)
+    for gi, g in enumerate(rec.weights):
+        codes = taps_last(g.codes.astype(np.int64))
+        n, taps, cg = codes.shape
+        cpad = -cg % 4 if g.grid.bits == 6 else 0
+        blob = pw.data[gi].numpy()[:, :, : packing.packed_nbytes(cg + cpad, g.grid.bits)]
+        u = packing.unpack(blob.reshape(-1), n * taps * (cg + cpad), g.grid.bits, g.grid.signed)
+        u = u.reshape(n, taps, cg + cpad)[:, :, :cg].astype(np.int64) - g.grid.qmin
+        op = ia.weight_operand(codes, g.grid, "s8")
+        np.testing.assert_array_equal(u + pw.offset, op.values.astype(np.int64))
+        np.testing.assert_array_equal(pw.colsum[gi].numpy(), op.values.astype(np.int64).reshape(n, -1).sum(1))
+
+
+# -- linear layers ----------------------------------------------------------------------------
+
+LINEAR_CASES = {
+    # name: (spec, split, input shape, activation dtype, block, special)
+    "w8a8-2d-u8": ("w8a8", False, (13, 21), "u8", BLOCK, None),
+    "w8a8-split-channels-tiles": ("w8a8", True, (37, 40), "u8", SMALL, None),
+    "w6a6-split-tokens-s8": ("w6a6", True, (2, 11, 21), "s8", BLOCK, None),
+    "w6a6-signed-3d": ("w6a6-signed", False, (2, 5, 17), "u8", BLOCK, None),
+    "w8a8-residuals": ("w8a8", False, (9, 21), "u8", BLOCK, "residuals"),
+    "w8a8-fp16": ("w8a8", True, (2, 7, 18), "u8", BLOCK, "fp16"),
+}
+
+
+@pytest.mark.parametrize("case", list(LINEAR_CASES))
+def test_linear_kernel(case):
+    spec, split, shape, dtype, block, special = LINEAR_CASES[case]
+    layer = make("linear", spec, split, shape[-1], one_signed=special == "residuals")
+    x = torch.randn(*shape) * 2 - 0.2
+    if special == "residuals":
+        x = torch.rand(*shape) + 5.0  # all positive: activation grid outside the operand type
+    calibrated_layer(layer, x, let=special != "residuals")
+    rec = layer_recipe("lin", layer)
+    kl = KernelLayer(rec, act_dtype=dtype, block=block, act_block=(64, 32))
+    if special == "residuals":
+        assert kl.acts[0].residual != 0 and kl.weights.has_residual
+    out_dtype = torch.float16 if special == "fp16" else torch.float32
+    y, parts = kl(x, out_dtype, store_int=True)
+    assert y.dtype == out_dtype and y.shape == shape[:-1] + (19,)
+    x3 = x.reshape(1, -1, shape[-1]) if x.dim() != 3 else x
+    if rec.act_split_on_tokens(x.dim()):
+        h = shape[1] // 2
+        halves = [((0, h), [kl.acts[0]]), ((h, shape[1]), [kl.acts[1]])]
+    else:
+        halves = [((0, x3.shape[1]), kl.acts)]
+    y_ref = []
+    for ((r0, r1), ops), (codes, acc, rs) in zip(halves, parts):
+        xs = ref.pre_op(x3[:, r0:r1], "let", torch.from_numpy(rec.let_scale), torch.from_numpy(rec.let_input_offset))
+        assert torch.equal(codes.long(), ref.act_quant_ref(xs, ops, rec.weights[0].k1))
+        gemm_ops = ops if len(ops) == len(rec.weights) else ops * len(rec.weights)
+        ep = linear_epilogue(rec, kl.weights, gemm_ops)
+        y_ref.append(check_ints(codes, gemm_ops, rec, acc, rs) + ep.bias.double())
+    y_ref = torch.cat(y_ref, dim=1).reshape(*shape[:-1], -1)
+    rel = 1e-3 if out_dtype == torch.float16 else 2e-6
+    assert_close(y, y_ref, rel)
+    with torch.no_grad():
+        assert_close(y, layer(x), rel)
+    assert_close(y, run_layer(rec, x), rel)
+
+
+def test_linear_kernel_checks_shapes():
+    layer = make("linear", "w8a8", False, 8)
+    calibrated_layer(layer, torch.randn(3, 8))
+    kl = KernelLayer(layer_recipe("lin", layer))
+    ep = linear_epilogue(kl.rec, kl.weights, kl.acts)
+    with pytest.raises(ValueError, match="input channels"):
+        qgemm(torch.zeros(1, 3, 9, dtype=torch.uint8), kl.acts, kl.weights, ep)
+    with pytest.raises(ValueError, match="uint8/int8"):
+        qgemm(torch.zeros(1, 3, 8), kl.acts, kl.weights, ep)
+    with pytest.raises(ValueError, match="one s8 activation operand"):
+        qgemm(torch.zeros(1, 3, 8, dtype=torch.int8), kl.acts, kl.weights, ep)
+
+
+# -- convolutions ---------------------------------------------------------------------------------
+
+CONV_CASES = {
+    # name: (spec, split, geometry, input shape, activation dtype, special)
+    "3x3s1-w8a8-split-u8": ("w8a8", True, dict(kernel_size=3, padding=1), (2, 7, 9, 7), "u8", None),
+    "3x3s2-w6a6-s8": ("w6a6", False, dict(kernel_size=3, padding=1, stride=2), (1, 7, 9, 7), "s8", None),
+    "3x3s2-w6a6-split-even": ("w6a6", True, dict(kernel_size=3, padding=1, stride=2), (1, 6, 8, 6), "u8", None),
+    "1x1-w8a8-sym-split": ("w8a8-sym", True, dict(kernel_size=1), (1, 9, 5, 7), "u8", None),
+    "3x3s1-residuals": ("w8a8", False, dict(kernel_size=3, padding=1), (1, 7, 6, 5), "u8", "residuals"),
+    "3x3s1-w6a6-residuals-fp16": ("w6a6", True, dict(kernel_size=3, padding=1), (1, 7, 6, 5), "s8", "residuals"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONV_CASES))
+def test_conv_kernel(case):
+    spec, split, geom, shape, dtype, special = CONV_CASES[case]
+    layer = make("conv", spec, split, shape[1], one_signed=special == "residuals", **geom)
+    x = torch.randn(*shape) * 2 + 0.3
+    if special == "residuals":
+        x = torch.rand(*shape) + 5.0  # zp beyond 8 bits: padded taps need the activation-residual map
+    calibrated_layer(layer, x, let=special != "residuals")
+    rec = layer_recipe("conv", layer)
+    kl = KernelLayer(rec, act_dtype=dtype, block=BLOCK, act_block=(64, 32))
+    if special == "residuals":
+        assert all(a.residual != 0 for a in kl.acts) and kl.weights.has_residual
+    out_dtype = torch.float16 if case.endswith("fp16") else torch.float32
+    y, codes, acc, rs = kl(x, out_dtype, store_int=True)
+    with torch.no_grad():
+        fq = layer(x)
+    assert y.shape == fq.shape and y.dtype == out_dtype
+    spatial = tuple(shape[2:])
+    ops = kl.acts if len(kl.acts) == len(rec.weights) else kl.acts * len(rec.weights)
+    ep = kl._conv_epilogues[spatial]
+    y_ref = check_ints(codes, ops, rec, acc, rs, spatial)
+    y_ref = y_ref + (0 if ep.bias is None else ep.bias.double()) + (0 if ep.map is None else ep.map.double())
+    y_ref = y_ref.view(shape[0], *fq.shape[2:], -1).permute(0, 3, 1, 2)
+    rel = 1e-3 if out_dtype == torch.float16 else 2e-6
+    assert_close(y, y_ref, rel)
+    assert_close(y, fq, rel)
+    assert_close(y, run_layer(rec, x), rel)
+    if any(rec.padding):  # the border rows really differ: the map is not a per-channel constant
+        assert ep.map is not None and not torch.allclose(ep.map[0], ep.map[ep.map.shape[0] // 2])
