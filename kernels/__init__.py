@@ -5,12 +5,17 @@ Modules: `operands` (IR -> kernel operands, no Triton), `reference` (int64 refer
 kernels). The kernel modules need Triton and say so when it is missing; import them directly.
 """
 import os
+import sys
 
 
 def use_interpreter_without_gpu() -> bool:
-    """Without a CUDA GPU, run the kernels in Triton's CPU interpreter. Triton reads the switch
-    when a kernel is defined, so call this before importing a kernel module. Returns whether
-    the interpreter is on."""
+    """Without a CUDA GPU, run the kernels in Triton's CPU interpreter; returns whether it is on.
+
+    Triton reads the switch when a function is decorated, including its own standard library
+    (tl.zeros, tl.sum, ...) at `import triton`. Other libraries (diffusers) may have imported
+    Triton with the switch off; its Python modules are then dropped from sys.modules so that
+    the kernel modules, imported after this call, get an interpreter-mode Triton. Objects
+    already holding the old modules keep them (they never run kernels on a CPU machine)."""
     try:
         import torch
 
@@ -19,4 +24,12 @@ def use_interpreter_without_gpu() -> bool:
         gpu = False
     if not gpu:
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    on = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    lang = sys.modules.get("triton.language")
+    if on and lang is not None and type(lang.zeros).__name__ != "InterpretedFunction":
+        for name in [m for m in sys.modules if (m == "triton" or m.startswith("triton.")) and not m.startswith("triton._C")]:
+            del sys.modules[name]
+        for name in [m for m in sys.modules if m.startswith(__name__ + ".") and m != __name__ + ".operands"
+                     and m != __name__ + ".reference"]:
+            del sys.modules[name]  # kernel modules bound to the old Triton
+    return on

@@ -1,0 +1,111 @@
+"""Quantized attention kernels (spec section 4) in Triton's interpreter: the integer matmuls
+bit-exact against int64 references, the exact normalised-P quantization against torch's
+softmax, and the whole core against the fake-quant QuantAttnProcessor and the IR reference."""
+import numpy as np
+import pytest
+import torch
+from diffusers.models.attention_processor import Attention
+
+from passion_deploy.kernels import use_interpreter_without_gpu
+
+use_interpreter_without_gpu()
+pytest.importorskip("triton", reason="the kernels need triton (pip install triton)")
+
+from passion_deploy.export import int_algebra as ia  # noqa: E402
+from passion_deploy.export.recipes import attention_recipe, run_attention  # noqa: E402
+from passion_deploy.kernels import reference as ref  # noqa: E402
+from passion_deploy.kernels.attention import KernelAttention, act_matmul, softmax_quant  # noqa: E402
+from passion_deploy.quant.attention import QuantAttnProcessor  # noqa: E402
+from passion_deploy.quant.quantizer import QuantSpec  # noqa: E402
+from calib_helpers import observe_attention  # noqa: E402
+
+SMALL = (16, 16, 16)
+
+
+def operand(lo_j, bits, step, dtype):
+    """Activation operand of an unsigned grid whose values start at lo_j (zp = lo_j)."""
+    return ia.act_operand(ia.Grid(np.float32(step), np.int64(lo_j), bits, False), dtype)
+
+
+@pytest.mark.parametrize("grids", ["in-range", "residuals"])
+def test_act_matmul_exact(grids):
+    g = torch.Generator().manual_seed(0)
+    if grids == "in-range":
+        aop, bop = operand(-100, 8, 0.05, "u8"), operand(-20, 6, 0.2, "s8")
+    else:  # grids away from 0: neither zero point fits 8 bits, residuals on both sides
+        aop, bop = operand(700, 8, 0.01, "u8"), operand(-400, 6, 0.03, "s8")
+    assert (aop.residual != 0) == (bop.residual != 0) == (grids == "residuals")
+    z, m, k, n = 2, 19, 37, 21  # several tiles, none full
+
+    def codes(op, shape):
+        return torch.randint(op.lo, op.hi + 1, shape, generator=g).to(torch.uint8 if op.dtype == "u8" else torch.int8)
+
+    a, b = codes(aop, (z, m, k)), codes(bop, (z, n, k)).transpose(1, 2)  # b strided, as K^T is
+    y, acc = act_matmul(a, aop, b, bop, 0.125, store_int=True, block=SMALL)
+    ex, y_ref = ref.act_matmul_ref(a, aop, b, bop, 0.125)
+    assert torch.equal(acc.long(), ex)
+    assert (y.double() - y_ref).abs().max() <= 1e-6 * y_ref.abs().max()
+
+
+def test_softmax_quant_is_the_normalised_softmax():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(3, 5, 150, generator=g) * 4  # two column blocks of 128, odd row count
+    s_vw = torch.rand(150, generator=g) + 0.5
+    pop = ia.act_operand(ia.Grid(np.float32(1.5 / 255), np.int64(0), 8, False), "u8")
+    codes = softmax_quant(scores, s_vw, pop)
+    want = ref.softmax_quant_ref(scores, s_vw, pop)
+    diff = (codes.long() - want).abs()
+    # exp and the sum order may differ from torch's by an ulp: a code can move only where
+    # P * s_vw / D sits within rounding of a half step
+    assert diff.max() <= 1 and diff.float().mean() < 0.01
+    # normalised before quantization: each row's codes dequantize to P * s_vw
+    p = (codes.double() - pop.kernel_zero) * float(pop.step) / s_vw.double()
+    assert (p.sum(-1) - 1).abs().max() < 150 * float(pop.step)
+
+
+def test_softmax_quant_checks_shapes():
+    pop = ia.act_operand(ia.Grid(np.float32(0.01), np.int64(0), 8, False), "u8")
+    with pytest.raises(ValueError, match="s_vw"):
+        softmax_quant(torch.zeros(2, 5), torch.ones(4), pop)
+
+
+@pytest.mark.parametrize("bits", [8, 6])
+@pytest.mark.parametrize("cross", [False, True])
+def test_attention_kernels_match_fake_quant(bits, cross):
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=24 if cross else None, heads=2, dim_head=8)
+    proc = QuantAttnProcessor(QuantSpec(bits), head_dim=8, s_alpha=0.5)
+    attn.set_processor(proc)
+    hidden = torch.randn(1, 19, 16)
+    ctx = torch.randn(1, 7, 24) if cross else None
+    observe_attention(attn, hidden, ctx)
+    rec = attention_recipe("attn", attn, proc)
+    with torch.no_grad():
+        q = attn.head_to_batch_dim(attn.to_q(hidden))
+        src = hidden if ctx is None else ctx
+        k, v = attn.head_to_batch_dim(attn.to_k(src)), attn.head_to_batch_dim(attn.to_v(src))
+        fq = proc.attention(q, k, v, attn.scale)
+    ka = KernelAttention(rec, block=SMALL, act_block=(32, 16), softmax_block=(16, 16))
+    out, parts = ka(q, k, v, store_int=True)
+    s_qk, s_vw = torch.from_numpy(rec.s_qk), torch.from_numpy(rec.s_vw)
+    # operands: bit-exact against the IR's operand reference
+    assert torch.equal(parts["q"].long(), ref.act_quant_ref(q, [ka.q], pre="mul", scale=s_qk))
+    assert torch.equal(parts["k"].long(), ref.act_quant_ref(k, [ka.k], pre="div", scale=s_qk))
+    assert torch.equal(parts["v"].long(), ref.act_quant_ref(v, [ka.v], pre="div", scale=s_vw, vec_on_rows=True))
+    # QK^T: int32 exact, scores to float rounding
+    ex, s_ref = ref.act_matmul_ref(parts["q"], ka.q, parts["k"].transpose(1, 2), ka.k, rec.scale)
+    assert torch.equal(parts["qk_int"].long(), ex)
+    assert (parts["scores"].double() - s_ref).abs().max() <= 1e-6 * s_ref.abs().max()
+    # P: the normalised softmax of those scores, quantized (ulp-level code moves only)
+    dp = (parts["p"].long() - ref.softmax_quant_ref(parts["scores"], s_vw, ka.p)).abs()
+    assert dp.max() <= 1 and dp.float().mean() < 0.02
+    # PV: int32 exact, output to float rounding
+    ex, o_ref = ref.act_matmul_ref(parts["p"], ka.p, parts["v"], ka.v, 1.0)
+    assert torch.equal(parts["pv_int"].long(), ex)
+    assert (out.double() - o_ref).abs().max() <= 1e-6 * o_ref.abs().max()
+    # against the fake-quant and the IR reference: a P code may flip where P*s_vw/D sits within
+    # rounding of a half step, moving an output by at most one P step times max |v / s_vw|
+    bound = float(rec.p.step) * float((v.abs() / s_vw[:, None]).max()) * 2
+    for want in (fq, run_attention(rec, q, k, v)):
+        assert (out - want).abs().max().item() <= max(bound, 1e-6 * want.abs().max().item())
+        assert ((out - want).abs() > 1e-5 * want.abs().max()).float().mean() < 0.05
