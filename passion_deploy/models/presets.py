@@ -64,7 +64,7 @@ TINY_VAE = dict(
     block_out_channels=(32, 48, 64),
     layers_per_block=1,
     latent_channels=4,
-    norm_num_groups=16,
+    norm_num_groups=8,  # 8 channels per group at the encoder's output, 4 at the decoder's (train_tiny's start)
     sample_size=256,
     scaling_factor=0.18215,
 )
