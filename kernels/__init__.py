@@ -1,8 +1,8 @@
 """Triton integer kernels, each beside a plain integer reference (GPU; tests run in the interpreter).
 
 Modules: `operands` (IR -> kernel operands, no Triton), `reference` (int64 references),
-`act_quant`, `gemm` (linear + implicit-GEMM conv), `attention`, `layers` (a recipe run by the
-kernels). The kernel modules need Triton and say so when it is missing; import them directly.
+`act_quant`, `norm_quant` (GroupNorm+SiLU+quantize), `gemm` (linear + implicit-GEMM conv),
+`attention`, `layers` (a recipe run by the kernels). The kernel modules need Triton and say so when it is missing; import them directly.
 """
 import os
 import sys

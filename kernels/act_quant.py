@@ -13,7 +13,8 @@ an NCHW conv input comes out channels-last, the layout the implicit-GEMM conv re
 
 Exactness: the fake-quant computes x', x'/D with IEEE float32 division; Triton's `/` on a GPU
 is an approximate division (div.full.f32, up to 2 ulp), which can move a value across a
-rounding half-step, so the divisions here use `div_rn` (correctly rounded).
+rounding half-step, so the divisions here use `div_rn` (correctly rounded). Float16 inputs are widened to float32
+first: the fake-quant reference computes in float32.
 """
 from __future__ import annotations
 
