@@ -2,7 +2,8 @@
 
 Modules: `operands` (IR -> kernel operands, no Triton), `reference` (int64 references),
 `act_quant`, `norm_quant` (GroupNorm+SiLU+quantize), `gemm` (linear + implicit-GEMM conv),
-`attention`, `layers` (a recipe run by the kernels). The kernel modules need Triton and say so when it is missing; import them directly.
+`attention`, `layers` (a recipe run by the kernels). The kernel modules need Triton and say
+so when it is missing; import them directly.
 """
 import os
 import sys
