@@ -5,22 +5,12 @@ from diffusers.models.attention_processor import Attention, AttnProcessor
 from passion_deploy.quant.attention import QuantAttnProcessor
 from passion_deploy.quant.quantizer import QuantSpec, fake_quantize
 
+from calib_helpers import observe_attention
+
 
 def make_attn(cross=False):
     torch.manual_seed(0)
     return Attention(query_dim=16, cross_attention_dim=24 if cross else None, heads=2, dim_head=8)
-
-
-def calibrate(attn, hidden, ctx):
-    proc = attn.processor
-    proc.let_observer = True
-    for q in proc.quantizers():
-        q.observer = "ema"
-    with torch.no_grad():
-        attn(hidden, encoder_hidden_states=ctx)
-    proc.let_observer = False
-    for q in proc.quantizers():
-        q.observer = None
 
 
 def test_scales_alone_leave_attention_unchanged():
@@ -32,7 +22,7 @@ def test_scales_alone_leave_attention_unchanged():
             ref = attn(hidden, encoder_hidden_states=ctx)
         proc = QuantAttnProcessor(QuantSpec(8), head_dim=8, s_alpha=0.5)
         attn.set_processor(proc)
-        calibrate(attn, hidden, ctx)
+        observe_attention(attn, hidden, ctx)
         assert proc.s_vw.numel() == (7 if cross else 10)
         assert not torch.allclose(proc.s_qk, torch.ones(8))  # non-trivial scales
         for q in proc.quantizers():
@@ -47,7 +37,7 @@ def test_quantized_attention_matches_the_spec_formula():
     hidden, ctx = torch.randn(1, 6, 16), torch.randn(1, 5, 24)
     proc = QuantAttnProcessor(QuantSpec(6), head_dim=8, s_alpha=0.3)
     attn.set_processor(proc)
-    calibrate(attn, hidden, ctx)
+    observe_attention(attn, hidden, ctx)
     with torch.no_grad():
         q = attn.head_to_batch_dim(attn.to_q(hidden))
         k = attn.head_to_batch_dim(attn.to_k(ctx))

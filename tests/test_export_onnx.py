@@ -17,7 +17,7 @@ from passion_deploy.export.trace import trace_unet, trace_vae_decoder, trace_vae
 from passion_deploy.quant.attention import QuantAttnProcessor
 from passion_deploy.quant.layers import QuantConv, QuantLinear
 from passion_deploy.quant.quantizer import QuantSpec
-from passion_deploy.quant.wrap import set_observers
+from calib_helpers import calibrated_layer, observe_attention
 
 BITS = {"w8a8": (8, 8), "w6a6": (6, 6)}
 
@@ -41,19 +41,6 @@ def isas(wbits, abits):
     return ["portable"] + (["vnni"] if cpu_has_vnni() or wbits <= 6 or abits <= 6 else [])
 
 
-def calibrated(layer, x, let=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    if let:
-        n = layer.let_scale.numel()
-        layer.let_scale.data = torch.exp(torch.randn(n, generator=g) * 0.5)
-        layer.let_offset.data = torch.randn(n, generator=g) * 0.5
-    set_observers(layer, act="minmax", weight="minmax")
-    with torch.no_grad():
-        layer(x)
-    set_observers(layer, act=None, weight=None)
-    return layer
-
-
 def check(y, ref, tol=3e-6):
     err = np.abs(y - ref).max()
     assert err <= tol * np.abs(ref).max(), f"max abs err {err:.3g} vs scale {np.abs(ref).max():.3g}"
@@ -72,7 +59,7 @@ def test_qconv_onnx_matches_fake_quant(geom, bits, split):
     layer = QuantConv(nn.Conv2d(8, 6, **CONVS[geom]), wspec=QuantSpec(wb), aspec=QuantSpec(ab), split=split, use_let=True,
                       let_form="consistent", s_alpha=0.5, only_weight=False)
     x = torch.randn(1, 8, 11, 9) * 2 + 0.3
-    calibrated(layer, x)
+    calibrated_layer(layer, x)
     with torch.no_grad():
         ref = layer(x).numpy()
     rec = layer_recipe("conv", layer)
@@ -96,7 +83,7 @@ def test_qlinear_onnx_matches_fake_quant(shape, bits, split):
     x = torch.randn(*shape) * 2 - 0.2
     if len(shape) == 3:
         x[:, shape[1] // 2:] *= 4  # token halves with different ranges
-    calibrated(layer, x)
+    calibrated_layer(layer, x)
     with torch.no_grad():
         ref = layer(x).numpy()
     rec = layer_recipe("lin", layer)
@@ -112,7 +99,7 @@ def test_residual_paths_one_signed_channel_and_positive_activations(geom):
     with torch.no_grad():
         layer.weight[1] = layer.weight[1].abs() + 0.05
     x = torch.rand(1, 6, 7, 8) + 1.0
-    calibrated(layer, x, let=False)
+    calibrated_layer(layer, x, let=False)
     rec = layer_recipe("c", layer)
     assert ia.act_operand(rec.acts[0]).wide
     assert ia.weight_operand(rec.weights[0].codes, rec.weights[0].grid, "u8").has_residual
@@ -125,7 +112,7 @@ def test_weight_only_layer():
     layer = QuantConv(nn.Conv2d(6, 5, 3, padding=1), wspec=QuantSpec(6), aspec=QuantSpec(8), split=True, use_let=True,
                       let_form="consistent", s_alpha=0.5, only_weight=True)
     x = torch.randn(1, 6, 7, 8)
-    calibrated(layer, x)
+    calibrated_layer(layer, x)
     rec = layer_recipe("c", layer)
     assert rec.acts is None
     with torch.no_grad():
@@ -143,14 +130,7 @@ def test_qattention_onnx_matches_fake_quant(bits, cross, const_kv, wide_p):
     attn.set_processor(proc)
     hidden = torch.randn(1, 12, 16)
     ctx = torch.randn(1, 7, 24) if cross else None
-    proc.let_observer = True
-    for q in proc.quantizers():
-        q.observer = "ema"
-    with torch.no_grad():
-        attn(hidden, encoder_hidden_states=ctx)
-    proc.let_observer = False
-    for q in proc.quantizers():
-        q.observer = None
+    observe_attention(attn, hidden, ctx)
     with torch.no_grad():  # P*s_vw range starting at 0, or well above it (near-uniform attention: zp > 0)
         proc.p_quant.x_min.copy_(0.3 * proc.p_quant.x_max if wide_p else torch.zeros(()))
     rec = attention_recipe("attn", attn, proc)

@@ -13,7 +13,7 @@ from passion_deploy.export.recipes import attention_recipe, layer_recipe, run_at
 from passion_deploy.quant.attention import QuantAttnProcessor
 from passion_deploy.quant.layers import QuantConv, QuantLinear
 from passion_deploy.quant.quantizer import QuantSpec
-from passion_deploy.quant.wrap import set_observers
+from calib_helpers import calibrated_layer, observe_attention
 
 SPECS = {
     "w8a8": (QuantSpec(8), QuantSpec(8)),
@@ -21,20 +21,6 @@ SPECS = {
     "w8a8-sym": (QuantSpec(8, sym=True), QuantSpec(8, sym=True)),
     "w6a6-signed": (QuantSpec(6, sign=True), QuantSpec(6, sign=True)),
 }
-
-
-def calibrated(layer, x, seed=0, let=True):
-    """Random LET scale/offset, then min/max calibration of every quantizer on x."""
-    g = torch.Generator().manual_seed(seed)
-    if let:
-        n = layer.let_scale.numel()
-        layer.let_scale.data = torch.exp(torch.randn(n, generator=g) * 0.5)
-        layer.let_offset.data = torch.randn(n, generator=g) * 0.5
-    set_observers(layer, act="minmax", weight="minmax")
-    with torch.no_grad():
-        layer(x)
-    set_observers(layer, act=None, weight=None)
-    return layer
 
 
 def make(kind, spec, split, let=True, let_form="consistent", **kw):
@@ -61,7 +47,7 @@ CONVS = {"3x3s1": dict(kernel_size=3, padding=1), "3x3s2": dict(kernel_size=3, s
 def test_conv_recipe_matches_fake_quant(geom, spec, split, isa):
     layer = make("conv", spec, split, **CONVS[geom])
     x = torch.randn(2, 6, 9, 7) * 2 + 0.3
-    calibrated(layer, x)
+    calibrated_layer(layer, x)
     rec = layer_recipe("conv", layer)
     assert rec.let_taps is not None and len(rec.weights) == (2 if split else 1)
     with torch.no_grad():
@@ -75,7 +61,7 @@ def test_conv_recipe_matches_fake_quant(geom, spec, split, isa):
 def test_linear_recipe_matches_fake_quant(shape, spec, split, let_form):
     layer = make("linear", spec, split, let_form=let_form)
     x = torch.randn(*shape) * 2 - 0.2
-    calibrated(layer, x)
+    calibrated_layer(layer, x)
     rec = layer_recipe("lin", layer)
     with torch.no_grad():
         assert_close(run_layer(rec, x), layer(x))
@@ -85,7 +71,7 @@ def test_token_split_uses_two_activation_grids():
     layer = make("linear", "w8a8", True)
     x = torch.randn(1, 10, 8)
     x[:, 5:] *= 10  # second token half has a much wider range
-    calibrated(layer, x)
+    calibrated_layer(layer, x)
     rec = layer_recipe("lin", layer)
     assert rec.act_split_on_tokens(3)
     assert rec.acts[1].step > 5 * rec.acts[0].step
@@ -96,7 +82,7 @@ def test_token_split_uses_two_activation_grids():
 def test_conv_without_let_and_zero_offset_has_no_correction():
     layer = make("conv", "w8a8", False, let=False, kernel_size=3, padding=1)
     x = torch.randn(1, 6, 8, 8)
-    calibrated(layer, x, let=False)
+    calibrated_layer(layer, x, let=False)
     rec = layer_recipe("c", layer)
     assert rec.let_scale is None and rec.let_taps is None
     with torch.no_grad():
@@ -111,7 +97,7 @@ def test_one_signed_weight_channel_and_out_of_range_activation_grid():
     with torch.no_grad():
         layer.weight[2] = layer.weight[2].abs() + 0.05
     x = torch.rand(1, 6, 8, 8) + 1.0  # all positive
-    calibrated(layer, x, let=False)
+    calibrated_layer(layer, x, let=False)
     rec = layer_recipe("c", layer)
     aop = ia.act_operand(rec.acts[0])
     assert aop.wide and aop.residual != 0
@@ -131,14 +117,7 @@ def test_attention_recipe_matches_fake_quant(bits, cross):
     attn.set_processor(proc)
     hidden = torch.randn(1, 12, 16)
     ctx = torch.randn(1, 7, 24) if cross else None
-    proc.let_observer = True
-    for q in proc.quantizers():
-        q.observer = "ema"
-    with torch.no_grad():
-        attn(hidden, encoder_hidden_states=ctx)
-    proc.let_observer = False
-    for q in proc.quantizers():
-        q.observer = None
+    observe_attention(attn, hidden, ctx)
     rec = attention_recipe("attn", attn, proc)
     with torch.no_grad():
         q = attn.head_to_batch_dim(attn.to_q(hidden))
