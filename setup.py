@@ -35,7 +35,8 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "onnx>=1.16", "onnxruntime>=1.17"],
+        # scikit-image: the tiny model's photos (training, held-out crops); triton: kernel tests in its interpreter
+        "test": ["pytest>=7", "onnx>=1.16", "onnxruntime>=1.17", "scikit-image>=0.22", "triton>=3.0"],
         "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],  # the onnx export target and its runtime
         "train": ["scikit-image>=0.22"],
         "gpu": ["tensorrt", "pycuda", "onnxruntime-gpu"],

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="compare the artifact with the fake-quant reference, write DIR/verify.json")
     p.add_argument("--min-psnr", type=float, default=45.0, help="--verify fails below this end-to-end PSNR vs fake-quant (dB)")
     p.add_argument("--probes", type=int, default=3, help="number of probe images for --verify")
+    p.add_argument("--bench-runs", type=int, default=5,
+                   help="after --verify, time each component against FP32 ONNX Runtime and PyTorch FP32 "
+                        "(alternating, median of this many runs, >= 5); 0 skips the comparison")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -73,7 +76,35 @@ def main(argv: list[str] | None = None) -> int:
     floor = report["reference_sensitivity_db"]["per_probe"]
     print(f"  end-to-end {e2e} dB vs fake-quant, threshold {args.min_psnr} dB: {'PASS' if ok else 'FAIL'} "
           f"(fake-quant vs itself with its input changed by 1e-5: {', '.join(str(v) for v in floor)} dB)")
+    if ok and args.bench_runs:
+        bench_status = latency_comparison(out, args.bench_runs, progress)
+        if bench_status:
+            return bench_status
     return 0 if ok else 1
+
+
+def latency_comparison(out: Path, runs: int, progress: bool) -> int:
+    """The artifact's per-component latency vs its FP32 baselines (passion-bench's harness, no memory probes)."""
+    from ..benchmarks.harness import run_benchmark
+    from ..checkpoint import CheckpointError
+
+    print(f"passion-export: latency, median of {runs} alternating runs on this machine "
+          f"(full record: passion-bench --model {out} --json OUT.json)")
+    try:
+        rec = run_benchmark(out, runs=runs, progress=progress, memory=False, log=_bench_log)
+    except (CheckpointError, ValueError, OSError) as e:
+        print(f"passion-export: the latency comparison could not run: {e}", file=sys.stderr)
+        return 2
+    total = {v: sum(c["variants"][v]["median_s"] for c in rec["components"].values()) for v in ("int_onnx", "fp32_onnx", "torch_fp32")}
+    print(f"  {'all':12s} int {total['int_onnx'] * 1e3:9.1f} ms   fp32 ORT {total['fp32_onnx'] * 1e3:9.1f} ms   "
+          f"torch {total['torch_fp32'] * 1e3:9.1f} ms   -> {total['fp32_onnx'] / total['int_onnx']:.2f}x vs FP32 ORT, "
+          f"{total['torch_fp32'] / total['int_onnx']:.2f}x vs PyTorch FP32")
+    return 0
+
+
+def _bench_log(line: str) -> None:
+    if line.startswith("  "):  # the per-component result lines; the harness's build steps stay quiet
+        print(line)
 
 
 if __name__ == "__main__":
