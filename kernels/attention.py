@@ -147,6 +147,11 @@ class KernelAttention:
         self.s_qk, self.s_vw = torch.from_numpy(rec.s_qk), torch.from_numpy(rec.s_vw)
         self.block, self.act_block, self.softmax_block = block, act_block, softmax_block
 
+    def to(self, device) -> "KernelAttention":
+        """Move the LET scales to `device` once (a call then copies nothing to the device)."""
+        self.s_qk, self.s_vw = self.s_qk.to(device), self.s_vw.to(device)
+        return self
+
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, store_int: bool = False):
         if q.dim() != 3 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
             raise ValueError(f"q, k, v must be (B*heads, N, d), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")

@@ -126,13 +126,15 @@ def qgemm_kernel(a_ptr, s_ab, s_ap, s_ac,
 def qgemm(a: torch.Tensor, a_ops: list[ia.ActOperand], w: PackedWeights, ep: Epilogue,
           spatial: tuple[int, int] | None = None, kernel: tuple[int, int] = (1, 1), stride: int = 1, padding: int = 0,
           out_dtype: torch.dtype = torch.float32, store_int: bool = False,
-          block: tuple[int, int, int] = (64, 64, 32)):
+          block: tuple[int, int, int] = (64, 64, 32), out: torch.Tensor | None = None):
     """Launch the integer GEMM / implicit-GEMM conv.
 
     a: (B, P, C) operands (uint8 or int8, channel stride 1 preferred), P = H*W for a conv
     (`spatial` = (H, W)), or the rows of a linear layer. Returns y (B, P_out, N) of
     `out_dtype`, channels-last; with `store_int` also the exact int32 parts: (G, B, P_out, N)
-    sum_k (a-za)(b-zb) and (G, B, P_out) sum_k (a-za)."""
+    sum_k (a-za)(b-zb) and (G, B, P_out) sum_k (a-za). `out`, when given, is the (B, P_out, N)
+    tensor (any strides) the kernel writes y into: an NCHW conv output viewed as
+    `.view(B, N, P_out).transpose(1, 2)` gets y in NCHW order without a copy."""
     if a.dim() != 3 or a.dtype not in (torch.uint8, torch.int8):
         raise ValueError(f"activation operands must be (B, P, C) uint8/int8, got {tuple(a.shape)} {a.dtype}")
     dt = "u8" if a.dtype == torch.uint8 else "s8"
@@ -159,7 +161,11 @@ def qgemm(a: torch.Tensor, a_ops: list[ia.ActOperand], w: PackedWeights, ep: Epi
     dev = a.device
     ep = ep.to(dev)
     w = w.to(dev)
-    out = torch.empty((bsz, ho * wo, n), dtype=out_dtype, device=dev)
+    if out is None:
+        out = torch.empty((bsz, ho * wo, n), dtype=out_dtype, device=dev)
+    elif out.shape != (bsz, ho * wo, n) or out.dtype != out_dtype or out.device != dev:
+        raise ValueError(f"out must be a ({bsz}, {ho * wo}, {n}) {out_dtype} tensor on {dev}, got "
+                         f"{tuple(out.shape)} {out.dtype} on {out.device}")
     g = w.groups
     acc = torch.empty((g, bsz, ho * wo, n) if store_int else (1,), dtype=torch.int32, device=dev)
     rs = torch.empty((g, bsz, ho * wo) if store_int else (1,), dtype=torch.int32, device=dev)

@@ -34,36 +34,46 @@ class KernelLayer:
         self.weights = pack_weights(rec.weights)
         self.acts = [ia.act_operand(g, act_dtype) for g in rec.acts]
         self.block, self.act_block = block, act_block
+        self.device = torch.device("cpu")
+        self._pre = {} if rec.let_scale is None else dict(
+            pre="let", scale=torch.from_numpy(rec.let_scale), offset=torch.from_numpy(rec.let_input_offset))
+        # epilogues are built on first use and kept on the layer's device: a call copies nothing
+        # to the device and recomputes nothing on the host (CUDA-graph capture needs both)
         self._conv_epilogues = {}  # in_spatial -> Epilogue (the border map depends on the input size)
+        self._linear_epilogues = {}  # (number of row blocks, block) -> Epilogue
 
-    def _pre(self) -> dict:
-        rec = self.rec
-        if rec.let_scale is None:
-            return {}
-        return dict(pre="let", scale=torch.from_numpy(rec.let_scale), offset=torch.from_numpy(rec.let_input_offset))
+    def to(self, device) -> "KernelLayer":
+        """Move the weights, the LET vectors and the epilogues built so far to `device`, once."""
+        self.device = torch.device(device)
+        self.weights = self.weights.to(self.device)
+        self._pre = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in self._pre.items()}
+        for cache in (self._conv_epilogues, self._linear_epilogues):
+            for key, ep in cache.items():
+                cache[key] = ep.to(self.device)
+        return self
 
     def _quantize(self, x3: torch.Tensor, ops: list[ia.ActOperand]) -> torch.Tensor:
         c_split = self.rec.weights[0].k1 if len(ops) == 2 else None
-        return act_quant(x3, ops, c_split, block=self.act_block, **self._pre())
+        return act_quant(x3, ops, c_split, block=self.act_block, **self._pre)
 
     def __call__(self, x: torch.Tensor, out_dtype: torch.dtype = torch.float32, store_int: bool = False):
         return self.conv(x, out_dtype, store_int) if self.rec.kind == "conv" else self.linear(x, out_dtype, store_int)
 
     def conv(self, x: torch.Tensor, out_dtype=torch.float32, store_int=False):
-        """x (B, C, H, W) -> y (B, N, Ho, Wo) (a channels-last tensor)."""
+        """x (B, C, H, W) -> y (B, N, Ho, Wo), contiguous NCHW (written so by the kernel, as the
+        float ops around the layer read it)."""
         rec = self.rec
         bsz, c, h, w = x.shape
         spatial = (h, w)
         if spatial not in self._conv_epilogues:
-            self._conv_epilogues[spatial] = conv_epilogue(rec, self.weights, self.acts, spatial)
+            self._conv_epilogues[spatial] = conv_epilogue(rec, self.weights, self.acts, spatial).to(self.device)
         ep = self._conv_epilogues[spatial]
         codes = self._quantize(x.reshape(bsz, c, h * w).transpose(1, 2), self.acts)  # NCHW read, NHWC codes
         ops = self.acts if len(self.acts) == self.weights.groups else self.acts * self.weights.groups
-        res = qgemm(codes, ops, self.weights, ep, spatial, rec.kernel, rec.stride[0], rec.padding[0], out_dtype,
-                    store_int, self.block)
-        y = res[0] if store_int else res
         ho, wo = conv_out_size(spatial, rec)
-        y = y.view(bsz, ho, wo, -1).permute(0, 3, 1, 2)
+        y = torch.empty((bsz, rec.out_channels, ho, wo), dtype=out_dtype, device=x.device)
+        res = qgemm(codes, ops, self.weights, ep, spatial, rec.kernel, rec.stride[0], rec.padding[0], out_dtype,
+                    store_int, self.block, out=y.view(bsz, rec.out_channels, ho * wo).transpose(1, 2))
         return (y, codes) + tuple(res[1:]) if store_int else y
 
     def linear(self, x: torch.Tensor, out_dtype=torch.float32, store_int=False):
@@ -77,10 +87,13 @@ class KernelLayer:
         else:
             rows = [(0, x3.shape[1], self.acts)]
         outs, ints = [], []
-        for r0, r1, ops in rows:
+        for half, (r0, r1, ops) in enumerate(rows):
             codes = self._quantize(x3[:, r0:r1], ops)
             gemm_ops = ops if len(ops) == g else ops * g
-            res = qgemm(codes, gemm_ops, self.weights, linear_epilogue(rec, self.weights, gemm_ops), None, (1, 1), 1, 0,
+            key = (len(rows), half)  # token halves use one grid each, otherwise all grids at once
+            if key not in self._linear_epilogues:
+                self._linear_epilogues[key] = linear_epilogue(rec, self.weights, gemm_ops).to(self.device)
+            res = qgemm(codes, gemm_ops, self.weights, self._linear_epilogues[key], None, (1, 1), 1, 0,
                         out_dtype, store_int, self.block)
             outs.append(res[0] if store_int else res)
             ints.append((codes,) + tuple(res[1:]) if store_int else None)
