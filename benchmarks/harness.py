@@ -1,9 +1,14 @@
-"""Latency and memory of an exported artifact against its FP32 baselines, per component.
+"""Latency and memory of an exported artifact against its float baselines, per component.
 
-Variants, all on the same input in one process:
+Variants, all on the same input in one process. An onnx artifact:
     int_onnx    the artifact's integer ONNX model (ONNX Runtime, CPU provider)
     fp32_onnx   the same IR graph traced without quantization, lowered the same way
     torch_fp32  the FP model in PyTorch eager mode
+A triton artifact (an FP32 ONNX Runtime baseline would be a CPU number next to a GPU one):
+    triton      the diffusers graph with the integer layers on the Triton kernels, CUDA graphs
+    torch_fp16  on a GPU: the FP model in PyTorch FP16, captured in CUDA graphs the same way
+    torch_fp32  on a CPU, where the kernels run in Triton's interpreter: the record says so,
+                and its timings describe the interpreter, not the kernels
 
 Every variant is warmed up, then the variants are timed in alternation (run 1 of each, run 2
 of each, ...) so that load changes on a shared machine hit all of them alike; the median of
@@ -22,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,8 +90,45 @@ def versions() -> dict:
 
     from passion_deploy import __version__
 
-    return {"passion_deploy": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "onnx": onnx.__version__, "numpy": np.__version__, "diffusers": diffusers.__version__}
+    v = {"passion_deploy": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+         "onnx": onnx.__version__, "numpy": np.__version__, "diffusers": diffusers.__version__}
+    try:
+        import triton
+
+        v["triton"] = triton.__version__
+    except ImportError:
+        pass
+    return v
+
+
+def time_alternating(fns: dict, rec: dict, runs: int, progress: bool, desc: str, sync=None) -> None:
+    """Time the variants in alternation (run 1 of each, run 2 of each, ...): load changes on a
+    shared machine then hit all of them alike. Fills rec[variant] with every sample, the median,
+    min and max, and the peak RSS seen while it ran; `sync` (a GPU's synchronize) runs inside
+    each timed call, so a sample covers the work, not its launch."""
+    from tqdm import tqdm
+
+    for v in fns:
+        rec[v].update(samples_s=[], peak_rss_bytes=0)
+    with torch.no_grad():
+        for _ in tqdm(range(runs), desc=desc, unit="run", disable=not progress):
+            for v, fn in fns.items():
+                with PeakRSS() as mem:
+                    t0 = time.perf_counter()
+                    fn()
+                    if sync is not None:
+                        sync()
+                    rec[v]["samples_s"].append(time.perf_counter() - t0)
+                rec[v]["peak_rss_bytes"] = max(rec[v]["peak_rss_bytes"], mem.peak)
+    for v in fns:
+        smp = rec[v]["samples_s"]
+        rec[v].update(median_s=statistics.median(smp), min_s=min(smp), max_s=max(smp))
+
+
+def speedups(rec: dict, artifact_variant: str) -> dict:
+    """Baseline median / artifact median, per baseline variant."""
+    art = rec[artifact_variant]["median_s"]
+    return {f"vs_{v}": r["median_s"] / art for v, r in rec.items() if v != artifact_variant and "median_s" in r}
 
 
 def bench_inputs(manifest: dict, vae_px: int | None, seed: int = 0) -> dict[str, tuple[str, torch.Tensor]]:
@@ -123,8 +166,6 @@ def _dir_bytes(d: Path, files: list[str]) -> int:
 def run_benchmark(model_dir: str | Path, components: list[str] | None = None, runs: int = 5, warmup: int = 1,
                   vae_px: int | None = None, threads: int | None = None, torch_eager: bool = True,
                   progress: bool = True, log=print, timing_only_isa: bool = False, memory: bool = True) -> dict:
-    from tqdm import tqdm
-
     from passion_deploy.export import artifact
     from passion_deploy.export.exporter import save_onnx, trace_probes
     from passion_deploy.export.fp_model import fp_copy
@@ -135,6 +176,8 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
     if runs < 5:
         raise ValueError("--runs must be at least 5 (the median of fewer runs is not reported)")
     model_dir = Path(model_dir)
+    if artifact.read_manifest(model_dir)["target"] == "triton":
+        return run_triton_benchmark(model_dir, components, runs, warmup, vae_px, threads, torch_eager, progress, log)
     # sessions are loaded below, measured; timing_only_isa times a --isa vnni artifact on a CPU
     # without VNNI, where its int8 GEMMs saturate: the timing is meaningful, the outputs are not
     rt = OnnxSR(model_dir, threads=threads, load_sessions=False, check_isa=not timing_only_isa)
@@ -146,7 +189,8 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
     if threads:
         torch.set_num_threads(threads)
     inputs = bench_inputs(m, vae_px)
-    record = {"model_dir": str(model_dir), "source_checkpoint": m["source_checkpoint"], "quant_config": m["quant_config_name"],
+    record = {"model_dir": str(model_dir), "target": "onnx", "artifact_variant": "int_onnx",
+              "source_checkpoint": m["source_checkpoint"], "quant_config": m["quant_config_name"],
               "isa": m["isa"], "machine": machine_info(), "versions": versions(),
               "settings": {"runs": runs, "warmup": warmup, "ort_intra_op_threads": threads or "default",
                            "isa_check_skipped_outputs_invalid": bool(timing_only_isa and m["isa"] == "vnni"
@@ -193,26 +237,12 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
                 rec["torch_fp32"] = {"weight_bytes_in_memory": c["fp32_weight_bytes"],
                                      "load_and_warmup_rss_increase_bytes": mem.peak - before + c["fp32_weight_bytes"]}
                 fns["torch_fp32"] = (lambda f=f: f(x))
-            for v in fns:
-                rec[v].update(samples_s=[], peak_rss_bytes=0)
-            with torch.no_grad():
-                for _ in tqdm(range(runs), desc=f"bench {comp}", unit="run", disable=not progress):
-                    for v, fn in fns.items():
-                        with PeakRSS() as mem:
-                            t0 = time.perf_counter()
-                            fn()
-                            rec[v]["samples_s"].append(time.perf_counter() - t0)
-                        rec[v]["peak_rss_bytes"] = max(rec[v]["peak_rss_bytes"], mem.peak)
-            for v in fns:
-                smp = rec[v]["samples_s"]
-                rec[v].update(median_s=statistics.median(smp), min_s=min(smp), max_s=max(smp))
+            time_alternating(fns, rec, runs, progress, f"bench {comp}")
             del fns
             if memory:
                 for v, path in (("int_onnx", model_dir / c["onnx"]), ("fp32_onnx", tmp / f"{comp}.onnx")):
                     rec[v]["subprocess_memory"] = probe_memory(path, feeds, threads, tmp)
-            speed = {"vs_fp32_onnx": rec["fp32_onnx"]["median_s"] / rec["int_onnx"]["median_s"]}
-            if "torch_fp32" in rec:
-                speed["vs_torch_fp32"] = rec["torch_fp32"]["median_s"] / rec["int_onnx"]["median_s"]
+            speed = speedups(rec, "int_onnx")
             record["components"][comp] = {"input": {name: list(x.shape)}, "variants": rec, "speedup": speed,
                                           "ir_vs_fp32_bytes": c["ir_vs_fp32"]}
             log(f"  {comp:12s} int {rec['int_onnx']['median_s'] * 1e3:9.1f} ms   fp32 ORT {rec['fp32_onnx']['median_s'] * 1e3:9.1f} ms"
@@ -222,5 +252,85 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
         import shutil
 
         shutil.rmtree(tmp, ignore_errors=True)
+    record["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return record
+
+
+def run_triton_benchmark(model_dir: Path, components: list[str] | None, runs: int, warmup: int, vae_px: int | None,
+                         threads: int | None, torch_eager: bool, progress: bool, log) -> dict:
+    """A triton artifact vs the FP model in PyTorch (FP16 with CUDA graphs on a GPU, FP32 on a CPU)."""
+    from passion_deploy.export import artifact
+    from passion_deploy.export.fp_model import fp_copy
+    from passion_deploy.export.triton_runtime import TritonSR
+
+    if threads:
+        torch.set_num_threads(threads)
+    log(f"passion-bench: loading {model_dir} (the integer layers onto the Triton kernels)")
+    rt = TritonSR(model_dir)
+    m = rt.manifest
+    components = components or list(m["components"])
+    missing = [c for c in components if c not in m["components"]]
+    if missing:
+        raise ValueError(f"{model_dir}: the artifact has no {missing[0]} component")
+    gpu = rt.device.type == "cuda"
+    dev, dtype = rt.device, rt.compute_dtype
+    baseline = "torch_fp16" if gpu else "torch_fp32"
+    machine = machine_info()
+    if gpu:
+        machine["gpu"] = torch.cuda.get_device_name(dev)
+    record = {"model_dir": str(model_dir), "target": "triton", "artifact_variant": "triton",
+              "source_checkpoint": m["source_checkpoint"], "quant_config": m["quant_config_name"],
+              "runtime": rt.description, "machine": machine, "versions": versions(),
+              "settings": {"runs": runs, "warmup": warmup, "device": str(dev), "compute_dtype": str(dtype).replace("torch.", ""),
+                           "cuda_graphs": rt.graphs is not None, "triton_interpreter": not gpu,
+                           "order": "variants alternate within each run"}, "components": {}}
+    if not gpu:
+        record["settings"]["note"] = ("no GPU: the kernels ran in Triton's CPU interpreter; these timings measure the "
+                                      "interpreter, not the kernels")
+    fns_of = {"unet": "unet_eps", "vae_encoder": "encode", "vae_decoder": "decode"}
+    fp = None
+    if torch_eager:
+        log(f"passion-bench: building the {baseline} baseline from {m['source_checkpoint']['name']}")
+        fp = fp_copy(artifact.load_source_pipeline(m), inplace=True).to(dev, dtype)
+        graphs = None
+        if gpu:
+            from passion_deploy.export.cuda_graphs import GraphCache
+
+            graphs = GraphCache(rt.tile_shapes())  # the baseline gets CUDA graphs at the same shapes
+    sync = torch.cuda.synchronize if gpu else None
+    inputs = bench_inputs(m, vae_px)
+    for comp in components:
+        name, x = inputs[comp]
+        x = x.to(dev, dtype)
+        c = m["components"][comp]
+        variants = {"triton": rt.component_fn(comp)}
+        rec = {"triton": {"weight_bytes_on_disk": c["ir_file_bytes"]}}
+        if fp is not None:
+            f = getattr(fp, fns_of[comp])
+            variants[baseline] = partial(graphs.run, comp, f) if graphs else f
+            rec[baseline] = {"weight_bytes_in_memory": c["fp32_weight_bytes"] * (2 if gpu else 4) // 4}
+        fns = {}
+        with rt.kernel_context(), torch.no_grad():
+            for v, f in variants.items():  # warm-up: Triton compiles, CUDA graphs are captured
+                before = torch.cuda.memory_allocated(dev) if gpu else rss_bytes()
+                if gpu:
+                    torch.cuda.reset_peak_memory_stats(dev)
+                with PeakRSS() as mem:
+                    for _ in range(max(warmup, 1)):
+                        f(x)
+                    if sync:
+                        sync()
+                if gpu:
+                    rec[v]["warmup_peak_gpu_bytes_over_resident"] = torch.cuda.max_memory_allocated(dev) - before
+                else:
+                    rec[v]["load_and_warmup_rss_increase_bytes"] = mem.peak - before
+                fns[v] = (lambda f=f: f(x))
+            time_alternating(fns, rec, runs, progress, f"bench {comp}", sync)
+        speed = speedups(rec, "triton")
+        record["components"][comp] = {"input": {name: list(x.shape)}, "variants": rec, "speedup": speed,
+                                      "ir_vs_fp32_bytes": c["ir_vs_fp32"]}
+        log(f"  {comp:12s} triton {rec['triton']['median_s'] * 1e3:9.1f} ms"
+            + (f"   {baseline} {rec[baseline]['median_s'] * 1e3:9.1f} ms   -> {speed['vs_' + baseline]:.2f}x vs {baseline}"
+               if baseline in rec else ""))
     record["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return record

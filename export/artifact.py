@@ -1,10 +1,10 @@
 """Artifact directories: files written atomically, a manifest that describes and seals them.
 
-    DIR/manifest.json        format, tool version, source checkpoint sha256, quantization
-                             config, pipeline constants, per-component inputs/outputs and
-                             files, and the sha256 and size of every file
-    DIR/<component>.onnx     (+ .onnx.data external weights when the model exceeds 2 GB)
-    DIR/<component>.ir.safetensors   the deploy IR (packed weights + graph)
+    DIR/manifest.json        format, target, tool version, source checkpoint sha256,
+                             quantization config, pipeline constants, per-component
+                             inputs/outputs and files, and the sha256 and size of every file
+    DIR/<component>.ir.safetensors   the deploy IR (packed weights + graph), every target
+    DIR/<component>.onnx     onnx target (+ .onnx.data external weights beyond 2 GB)
 
 The manifest is written last, so a directory with a manifest is complete. Loading re-hashes
 every file and refuses a missing, resized, modified or foreign file with one sentence.
@@ -113,3 +113,18 @@ def check_cpu(m: dict, where: str) -> None:
     if m.get("isa") == "vnni" and not cpu_has_vnni():
         raise ArtifactError(f"{where}: exported with --isa vnni, whose int8 GEMMs saturate on this CPU without VNNI "
                             "and would compute wrong results; re-export with --isa portable")
+
+
+def require_target(m: dict, target: str, where: str) -> None:
+    if m["target"] != target:
+        raise ArtifactError(f"{where}: is a {m['target']!r} artifact, not {target!r}; "
+                            "open it with passion_deploy.export.runtimes.open_artifact")
+
+
+def load_source_pipeline(m: dict):
+    """The fake-quant pipeline of the checkpoint the artifact was exported from (by its recorded
+    path, else by name: a bundled checkpoint moves with the installation)."""
+    from passion_deploy.checkpoint import load_checkpoint
+
+    src = m["source_checkpoint"]
+    return load_checkpoint(src["path"] if Path(src["path"]).is_file() else src["name"])

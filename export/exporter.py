@@ -19,6 +19,7 @@ from .onnx_lower import lower_graph
 from .trace import COMPONENTS, ExportError, trace_component
 
 TARGETS = ("onnx", "triton", "trt")
+BUILT_TARGETS = ("onnx", "triton")
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin for the graph itself
 QUANT_PARAM_SUFFIXES = (".x_min", ".x_max", ".let_scale", ".let_offset", ".s_qk", ".s_vw")
 
@@ -109,16 +110,21 @@ def save_onnx(model: onnx.ModelProto, out_dir: Path, stem: str) -> list[str]:
 def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", components: tuple[str, ...] = COMPONENTS,
                     tile: tuple[int, int] | None = None, isa: str = "auto", fold: bool = True,
                     progress: bool = True, pipe=None) -> dict:
-    """Export the calibrated checkpoint `ckpt` (path or bundled name) to `out_dir`; returns the manifest."""
+    """Export the calibrated checkpoint `ckpt` (path or bundled name) to `out_dir`; returns the manifest.
+
+    Every target writes the deploy IR of each component (`<component>.ir.safetensors`: packed
+    weight codes, per-layer integer recipes, the graph). `onnx` lowers it to integer ONNX
+    beside it; `triton` needs nothing else: its runtime (triton_runtime.py) builds the kernel
+    operands from the IR on load."""
     from passion_deploy.checkpoint import load_checkpoint, resolve_checkpoint
 
-    if target != "onnx":
-        raise ExportError(f"target {target!r} is not built yet; use --target onnx")
+    if target not in BUILT_TARGETS:
+        raise ExportError(f"target {target!r} is not built yet; use --target {' or '.join(BUILT_TARGETS)}")
     unknown = [c for c in components if c not in COMPONENTS]
     if unknown or not components:
         raise ExportError(f"--components: unknown {unknown[0]!r}; choose from {', '.join(COMPONENTS)}" if unknown
                           else "--components: name at least one component")
-    isa = resolve_isa(isa)
+    isa = resolve_isa(isa) if target == "onnx" else None  # the ISA choice is the CPU int8 path's
     t0 = time.perf_counter()
     ckpt_path = resolve_checkpoint(ckpt)
     if pipe is None:
@@ -143,12 +149,14 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
         bar.set_postfix_str(f"{comp}: writing IR")
         ir_name = f"{comp}.ir.safetensors"
         save_ir(graph, out_dir / ir_name)
-        bar.set_postfix_str(f"{comp}: lowering to ONNX")
-        model = lower_graph(graph, isa)
-        onnx_files = save_onnx(model, out_dir, comp)
-        del model
+        onnx_files = []
+        if target == "onnx":
+            bar.set_postfix_str(f"{comp}: lowering to ONNX")
+            model = lower_graph(graph, isa)
+            onnx_files = save_onnx(model, out_dir, comp)
+            del model
         files += [ir_name] + onnx_files
-        if "context" in graph.inputs:  # dynamic constants: the runtime feeds t=999 and this context
+        if "context" in graph.inputs and target == "onnx":  # dynamic constants: the runtime feeds t=999 and this context
             from safetensors.numpy import save_file
 
             from passion_deploy.io_utils import atomic_path
@@ -158,21 +166,22 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
             files.append("context.safetensors")
         wb = weight_bytes(graph)
         comps[comp] = {
-            "onnx": f"{comp}.onnx", "onnx_data": f"{comp}.onnx.data" if len(onnx_files) > 1 else None, "ir": ir_name,
+            "ir": ir_name,
             "inputs": {k: list(v) for k, v in graph.inputs.items()},
             "outputs": {k: list(v) for k, v in graph.outputs.items()},
             "folded_constants": fold if comp == "unet" else None,
             "quantized_layers": sum(1 for n in graph.nodes if n.op in ("qconv", "qlinear")),
             "quantized_attention": sum(1 for n in graph.nodes if n.op == "qattention"),
             "ir_file_bytes": (out_dir / ir_name).stat().st_size,
-            "onnx_bytes": sum((out_dir / f).stat().st_size for f in onnx_files),
             "fp32_weight_bytes": fp32_bytes(pipe, comp),
             **wb,
         }
+        if target == "onnx":
+            comps[comp].update(onnx=f"{comp}.onnx", onnx_data=f"{comp}.onnx.data" if len(onnx_files) > 1 else None,
+                               onnx_bytes=sum((out_dir / f).stat().st_size for f in onnx_files))
         comps[comp]["ir_vs_fp32"] = round(comps[comp]["ir_file_bytes"] / comps[comp]["fp32_weight_bytes"], 4)
     manifest = {
         "target": target,
-        "isa": isa,
         "source_checkpoint": {"name": str(ckpt), "path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path),
                               "preset": pipe.preset, "weights_source": getattr(pipe, "weights_source", "unknown")},
         "quant_config": json.loads(pipe.quant_config.to_json()),
@@ -183,4 +192,11 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
         "components": comps,
         "export_seconds": round(time.perf_counter() - t0, 1),
     }
+    if target == "onnx":
+        manifest["isa"] = isa
+    else:  # the runtime's kernel operand encodings (kernels/operands.py); the latent tile is the CUDA-graph shape
+        from passion_deploy.kernels.operands import WEIGHT_DTYPE
+
+        manifest["kernels"] = {"activation_operands": "u8", "weight_operands": WEIGHT_DTYPE,
+                               "cuda_graph_latent_tile": list(tile)}
     return artifact.write_manifest(out_dir, manifest, files)

@@ -35,6 +35,7 @@ class OnnxSR:
                  check_isa: bool = True):
         self.dir = Path(model_dir)
         self.manifest = artifact.read_manifest(self.dir)
+        artifact.require_target(self.manifest, "onnx", str(self.dir))
         if check_isa:
             artifact.check_cpu(self.manifest, str(self.dir))
         p = self.manifest["pipeline"]
@@ -59,12 +60,27 @@ class OnnxSR:
 
     def fallback(self):
         if self._fallback is None:
-            from passion_deploy.checkpoint import load_checkpoint
-
-            src = self.manifest["source_checkpoint"]
-            path = src["path"] if Path(src["path"]).is_file() else src["name"]
-            self._fallback = load_checkpoint(path)
+            self._fallback = artifact.load_source_pipeline(self.manifest)
         return self._fallback
+
+    def reference_pipeline(self):
+        """The fake-quant model --verify compares against (the fallback: these sessions do not modify it)."""
+        return self.fallback()
+
+    def run_with_layers(self, component: str, x: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        """The component's output on x (this artifact's session) and the outputs of the named
+        quantized layers / attention cores: the IR lowered again with those values as extra
+        graph outputs (the same lowering, but a separate model, so the artifact runs unchanged)."""
+        from .irfile import load_ir
+        from .onnx_lower import PROBE_PREFIX, lower_graph
+
+        g = load_ir(self.dir / self.manifest["components"][component]["ir"])
+        value = {n.name: n.outputs[0] for n in g.nodes if n.name in names}
+        model = lower_graph(g, self.manifest["isa"], probes=[value[n] for n in names])
+        sess = session(model.SerializeToString())
+        del model
+        outs = sess.run([PROBE_PREFIX + value[n] for n in names], {list(g.inputs)[0]: x.numpy(), **self.extra_feeds(component)})
+        return self._run(component, list(g.inputs)[0], x), dict(zip(names, outs))
 
     def extra_feeds(self, comp: str) -> dict:
         """Inputs of a UNet exported with --dynamic-constants: t = 999 and the stored context."""

@@ -14,7 +14,10 @@ Constant folding (spec section 1): with t = 999 and the fixed empty-prompt conte
 embedding MLP, every ResBlock time projection and every cross-attention K/V projection are
 constants; `fold=True` evaluates them with the (fake-quant) modules themselves, so the folded
 values are exactly what the fake-quant model computes. `fold=False` keeps them as graph ops
-with `timestep` and `context` inputs.
+with `timestep` and `context` inputs. A folded graph lists the layers it folded in
+`meta["folded_layers"]`: module path -> the constant holding its output, or None for the time
+embedding MLP, whose output then feeds nothing but folded layers. Runtimes that run the
+diffusers modules themselves (triton) replace those layers by these constants.
 """
 from __future__ import annotations
 
@@ -74,6 +77,9 @@ class Tracer:
         self.g.nodes.append(Node("identity", [v.name], [name], name=name))
         self.g.outputs[name] = shape
         self.g.shapes[name] = tuple(v.ref.shape)
+
+    def folded(self, layer: str, value: V | None) -> None:
+        self.g.meta.setdefault("folded_layers", {})[layer] = None if value is None else value.name
 
     def const(self, hint: str, value) -> V:
         t = torch.as_tensor(value).detach().float().cpu()
@@ -181,7 +187,9 @@ class Tracer:
         if self.fold:
             with torch.no_grad():
                 val = self.evaluate(r.time_emb_proj, F.silu(self.temb_ref))[:, :, None, None]
-            return self.const(name + ".time_emb_proj", val)
+            c = self.const(name + ".time_emb_proj", val)
+            self.folded(name + ".time_emb_proj", c)
+            return c
         p = self.linear(r.time_emb_proj, self.temb_act, name + ".time_emb_proj")
         return self.emit("unsqueeze_hw", [p], p.ref[:, :, None, None])
 
@@ -195,6 +203,8 @@ class Tracer:
             with torch.no_grad():
                 k = self.const(name + ".k", self.evaluate(attn.to_k, ctx_ref))
                 v = self.const(name + ".v", self.evaluate(attn.to_v, ctx_ref))
+            self.folded(name + ".to_k", k)
+            self.folded(name + ".to_v", v)
         else:
             src = x if ctx is None else ctx
             k = self.linear(attn.to_k, src, name + ".to_k")
@@ -313,6 +323,8 @@ def trace_unet(pipe, latent: torch.Tensor, quantized: bool = True, fold: bool = 
     if fold:
         ctx = None
         temb = V("<folded>", temb_ref)
+        t.folded("time_embedding.linear_1", None)
+        t.folded("time_embedding.linear_2", None)
     else:
         tin = t.input("timestep", tsteps.float(), (latent.shape[0],))
         ctx = t.input("context", ctx_ref, tuple(ctx_ref.shape))

@@ -1,9 +1,11 @@
 """--verify: run the artifact and the fake-quant reference on the same real-photo probes.
 
-Writes DIR/verify.json with, per component (each fed the reference's own input, so errors do
-not compound) and end to end: max_abs_err, psnr_vs_fakequant_db, psnr_vs_fp_db (plus the
-reference's own PSNR vs FP for context), and a per-layer table: SQNR of every quantized
-layer's output in the artifact vs the fake-quant layer, on the first probe.
+Any artifact: the runtime comes from the manifest's target (runtimes.open_artifact), and
+each runtime supplies the fake-quant reference it is judged against and its per-layer values
+(`run_with_layers`). Writes DIR/verify.json with, per component (each fed the reference's own
+input, so errors do not compound) and end to end: max_abs_err, psnr_vs_fakequant_db,
+psnr_vs_fp_db (plus the reference's own PSNR vs FP for context), and a per-layer table: SQNR
+of every quantized layer's output in the artifact vs the fake-quant layer, on the first probe.
 
 PSNR: images are clamped to [0, 1] with peak 1; latents and eps use the reference's range as
 peak. `reference_sensitivity_db` is the fake-quant model against itself with its input image
@@ -27,8 +29,8 @@ from passion_deploy.io_utils import atomic_write_text
 from .exporter import probe_images
 from .fp_model import fp_copy
 from .irfile import load_ir
-from .onnx_lower import PROBE_PREFIX, lower_graph
-from .runtime import OnnxSR, session
+from .layer_capture import capture_layers
+from .runtimes import open_artifact
 
 DEFAULT_MIN_PSNR = 45.0
 
@@ -78,48 +80,10 @@ def sqnr(out: np.ndarray, ref: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * math.log10(max(sig, 1e-30) / noise)
 
 
-@torch.no_grad()
-def capture_layers(pipe, component: str, names: list[str], run) -> dict[str, np.ndarray]:
-    """Outputs of the named quantized layers / attention cores during `run()`, by IR name."""
-    from passion_deploy.quant.attention import QuantAttnProcessor
-
-    root = pipe.unet if component == "unet" else pipe.vae
-    got, hooks, patched = {}, [], []
-    for name in names:
-        mod = root.get_submodule(name)
-        proc = getattr(mod, "processor", None)
-        if isinstance(proc, QuantAttnProcessor):
-            orig = proc.attention
-
-            def wrapped(q, k, v, scale, _orig=orig, _name=name, _attn=mod):
-                out = _orig(q, k, v, scale)
-                got[_name] = _attn.batch_to_head_dim(out).numpy().copy()
-                return out
-            proc.attention = wrapped
-            patched.append(proc)
-        else:
-            hooks.append(mod.register_forward_hook(lambda m, i, o, _n=name: got.__setitem__(_n, o.detach().numpy().copy())))
-    try:
-        run()
-    finally:
-        for h in hooks:
-            h.remove()
-        for proc in patched:
-            del proc.attention  # back to the class method
-    return got
-
-
-def layer_table(model_dir: Path, component: str, manifest: dict, pipe, x: torch.Tensor, run_ref, extra: dict) -> list[dict]:
-    g = load_ir(model_dir / manifest["components"][component]["ir"])
-    qnodes = [n for n in g.nodes if n.op in ("qconv", "qlinear", "qattention")]
-    model = lower_graph(g, manifest["isa"], probes=[n.outputs[0] for n in qnodes])
-    sess = session(model.SerializeToString())
-    del model
-    outs = sess.run([PROBE_PREFIX + n.outputs[0] for n in qnodes], {list(g.inputs)[0]: x.numpy(), **extra})
-    refs = capture_layers(pipe, component, [n.name for n in qnodes], run_ref)
+def layer_rows(g, nodes: list, outs: dict[str, np.ndarray], refs: dict[str, np.ndarray]) -> list[dict]:
     rows = []
-    for n, out in zip(qnodes, outs):
-        ref = refs[n.name]
+    for n in nodes:
+        out, ref = outs[n.name], refs[n.name]
         rec = g.recipes[n.attrs["recipe"]]
         bits = f"A{rec.q.bits}" if n.op == "qattention" else f"W{rec.w_bits}A{rec.a_bits or 'fp'}"
         rows.append({"layer": n.name, "op": n.op, "bits": bits, "sqnr_db": _round(sqnr(out, ref)),
@@ -127,18 +91,43 @@ def layer_table(model_dir: Path, component: str, manifest: dict, pipe, x: torch.
     return rows
 
 
+class ComponentCheck:
+    """One component of the artifact against the reference on the probes. On the first probe
+    (when per-layer tables are asked for) the artifact's run also yields the outputs of every
+    quantized layer, which are held against the same layers of the reference."""
+
+    def __init__(self, rt, pipe, component: str, tables: bool):
+        self.rt, self.pipe, self.component = rt, pipe, component
+        self.tally = Tally(image=(component == "vae_decoder"))
+        self.rows = None
+        self.nodes = None
+        if tables:
+            self.g = load_ir(rt.dir / rt.manifest["components"][component]["ir"])
+            self.nodes = [n for n in self.g.nodes if n.op in ("qconv", "qlinear", "qattention")]
+
+    def run(self, x: torch.Tensor, ref: torch.Tensor, fp: torch.Tensor, run_ref) -> torch.Tensor:
+        if self.nodes is not None and self.rows is None:
+            names = [n.name for n in self.nodes]
+            out, outs = self.rt.run_with_layers(self.component, x, names)
+            self.rows = layer_rows(self.g, self.nodes, outs, capture_layers(self.pipe, self.component, names, run_ref))
+        else:
+            out = {"vae_encoder": self.rt.encode, "unet": self.rt.unet_eps, "vae_decoder": self.rt.decode}[self.component](x)
+        self.tally.add(out, ref, fp)
+        return out
+
+
 @torch.no_grad()
 def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n_probes: int = 3,
-                    progress: bool = True, layer_tables: bool = True) -> tuple[dict, bool]:
+                    progress: bool = True, layer_tables: bool = True, rt=None) -> tuple[dict, bool]:
+    """Verify any artifact (onnx or triton, by its manifest); `rt`: an already opened runtime."""
     model_dir = Path(model_dir)
-    rt = OnnxSR(model_dir)
+    rt = rt if rt is not None else open_artifact(model_dir)
     m = rt.manifest
-    pipe = rt.fallback()
+    pipe = rt.reference_pipeline()
     fp = fp_copy(pipe)
     th, tw = rt.latent_tile
     probes, desc = probe_images((th * rt.vae_factor, tw * rt.vae_factor), count=n_probes)
-    comps = list(m["components"])
-    tallies = {c: Tally(image=(c == "vae_decoder")) for c in comps}
+    checks = {c: ComponentCheck(rt, pipe, c, layer_tables) for c in m["components"]}
     e2e = Tally(image=True)
     sens = []
     for x in tqdm(probes, desc="verify", unit="probe", disable=not progress):
@@ -146,36 +135,34 @@ def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n
         eps = pipe.unet_eps(z)
         z0 = pipe.z0_from_eps(z, eps)
         img = pipe.decode(z0)
-        if "vae_encoder" in tallies:
-            tallies["vae_encoder"].add(rt.encode(x), z, fp.encode(x))
-        if "unet" in tallies:
-            tallies["unet"].add(rt.unet_eps(z), eps, fp.unet_eps(z))
-        if "vae_decoder" in tallies:
-            tallies["vae_decoder"].add(rt.decode(z0), img, fp.decode(z0))
-        e2e.add(rt(x), img, fp(x))
+        # each component on the reference's own input, so errors do not compound
+        z_art = checks["vae_encoder"].run(x, z, fp.encode(x), lambda: pipe.encode(x)) if "vae_encoder" in checks else rt.encode(x)
+        if "unet" in checks:
+            checks["unet"].run(z, eps, fp.unet_eps(z), lambda: pipe.unet_eps(z))
+        if "vae_decoder" in checks:
+            checks["vae_decoder"].run(z0, img, fp.decode(z0), lambda: pipe.decode(z0))
+        # end to end: rt(x) = decode(denoise(encode(x))), the encoder's output reused
+        e2e.add(rt.decode(rt.denoise(z_art)), img, fp(x))
         # the reference's own sensitivity to a 1e-5 relative change of its input
         noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(len(sens)))
         sens.append(psnr(pipe(x * (1 + 1e-5 * noise)), img, image=True))
     report = {
         "model_dir": str(model_dir),
+        "target": m["target"],
+        "runtime": rt.description,
         "source_checkpoint": m["source_checkpoint"],
         "quant_config": m["quant_config_name"],
-        "isa": m["isa"],
+        "isa": m.get("isa"),
         "probes": desc,
         "latent_tile": list(rt.latent_tile),
-        "components": {c: t.result() for c, t in tallies.items()},
+        "components": {c: chk.tally.result() for c, chk in checks.items()},
         "end_to_end": e2e.result(),
         "reference_sensitivity_db": {"per_probe": [_round(s) for s in sens],
                                      "note": "fake-quant vs itself with its input multiplied by (1 + 1e-5 * noise)"},
         "min_psnr_db": min_psnr,
     }
     if layer_tables:
-        x = probes[0]
-        z = pipe.encode(x)
-        z0 = pipe.denoise(z)
-        inputs = {"vae_encoder": (x, lambda: pipe.encode(x)), "unet": (z, lambda: pipe.unet_eps(z)),
-                  "vae_decoder": (z0, lambda: pipe.decode(z0))}
-        report["layers"] = {c: layer_table(model_dir, c, m, pipe, inputs[c][0], inputs[c][1], rt.extra_feeds(c)) for c in comps}
+        report["layers"] = {c: chk.rows for c, chk in checks.items()}
     e2e_psnr = report["end_to_end"]["psnr_vs_fakequant_db"]
     ok = e2e_psnr == "inf" or e2e_psnr >= min_psnr
     report["passed"] = ok

@@ -47,11 +47,11 @@ def load_model(preset: str = "tiny", backend: str = "fp32", weights=None, lora=N
     from .models import build_pipeline
     from .quant import quantize_pipeline
 
-    if model_dir is not None:  # an exported artifact (passion-export) runs on ONNX Runtime
-        from .export.runtime import OnnxSR
+    if model_dir is not None:  # an exported artifact (passion-export): its manifest names the runtime
+        from .export.runtimes import open_artifact
 
-        rt = OnnxSR(model_dir)
-        return SRModel(rt, "onnx", rt.latent_tile, rt.description)
+        rt = open_artifact(model_dir)
+        return SRModel(rt, rt.backend, rt.latent_tile, rt.description)
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")

@@ -17,8 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--components", default=",".join(COMPONENTS), help=f"comma-separated subset of {','.join(COMPONENTS)}")
     p.add_argument("--tile", metavar="LATENT_HxW", help="latent tile (default: the tile the checkpoint was calibrated at)")
     p.add_argument("--isa", default="auto", choices=["auto", "portable", "vnni"],
-                   help="int8 kernels: portable (exact on every x86 CPU), vnni (int8 weights everywhere: fastest, "
-                        "exact only with VNNI), auto (vnni when this CPU has it)")
+                   help="onnx target's int8 kernels: portable (exact on every x86 CPU), vnni (int8 weights everywhere: "
+                        "fastest, exact only with VNNI), auto (vnni when this CPU has it)")
     p.add_argument("--dynamic-constants", action="store_true",
                    help="keep the time embedding, time projections and cross-attention K/V as graph ops with "
                         "timestep/context inputs instead of folding them for t=999 and the empty prompt")
@@ -26,16 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-psnr", type=float, default=45.0, help="--verify fails below this end-to-end PSNR vs fake-quant (dB)")
     p.add_argument("--probes", type=int, default=3, help="number of probe images for --verify")
     p.add_argument("--bench-runs", type=int, default=5,
-                   help="after --verify, time each component against FP32 ONNX Runtime and PyTorch FP32 "
-                        "(alternating, median of this many runs, >= 5); 0 skips the comparison")
+                   help="after --verify, time each component against its float baselines (passion-bench's: "
+                        "alternating, median of this many runs, >= 5; a triton artifact only on a GPU); 0 skips it")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.target != "onnx":
-        print(f"passion-export: the {args.target} target is not built yet; use --target onnx.", file=sys.stderr)
+    if args.target == "trt":
+        print("passion-export: the trt target is not built yet; use --target onnx or --target triton.", file=sys.stderr)
         return 2
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
@@ -54,12 +54,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"passion-export: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    target = f"onnx, isa {manifest['isa']}" if args.target == "onnx" else "triton"
     print(f"passion-export: {manifest['quant_config_name']} from {args.ckpt} -> {out} "
-          f"(onnx, isa {manifest['isa']}, latent tile {manifest['pipeline']['latent_tile'][0]}x{manifest['pipeline']['latent_tile'][1]}, "
+          f"({target}, latent tile {manifest['pipeline']['latent_tile'][0]}x{manifest['pipeline']['latent_tile'][1]}, "
           f"{time.perf_counter() - t0:.1f} s)")
     for comp, c in manifest["components"].items():
         print(f"  {comp:12s} {c['quantized_layers']:4d} int layers, {c['quantized_attention']:2d} int attention cores; "
-              f"IR {c['ir_file_bytes'] / 1e6:8.2f} MB = {c['ir_vs_fp32']:.3f}x FP32, ONNX {c['onnx_bytes'] / 1e6:8.2f} MB")
+              f"IR {c['ir_file_bytes'] / 1e6:8.2f} MB = {c['ir_vs_fp32']:.3f}x FP32"
+              + (f", ONNX {c['onnx_bytes'] / 1e6:8.2f} MB" if "onnx_bytes" in c else " (packed weights the kernels load)"))
     if not args.verify:
         return 0
     from ..export.verify import summary_lines, verify_artifact
@@ -76,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     floor = report["reference_sensitivity_db"]["per_probe"]
     print(f"  end-to-end {e2e} dB vs fake-quant, threshold {args.min_psnr} dB: {'PASS' if ok else 'FAIL'} "
           f"(fake-quant vs itself with its input changed by 1e-5: {', '.join(str(v) for v in floor)} dB)")
-    if ok and args.bench_runs:
+    if ok and args.bench_runs and args.target == "triton" and not _has_gpu():
+        print("passion-export: no latency comparison: without a GPU the kernels ran in Triton's interpreter, "
+              "whose timings say nothing about the kernels")
+    elif ok and args.bench_runs:
         bench_status = latency_comparison(out, args.bench_runs, progress)
         if bench_status:
             return bench_status
@@ -95,11 +100,22 @@ def latency_comparison(out: Path, runs: int, progress: bool) -> int:
     except (CheckpointError, ValueError, OSError) as e:
         print(f"passion-export: the latency comparison could not run: {e}", file=sys.stderr)
         return 2
-    total = {v: sum(c["variants"][v]["median_s"] for c in rec["components"].values()) for v in ("int_onnx", "fp32_onnx", "torch_fp32")}
-    print(f"  {'all':12s} int {total['int_onnx'] * 1e3:9.1f} ms   fp32 ORT {total['fp32_onnx'] * 1e3:9.1f} ms   "
-          f"torch {total['torch_fp32'] * 1e3:9.1f} ms   -> {total['fp32_onnx'] / total['int_onnx']:.2f}x vs FP32 ORT, "
-          f"{total['torch_fp32'] / total['int_onnx']:.2f}x vs PyTorch FP32")
+    art = rec["artifact_variant"]
+    variants = list(next(iter(rec["components"].values()))["variants"])
+    total = {v: sum(c["variants"][v]["median_s"] for c in rec["components"].values()) for v in variants}
+    print(f"  {'all':12s} " + "   ".join(f"{SHORT[v]} {total[v] * 1e3:9.1f} ms" for v in variants) + "   -> "
+          + ", ".join(f"{total[v] / total[art]:.2f}x vs {LONG[v]}" for v in variants if v != art))
     return 0
+
+
+SHORT = {"int_onnx": "int", "fp32_onnx": "fp32 ORT", "torch_fp32": "torch", "triton": "triton", "torch_fp16": "torch fp16"}
+LONG = {"fp32_onnx": "FP32 ORT", "torch_fp32": "PyTorch FP32", "torch_fp16": "PyTorch FP16"}
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _bench_log(line: str) -> None:

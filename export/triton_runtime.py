@@ -1,0 +1,359 @@
+"""Run a `triton` artifact: the checkpoint's diffusers pipeline with its integer layers on the kernels.
+
+Loading rebuilds the pipeline from the source checkpoint (as the onnx runtime's fallback
+does), then, for every exported component, reads the deploy IR and replaces
+
+- each quantized conv/linear with a `KernelModule` (kernels/layers.py: activation
+  quantization + integer implicit GEMM with the fused epilogue, from the layer's recipe),
+- each quantized attention processor with a `KernelAttnProcessor` (kernels/attention.py),
+- each layer the IR folded (t = 999 and the fixed context: time projections, cross-attention
+  K/V) with the IR's constant; the time embedding MLP that fed only those returns zeros.
+
+Everything else (norms, SiLU, GEGLU, up/down-sampling, residual adds) stays the diffusers
+PyTorch code: FP16 on a GPU, FP32 on a CPU, where the kernels run in Triton's interpreter
+(slow, but the same integer arithmetic). On a GPU each component is captured in a CUDA graph
+at the artifact's fixed tile on its first call at that shape (cuda_graphs.py).
+
+Components the artifact does not contain keep the checkpoint's fake-quant modules.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from passion_deploy.quant.attention import QuantAttnProcessor
+from passion_deploy.quant.layers import QuantLayer
+
+from . import artifact
+from .irfile import load_ir
+from .recipes import QAttentionRecipe, QLayerRecipe
+
+INTERPRETER_NOTE = ("passion-deploy: no CUDA GPU here, so the Triton kernels run in Triton's CPU interpreter: "
+                    "the same integer arithmetic, but far slower than any other backend (use it to verify, not to time)")
+_noted = False
+
+
+def kernels_device() -> torch.device:
+    """cuda when there is a GPU; otherwise switch Triton to its interpreter (once) and say so, once."""
+    global _noted
+    from passion_deploy.kernels import use_interpreter_without_gpu
+
+    interpreting = use_interpreter_without_gpu()
+    if torch.cuda.is_available() and not interpreting:
+        return torch.device("cuda")
+    if not _noted:
+        print(INTERPRETER_NOTE, file=sys.stderr)
+        _noted = True
+    return torch.device("cpu")
+
+
+def _fit(n: int, cap: int) -> int:
+    """Smallest power of two >= n (at least 16, tl.dot's minimum), at most cap."""
+    return max(16, min(cap, 1 << max(n - 1, 0).bit_length()))
+
+
+# Triton's interpreter pays per program and per loop step, not per element (a 32-channel 3x3
+# conv on 32x32 took 6.5 s with the GPU tiles, 0.5 s as one tile), so there every launch
+# covers its whole problem with as few tiles as these caps allow.
+INTERPRETER_CAP_M, INTERPRETER_CAP_NK = 4096, 128
+
+
+def interpreter_blocks(m: int, n: int, k: int) -> tuple[int, int, int]:
+    return _fit(m, INTERPRETER_CAP_M), _fit(n, INTERPRETER_CAP_NK), _fit(k, INTERPRETER_CAP_NK)
+
+
+@contextmanager
+def interpreter_overflow_checks(on: bool):
+    """Triton's interpreter checks every int32 add/sub/mul for overflow; compiled GPU code does
+    not (outside debug mode). The checks took ~40% of the interpreter's time on the tiny UNet,
+    so the runtime runs without them, like the GPU, unless asked; the kernel tests keep them.
+    (A Triton without this interpreter setting simply keeps its default.)"""
+    try:
+        from triton.runtime import interpreter
+        builder = interpreter.interpreter_builder
+        before = builder.options
+        builder.options = dataclasses.replace(before, sanitize_overflow=on)
+    except (ImportError, AttributeError, TypeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        builder.options = before
+
+
+class KernelModule(nn.Module):
+    """A quantized conv/linear run by the integer kernels; output in the input's float dtype."""
+
+    def __init__(self, rec: QLayerRecipe, device: torch.device):
+        super().__init__()
+        from passion_deploy.kernels._triton import interpreting
+        from passion_deploy.kernels.layers import KernelLayer
+
+        self.name = rec.name
+        self.kernel = KernelLayer(rec).to(device)  # plain attribute: nn.Module.to() must not touch its int8 data
+        self.interpreting = interpreting()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.interpreting:
+            rec = self.kernel.rec
+            rows = x.shape[2] * x.shape[3] if rec.kind == "conv" else x.numel() // x.shape[-1]
+            cg = max(w.k1 - w.k0 for w in rec.weights)
+            self.kernel.block = interpreter_blocks(rows, rec.out_channels, cg)
+            self.kernel.act_block = (_fit(rows, INTERPRETER_CAP_M), _fit(rec.in_channels, INTERPRETER_CAP_NK))
+        return self.kernel(x, out_dtype=x.dtype)
+
+    def extra_repr(self) -> str:
+        r = self.kernel.rec
+        return f"{r.name}: {r.kind} W{r.w_bits}A{r.a_bits}{' split' if r.split else ''}"
+
+
+class DequantModule(nn.Module):
+    """A weight-only quantized layer (no activation grid, so no integer GEMM): the float op on the
+    recipe's dequantized weights, with the LET transform and correction of the fake-quant layer
+    (recipes.transform_input / let_correction, with the vectors kept on the device)."""
+
+    def __init__(self, rec: QLayerRecipe, device: torch.device, dtype: torch.dtype):
+        super().__init__()
+        self.rec = rec
+        vec = lambda a: None if a is None else torch.from_numpy(np.asarray(a, np.float32)).to(device, dtype)  # noqa: E731
+        self.register_buffer("weight", rec.dequant_weight().to(device, dtype))
+        self.register_buffer("bias", vec(rec.bias))
+        self.register_buffer("let_scale", vec(rec.let_scale))
+        self.register_buffer("let_offset", vec(rec.let_input_offset))
+        self._corrections = {}  # input spatial size -> LET correction on the device (built once per size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        from .recipes import let_correction
+
+        rec = self.rec
+        conv = rec.kind == "conv"
+        shape = (1, -1, 1, 1) if conv else (-1,)
+        xs = x if self.let_scale is None else (x - self.let_offset.view(shape)) / self.let_scale.view(shape)
+        if conv:
+            y = F.conv2d(xs, self.weight, self.bias, rec.stride, rec.padding, rec.dilation)
+        else:
+            y = F.linear(xs, self.weight, self.bias)
+        key = tuple(x.shape[2:]) if conv else ()
+        if key not in self._corrections:
+            corr = let_correction(rec, tuple(y.shape[2:]), key) if conv else let_correction(rec, None, None)
+            self._corrections[key] = None if corr is None else corr.to(y.device, y.dtype)
+        corr = self._corrections[key]
+        return y if corr is None else y + corr
+
+class FoldedConstant(nn.Module):
+    """A linear layer whose output the IR folded (its input is fixed: t = 999 or the context)."""
+
+    def __init__(self, value: np.ndarray, out_features: int):
+        super().__init__()
+        self.register_buffer("value", torch.from_numpy(np.asarray(value, np.float32)).reshape(1, -1, out_features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lead = x.shape[:-1]  # the output of the layer it replaces: x's leading shape, out_features
+        return self.value.reshape(1, *lead[1:], -1).expand(*lead, -1)
+
+
+class FoldedAway(nn.Module):
+    """A layer whose output fed only folded layers: the diffusers forward still calls it."""
+
+    def __init__(self, out_features: int):
+        super().__init__()
+        self.out_features = out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(*x.shape[:-1], self.out_features)
+
+
+class KernelAttnProcessor(nn.Module):
+    """diffusers attention with the quantized core (spec section 4) on the attention kernels.
+
+    The forward is the fake-quant processor's own (it differs from diffusers' only in calling
+    `self.attention`), so projections, reshapes and residuals are the same code in both."""
+
+    forward = QuantAttnProcessor.forward
+
+    def __init__(self, rec: QAttentionRecipe, device: torch.device):
+        super().__init__()
+        from passion_deploy.kernels._triton import interpreting
+        from passion_deploy.kernels.attention import KernelAttention
+
+        self.name = rec.name
+        self.core = KernelAttention(rec).to(device)
+        self.interpreting = interpreting()
+
+    def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        if self.interpreting:
+            nq, nk, d = q.shape[1], k.shape[1], q.shape[2]
+            self.core.block = interpreter_blocks(nq, max(nk, d), max(nk, d))  # QK^T: (nq, nk, d); PV: (nq, d, nk)
+            self.core.act_block = (_fit(max(nq, nk), INTERPRETER_CAP_M), _fit(d, INTERPRETER_CAP_NK))
+            self.core.softmax_block = (_fit(q.shape[0] * nq, INTERPRETER_CAP_M // _fit(nk, 1024)), _fit(nk, 1024))
+        return self.core(q, k, v).to(q.dtype)  # the recipe carries the scale d^-0.5
+
+
+def component_scope(component: str):
+    """(root attribute of the pipeline, predicate on module paths inside it) of a component."""
+    if component == "unet":
+        return "unet", lambda name: True
+    if component == "vae_encoder":
+        return "vae", lambda name: name == "quant_conv" or name.startswith("encoder.")
+    return "vae", lambda name: name == "post_quant_conv" or name.startswith("decoder.")
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, new)
+
+
+def install_kernels(pipe, component: str, ir_path: Path, device: torch.device, dtype: torch.dtype) -> dict:
+    """Replace the component's quantized layers by kernel modules from the IR; returns counts."""
+    g = load_ir(ir_path)
+    attr, inside = component_scope(component)
+    root = getattr(pipe, attr)
+    counts = {"kernel_layers": 0, "dequant_layers": 0, "kernel_attention": 0, "folded_layers": 0}
+    for name, rec in g.recipes.items():
+        try:
+            mod = root.get_submodule(name)
+        except AttributeError:
+            raise artifact.ArtifactError(f"{ir_path}: names layer {name!r}, which the checkpoint's {attr} does not have") from None
+        if isinstance(rec, QAttentionRecipe):
+            if not isinstance(getattr(mod, "processor", None), QuantAttnProcessor):
+                raise artifact.ArtifactError(f"{ir_path}: {name} is not a quantized attention in the checkpoint")
+            mod.set_processor(KernelAttnProcessor(rec, device))
+            counts["kernel_attention"] += 1
+        elif rec.acts is None:
+            _replace(root, name, DequantModule(rec, device, dtype))
+            counts["dequant_layers"] += 1
+        else:
+            _replace(root, name, KernelModule(rec, device))
+            counts["kernel_layers"] += 1
+    for name, const in g.meta.get("folded_layers", {}).items():
+        mod = root.get_submodule(name)
+        if not isinstance(mod, QuantLayer):
+            continue  # a float layer computes its constant exactly as the IR did
+        out = mod.weight.shape[0]
+        _replace(root, name, (FoldedAway(out) if const is None else FoldedConstant(g.consts[const], out)).to(device, dtype))
+        counts["folded_layers"] += 1
+    left = [n for n, m in root.named_modules() if n and inside(n)
+            and (isinstance(m, QuantLayer) or isinstance(getattr(m, "processor", None), QuantAttnProcessor))]
+    if left:
+        raise artifact.ArtifactError(f"{ir_path}: has no recipe for {len(left)} quantized layer(s) of the checkpoint "
+                                     f"(first: {left[0]}); the IR and the checkpoint do not belong together, re-export")
+    return counts
+
+
+class TritonSR:
+    """A OneStepSR-like pipeline (encode, unet_eps, denoise, decode) whose integer layers run on
+    the Triton kernels. Inputs may be on any device; outputs are float32 on the CPU, like the
+    onnx runtime's. `cuda_graphs=False` runs eagerly on a GPU too."""
+
+    backend = "triton"
+
+    def __init__(self, model_dir: str | os.PathLike, cuda_graphs: bool = True, fp16: bool | None = None,
+                 overflow_checks: bool = False):
+        self.dir = Path(model_dir)
+        self.manifest = artifact.read_manifest(self.dir)
+        artifact.require_target(self.manifest, "triton", str(self.dir))
+        p = self.manifest["pipeline"]
+        self.scaling_factor = p["scaling_factor"]
+        self.sqrt_a, self.sqrt_1ma = p["sqrt_alpha"], p["sqrt_one_minus_alpha"]
+        self.vae_factor, self.size_multiple = p["vae_factor"], p["size_multiple"]
+        self.latent_tile = tuple(p["latent_tile"])
+        self.device = kernels_device()
+        gpu = self.device.type == "cuda"
+        self.compute_dtype = torch.float16 if (gpu if fp16 is None else fp16) else torch.float32
+        pipe = artifact.load_source_pipeline(self.manifest)
+        pipe.to(self.device, self.compute_dtype).eval()
+        self.pipe = pipe
+        self.installed = {c: install_kernels(pipe, c, self.dir / info["ir"], self.device, self.compute_dtype)
+                          for c, info in self.manifest["components"].items()}
+        self.overflow_checks = overflow_checks  # in Triton's interpreter only (see interpreter_overflow_checks)
+        self.graphs = None
+        if gpu and cuda_graphs:
+            from .cuda_graphs import GraphCache
+
+            self.graphs = GraphCache(self.tile_shapes())
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32  # of the interface; the graph around the kernels runs in compute_dtype
+
+    @property
+    def description(self) -> str:
+        m = self.manifest
+        where = (f"CUDA ({torch.cuda.get_device_name(self.device)}), {str(self.compute_dtype).replace('torch.', '')}"
+                 + (", CUDA graphs" if self.graphs else "")) if self.device.type == "cuda" else "Triton CPU interpreter, float32"
+        return f"Triton kernels {m['quant_config_name']} on {where} from {self.dir} [{', '.join(sorted(self.installed))}]"
+
+    def tile_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The fixed input shape of each component (one tile, batch 1): what CUDA graphs capture."""
+        th, tw = self.latent_tile
+        f = self.vae_factor
+        return {"unet": (1, 4, th, tw), "vae_encoder": (1, 3, th * f, tw * f), "vae_decoder": (1, 4, th, tw)}
+
+    def reference_pipeline(self):
+        """The fake-quant model --verify compares against: loaded afresh (self.pipe has kernels in it)."""
+        return artifact.load_source_pipeline(self.manifest)
+
+    def component_fn(self, component: str):
+        """The component as a function of a device tensor in compute_dtype (what benchmarks time)."""
+        fn = {"unet": self.pipe.unet_eps, "vae_encoder": self.pipe.encode, "vae_decoder": self.pipe.decode}[component]
+        if self.graphs is not None and component in self.installed:
+            return lambda x: self.graphs.run(component, fn, x)
+        return fn
+
+    def kernel_context(self):
+        """Where the kernels are called: Triton's interpreter settings for this runtime (none on a GPU)."""
+        return nullcontext() if self.device.type == "cuda" else interpreter_overflow_checks(self.overflow_checks)
+
+    @torch.no_grad()
+    def _run(self, component: str, x: torch.Tensor) -> torch.Tensor:
+        with self.kernel_context():
+            out = self.component_fn(component)(x.to(self.device, self.compute_dtype))
+        return out.float().cpu()
+
+    def encode(self, lr_up: torch.Tensor) -> torch.Tensor:
+        return self._run("vae_encoder", lr_up)
+
+    def _check_tile(self, z: torch.Tensor) -> None:
+        if tuple(z.shape[-2:]) != self.latent_tile:
+            raise ValueError(f"{self.dir}: the UNet runs on {self.latent_tile[0]}x{self.latent_tile[1]} latent tiles, got {tuple(z.shape[-2:])}")
+
+    def unet_eps(self, z: torch.Tensor) -> torch.Tensor:
+        self._check_tile(z)
+        return self._run("unet", z)
+
+    def z0_from_eps(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        # the reference computes this step in float64 (pipeline.OneStepSR.z0_from_eps)
+        return ((z.double() - self.sqrt_1ma * eps.double()) / self.sqrt_a).to(z.dtype)
+
+    def denoise(self, z: torch.Tensor) -> torch.Tensor:
+        return self.z0_from_eps(z.float().cpu(), self.unet_eps(z))
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        return self._run("vae_decoder", z0)
+
+    def __call__(self, lr_up: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.denoise(self.encode(lr_up)))
+
+    @torch.no_grad()
+    def run_with_layers(self, component: str, x: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        """The component's output on x and the outputs of the named kernel layers / attention
+        cores, captured during that one run (eager: hooks do not fire inside a CUDA graph)."""
+        from .layer_capture import capture_layers
+
+        fn = {"unet": self.pipe.unet_eps, "vae_encoder": self.pipe.encode, "vae_decoder": self.pipe.decode}[component]
+        if component == "unet":
+            self._check_tile(x)
+        out = []
+        with self.kernel_context():
+            got = capture_layers(self.pipe, component, names, lambda: out.append(fn(x.to(self.device, self.compute_dtype))))
+        return out[0].float().cpu(), got
