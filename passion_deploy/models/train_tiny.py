@@ -178,14 +178,8 @@ def cosine_lr(step: int, total: int, warmup: int = 50) -> float:
 
 # ------------------------------------------------------------------------------ initialisation
 # Signal layout of the near-identity start (channel indices in the residual streams).
-_INIT_CONST = 8.0  # +-C constant channels: they set GroupNorm's variance, so the signal passes almost linearly
-_INIT_BETA = 8.0  # GroupNorm shift before SiLU: silu(y) ~ y for y near 8 (slope 1.002)
+_INIT_CONST = 4.0  # +-C constant channels: they set GroupNorm's variance, so the signal passes almost linearly
 _INIT_LATENT_GAIN = 4.0  # latent mean = 4 x (area-downsampled image in [-1, 1]); z = 0.18215 x that
-
-
-def _silu_slope(y: float) -> float:
-    s = 1.0 / (1.0 + math.exp(-y))
-    return s + y * s * (1.0 - s)
 
 
 @torch.no_grad()
@@ -199,14 +193,16 @@ def near_identity_init(pipe, smooth_upsampling: bool = True) -> None:
     downsamplers average 2x2, upsamplers smooth the nearest-neighbour copy. The two GroupNorms
     that sit on the main path (before conv_out of encoder and decoder) see each colour as a
     mirrored pair (x, -x) beside constant channels (+C, -C): the group mean is then exactly 0
-    and the variance ~C^2, so normalisation is nearly linear and the colour survives. Training
+    and the variance ~C^2, so normalisation is nearly linear and the colour survives; the pair
+    then passes SiLU exactly, since silu(u) - silu(-u) = u. (A large GroupNorm shift into SiLU's
+    linear range would do too, but leaves a DC of that size at conv_out's input, where weight
+    rounding times the DC becomes a colour shift once the model is quantized.) Training
     then starts from a blurry-but-faithful image instead of noise. The UNet's conv_out is zeroed
     (eps = 0, so z0 = z / sqrt(a)); post_quant_conv undoes that 1/sqrt(a).
     """
     vae, unet = pipe.vae, pipe.unet
     enc, dec = vae.encoder, vae.decoder
-    c, beta, gain = _INIT_CONST, _INIT_BETA, _INIT_LATENT_GAIN
-    slope = _silu_slope(beta)
+    c, gain = _INIT_CONST, _INIT_LATENT_GAIN
 
     def clear(conv):
         conv.weight.zero_()
@@ -232,7 +228,6 @@ def near_identity_init(pipe, smooth_upsampling: bool = True) -> None:
         gn.bias.zero_()
         for ch in channels:
             gn.weight[ch] = sigma
-            gn.bias[ch] = beta
 
     # encoder: channels 2k / 2k+1 carry colour k as (x, -x); channels 6 / 7 are +C / -C
     clear(enc.conv_in)
@@ -251,9 +246,9 @@ def near_identity_init(pipe, smooth_upsampling: bool = True) -> None:
     sigma = math.sqrt((2 * 0.75 + 2 * c * c) / group)  # typical colour energy 0.75
     gn_pass(enc.conv_norm_out, range(6), sigma)
     clear(enc.conv_out)
-    for k in range(3):  # (silu(s x + b) - silu(-s x + b)) / 2 ~ slope * x: even terms cancel
-        centre(enc.conv_out, k, 2 * k, gain / (2 * slope))
-        centre(enc.conv_out, k, 2 * k + 1, -gain / (2 * slope))
+    for k in range(3):  # silu(u) - silu(-u) = u exactly: the pair passes SiLU linearly, with no offset
+        centre(enc.conv_out, k, 2 * k, gain)
+        centre(enc.conv_out, k, 2 * k + 1, -gain)
     clear(vae.quant_conv)
     for i in range(vae.quant_conv.out_channels):
         vae.quant_conv.weight[i, i, 0, 0] = 1.0
@@ -281,8 +276,8 @@ def near_identity_init(pipe, smooth_upsampling: bool = True) -> None:
     gn_pass(dec.conv_norm_out, [4 * k for k in range(3)] + [4 * k + 1 for k in range(3)], sigma)
     clear(dec.conv_out)
     for k in range(3):
-        centre(dec.conv_out, k, 4 * k, 1.0 / (2 * slope))
-        centre(dec.conv_out, k, 4 * k + 1, -1.0 / (2 * slope))
+        centre(dec.conv_out, k, 4 * k, 1.0)
+        centre(dec.conv_out, k, 4 * k + 1, -1.0)
     clear(unet.conv_out)
 
 
@@ -374,7 +369,7 @@ def parse_args(argv=None):
     ap.add_argument("--crop", type=int, default=64, help="HR crop side (multiple of 16)")
     ap.add_argument("--lr-unet", type=float, default=2e-4)
     ap.add_argument("--lr-vae", type=float, default=2e-4)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the weights depend on it; 1 leaves a core free)")
     ap.add_argument("--out", type=Path, default=None, help="weights file (default: the package's assets/tiny/tiny_fp32.safetensors)")
     ap.add_argument("--no-card", action="store_true", help="do not write MODEL_CARD.md / metrics.json beside the weights")
     return ap.parse_args(argv)
@@ -495,7 +490,8 @@ seed {a['seed']}, batch {a['batch']}, Adam, cosine learning-rate decay with 50 w
 1. start: `near_identity_init` sets the VAE so the pipeline begins as "2x2-average down twice, then
    nearest + [1 2 1] smoothing up twice" of its input: every residual branch (ResnetBlock2D conv2,
    attention output) starts at zero, and the two GroupNorms on the main path see each colour as a
-   mirrored pair (x, -x) beside constant channels (+8, -8), which makes them nearly linear. The
+   mirrored pair (x, -x) beside constant channels (+4, -4), which makes them nearly linear, and
+   silu(u) - silu(-u) = u carries the pair through SiLU exactly. The
    UNet's conv_out starts at zero (eps = 0, z0 = z / sqrt(a)); post_quant_conv undoes the 1/sqrt(a).
    This start scores {m['eval_at_start']['mean']['model_psnr']:.2f} dB mean on the held-out photos (bicubic
    {m['eval_at_start']['mean']['bicubic_psnr']:.2f} dB). A random start instead needs thousands of CPU
@@ -505,8 +501,8 @@ seed {a['seed']}, batch {a['batch']}, Adam, cosine learning-rate decay with 50 w
 
 The decoder's latent space is the encoder's scaled by 1/sqrt(a) ~ 14.6 (not SD2.1's, where z0 and
 z share one space and the UNet predicts eps ~ 0.934 z): the UNet predicts a correction in latent
-units. The VAE keeps its +-8 constant channels as outliers in a few activations, as SD's VAE has
-outlier channels: LET's per-channel offset is what absorbs them when the model is quantized.
+units. The VAE keeps its +-4 constant channels as outliers in a few activations, as SD's VAE has
+outlier channels.
 
 Final running L1: {m['final_loss_l1']:.4f}.
 
