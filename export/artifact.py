@@ -123,8 +123,13 @@ def require_target(m: dict, target: str, where: str) -> None:
 
 def load_source_pipeline(m: dict):
     """The fake-quant pipeline of the checkpoint the artifact was exported from (by its recorded
-    path, else by name: a bundled checkpoint moves with the installation)."""
-    from passion_deploy.checkpoint import load_checkpoint
+    path, else by name: a bundled checkpoint moves with the installation). The checkpoint must be
+    the file that was exported: runtimes take the float part of the graph from it."""
+    from passion_deploy.checkpoint import load_checkpoint, resolve_checkpoint
 
     src = m["source_checkpoint"]
-    return load_checkpoint(src["path"] if Path(src["path"]).is_file() else src["name"])
+    path = Path(src["path"]) if Path(src["path"]).is_file() else resolve_checkpoint(src["name"])
+    if path.is_file() and sha256_file(path) != src["sha256"]:
+        raise ArtifactError(f"{path}: this checkpoint changed since the artifact was exported from it (sha256 differs "
+                            "from the manifest's source_checkpoint); re-export")
+    return load_checkpoint(path)
