@@ -30,7 +30,7 @@ from passion_deploy.export.exporter import export_artifact, probe_images  # noqa
 from passion_deploy.export.runtime import OnnxSR  # noqa: E402
 from passion_deploy.export.runtimes import open_artifact  # noqa: E402
 from passion_deploy.export.triton_runtime import DequantModule, TritonSR  # noqa: E402
-from passion_deploy.export.verify import psnr, verify_artifact  # noqa: E402
+from passion_deploy.export.verify import psnr  # noqa: E402
 from passion_deploy.quant.attention import QuantAttnProcessor  # noqa: E402
 from passion_deploy.quant.layers import QuantLayer  # noqa: E402
 
@@ -199,8 +199,13 @@ def test_w6a6_layers_exact_and_end_to_end_within_one_flipped_code(tmp_path):
     assert len(errors) == 105 + 14  # every kernel layer and attention core (the 27 folded layers are constants)
     worst = max(errors, key=errors.get)
     assert errors[worst] < 1e-5, f"{worst}: relative error {errors[worst]:.2g} on the fake-quant model's own input"
-    report, ok = verify_artifact(tmp_path / "a6", min_psnr=45.0, n_probes=1, progress=False, layer_tables=False, rt=rt)
-    e2e = report["end_to_end"]["psnr_vs_fakequant_db"]
+    # end to end (verify_artifact's per-component passes are left out: the interpreter's time is the budget)
+    from passion_deploy.export.fp_model import fp_copy
+
+    with torch.no_grad():
+        want, fp_img = pipe(x), fp_copy(pipe)(x)
+    got = rt(x)
+    e2e, e2e_fp, fq_fp = psnr(got, want, True), psnr(got, fp_img, True), psnr(want, fp_img, True)
     # the fake-quant model against itself under 1e-5 input changes, on all three photo probes:
     # mostly no code moves (inf), and where one does, the image moves by ~39 dB
     flips = []
@@ -209,13 +214,11 @@ def test_w6a6_layers_exact_and_end_to_end_within_one_flipped_code(tmp_path):
             img = pipe(p)
             flips += [psnr(pipe(p * (1 + 1e-5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(s)))), img, True)
                       for s in range(4)]
-    print(f"\nW6A6 triton vs fake-quant: end to end {e2e} dB ({'passes' if ok else 'below'} 45 dB), "
-          + ", ".join(f"{k} {v['psnr_vs_fakequant_db']} dB" for k, v in report["components"].items())
-          + f"; worst isolated layer {worst} rel. err {errors[worst]:.2g}; fake-quant vs itself under a 1e-5 input "
-          f"change: {[round(f, 2) for f in flips]} dB")
-    assert e2e == "inf" or e2e >= 35.0, f"W6A6 end to end {e2e} dB vs fake-quant"
-    for comp, c in report["components"].items():
-        assert abs(c["psnr_vs_fp_db"] - c["fakequant_psnr_vs_fp_db"]) < 1.0, comp
+    print(f"\nW6A6 triton vs fake-quant: end to end {e2e:.2f} dB ({e2e_fp:.2f} dB vs FP, the fake-quant itself "
+          f"{fq_fp:.2f} dB); worst isolated layer {worst} rel. err {errors[worst]:.2g}; fake-quant vs itself under a "
+          f"1e-5 input change: {[round(f, 2) for f in flips]} dB")
+    assert e2e >= 35.0, f"W6A6 end to end {e2e:.2f} dB vs fake-quant"
+    assert abs(e2e_fp - fq_fp) < 0.5
 
 
 @pytest.mark.parametrize("kind", ["conv", "linear"])
