@@ -13,6 +13,12 @@ multiplied by (1 + 1e-5 * noise): a change far below 8-bit image precision. One 
 activation code propagates through every later quantizer, and the latent error is amplified
 1/sqrt(alpha_999) ~ 15x into z0, so this is the agreement to expect from any implementation
 that does not reproduce PyTorch's float rounding bit for bit.
+
+Pass criterion (`judge`): every component, fed the reference's own input, reaches `min_psnr`;
+and end to end reaches `min_psnr`, or, where the reference itself moves further than that under
+the 1e-5 input change (a W6A6 model: one flipped 6-bit code costs ~37-39 dB on the tiny model),
+comes within SENSITIVITY_MARGIN_DB of the reference's own lowest value. An artifact cannot be
+asked to agree with the reference better than the reference agrees with itself.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from .layer_capture import capture_layers
 from .runtimes import open_artifact
 
 DEFAULT_MIN_PSNR = 45.0
+SENSITIVITY_MARGIN_DB = 1.0
 
 
 def psnr(out: torch.Tensor, ref: torch.Tensor, image: bool) -> float:
@@ -163,11 +170,39 @@ def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n
     }
     if layer_tables:
         report["layers"] = {c: chk.rows for c, chk in checks.items()}
-    e2e_psnr = report["end_to_end"]["psnr_vs_fakequant_db"]
-    ok = e2e_psnr == "inf" or e2e_psnr >= min_psnr
+    report["criterion"] = judge(report, min_psnr)
+    ok = report["criterion"]["passed"]
     report["passed"] = ok
     atomic_write_text(model_dir / "verify.json", json.dumps(report, indent=2) + "\n")
     return report, ok
+
+
+def _at_least(db, bar: float) -> bool:
+    return db == "inf" or db >= bar
+
+
+def judge(report: dict, min_psnr: float) -> dict:
+    """The pass criterion of the module docstring, with the bars it used."""
+    finite = [s for s in report["reference_sensitivity_db"]["per_probe"] if s != "inf"]
+    floor = min(finite) if finite else None
+    e2e_bar = min_psnr if floor is None or floor >= min_psnr else floor - SENSITIVITY_MARGIN_DB
+    low = [c for c, r in report["components"].items() if not _at_least(r["psnr_vs_fakequant_db"], min_psnr)]
+    return {"component_bar_db": min_psnr, "components_below_bar": low, "end_to_end_bar_db": round(e2e_bar, 2),
+            "end_to_end_bar_from_reference_sensitivity": e2e_bar < min_psnr,
+            "passed": not low and _at_least(report["end_to_end"]["psnr_vs_fakequant_db"], e2e_bar)}
+
+
+def verdict_line(report: dict) -> str:
+    c = report["criterion"]
+    e2e = report["end_to_end"]["psnr_vs_fakequant_db"]
+    sens = ", ".join(str(v) for v in report["reference_sensitivity_db"]["per_probe"])
+    why = (f"the fake-quant model itself moves to {sens} dB when its input changes by 1e-5, so the end-to-end "
+           f"bar is its lowest minus {SENSITIVITY_MARGIN_DB:g} dB" if c["end_to_end_bar_from_reference_sensitivity"]
+           else f"fake-quant vs itself with its input changed by 1e-5: {sens} dB")
+    comps = (f"components below {c['component_bar_db']} dB: {', '.join(c['components_below_bar'])}" if c["components_below_bar"]
+             else f"every component >= {c['component_bar_db']} dB")
+    return (f"  end-to-end {e2e} dB vs fake-quant, bar {c['end_to_end_bar_db']} dB; {comps}: "
+            f"{'PASS' if c['passed'] else 'FAIL'} ({why})")
 
 
 def summary_lines(report: dict) -> list[str]:

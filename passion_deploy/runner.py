@@ -8,7 +8,7 @@ import torch
 
 from .images import pad_to_multiple, upscale_bicubic
 from .models.presets import get_preset
-from .models.tiling import DEFAULT_OVERLAP, denoise_tiled
+from .models.tiling import denoise_tiled
 
 BACKENDS = ("fp32", "fp16", "fakequant")
 SCALE = 4
@@ -73,7 +73,7 @@ def load_model(preset: str = "tiny", backend: str = "fp32", weights=None, lora=N
 
 
 @torch.no_grad()
-def super_resolve(model: SRModel, lr: torch.Tensor, overlap: int = DEFAULT_OVERLAP) -> torch.Tensor:
+def super_resolve(model: SRModel, lr: torch.Tensor, overlap: int | None = None) -> torch.Tensor:
     """3 x h x w LR image in [0, 1] -> 3 x 4h x 4w SR image in [0, 1]."""
     pipe = model.pipe
     up = upscale_bicubic(lr, SCALE)[None]

@@ -1,6 +1,7 @@
 """The one-step SR pipeline and presets (spec section 1)."""
 import math
 
+import pytest
 import torch
 
 from passion_deploy.models import build_pipeline, get_preset
@@ -45,6 +46,10 @@ def test_sd21_architecture_matches_stable_diffusion_2_1_base():
 def test_tiling_covers_and_blends():
     assert tile_starts(64, 64, 32) == [0]
     assert tile_starts(100, 64, 32) == [0, 32, 36]
+    # the default overlap is half a tile, also for tiny's 32-pixel tile (a fixed 32 made it step by 1)
+    assert tile_starts(64, 32) == [0, 16, 32] and tile_starts(100, 64) == [0, 32, 36]
+    with pytest.raises(ValueError, match="below the tile size"):
+        tile_starts(64, 32, 32)
     w = gaussian_weights(8, 8)
     assert w[3:5, 3:5].min() > w[0, 0]
 
