@@ -31,3 +31,27 @@ def calibrated_layer(layer, x, let: bool = True, seed: int = 0):
         layer(x)
     set_observers(layer, act=None, weight=None)
     return layer
+
+
+def observed_attention(bits: int, cross: bool, tokens: int, s_alpha: float = 0.5):
+    """A small diffusers Attention with a QuantAttnProcessor observed once: (attn, proc, hidden, ctx)."""
+    from diffusers.models.attention_processor import Attention
+
+    from passion_deploy.quant.attention import QuantAttnProcessor
+    from passion_deploy.quant.quantizer import QuantSpec
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=16, cross_attention_dim=24 if cross else None, heads=2, dim_head=8)
+    proc = QuantAttnProcessor(QuantSpec(bits), head_dim=8, s_alpha=s_alpha)
+    attn.set_processor(proc)
+    hidden = torch.randn(1, tokens, 16)
+    ctx = torch.randn(1, 7, 24) if cross else None
+    observe_attention(attn, hidden, ctx)
+    return attn, proc, hidden, ctx
+
+
+@torch.no_grad()
+def head_qkv(attn, hidden, ctx):
+    """q, k, v after the projections, in the (batch*heads, tokens, head_dim) layout of spec section 4."""
+    src = hidden if ctx is None else ctx
+    return tuple(attn.head_to_batch_dim(t) for t in (attn.to_q(hidden), attn.to_k(src), attn.to_v(src)))

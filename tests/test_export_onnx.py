@@ -4,7 +4,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from passion_deploy.export import int_algebra as ia
@@ -14,10 +13,9 @@ from passion_deploy.export.irfile import load_ir, save_ir
 from passion_deploy.export.onnx_lower import lower_graph
 from passion_deploy.export.recipes import attention_recipe, layer_recipe
 from passion_deploy.export.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
-from passion_deploy.quant.attention import QuantAttnProcessor
 from passion_deploy.quant.layers import QuantConv, QuantLinear
 from passion_deploy.quant.quantizer import QuantSpec
-from calib_helpers import calibrated_layer, observe_attention
+from calib_helpers import calibrated_layer, observed_attention
 
 BITS = {"w8a8": (8, 8), "w6a6": (6, 6)}
 
@@ -124,13 +122,7 @@ def test_weight_only_layer():
 @pytest.mark.parametrize("const_kv", [False, True])
 @pytest.mark.parametrize("wide_p", [False, True])
 def test_qattention_onnx_matches_fake_quant(bits, cross, const_kv, wide_p):
-    torch.manual_seed(0)
-    attn = Attention(query_dim=16, cross_attention_dim=24 if cross else None, heads=2, dim_head=8)
-    proc = QuantAttnProcessor(QuantSpec(bits), head_dim=8, s_alpha=0.5)
-    attn.set_processor(proc)
-    hidden = torch.randn(1, 12, 16)
-    ctx = torch.randn(1, 7, 24) if cross else None
-    observe_attention(attn, hidden, ctx)
+    attn, proc, hidden, ctx = observed_attention(bits, cross, tokens=12)
     with torch.no_grad():  # P*s_vw range starting at 0, or well above it (near-uniform attention: zp > 0)
         proc.p_quant.x_min.copy_(0.3 * proc.p_quant.x_max if wide_p else torch.zeros(()))
     rec = attention_recipe("attn", attn, proc)

@@ -5,15 +5,13 @@ terms only (int_algebra); they must reproduce the fake-quant function to float p
 import numpy as np
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from passion_deploy.export import int_algebra as ia
 from passion_deploy.export.recipes import attention_recipe, layer_recipe, run_attention, run_layer
-from passion_deploy.quant.attention import QuantAttnProcessor
 from passion_deploy.quant.layers import QuantConv, QuantLinear
 from passion_deploy.quant.quantizer import QuantSpec
-from calib_helpers import calibrated_layer, observe_attention
+from calib_helpers import calibrated_layer, head_qkv, observed_attention
 
 SPECS = {
     "w8a8": (QuantSpec(8), QuantSpec(8)),
@@ -111,18 +109,10 @@ def test_one_signed_weight_channel_and_out_of_range_activation_grid():
 @pytest.mark.parametrize("bits", [8, 6])
 @pytest.mark.parametrize("cross", [False, True])
 def test_attention_recipe_matches_fake_quant(bits, cross):
-    torch.manual_seed(0)
-    attn = Attention(query_dim=16, cross_attention_dim=24 if cross else None, heads=2, dim_head=8)
-    proc = QuantAttnProcessor(QuantSpec(bits), head_dim=8, s_alpha=0.5)
-    attn.set_processor(proc)
-    hidden = torch.randn(1, 12, 16)
-    ctx = torch.randn(1, 7, 24) if cross else None
-    observe_attention(attn, hidden, ctx)
+    attn, proc, hidden, ctx = observed_attention(bits, cross, tokens=12)
     rec = attention_recipe("attn", attn, proc)
+    q, k, v = head_qkv(attn, hidden, ctx)
     with torch.no_grad():
-        q = attn.head_to_batch_dim(attn.to_q(hidden))
-        src = hidden if ctx is None else ctx
-        k, v = attn.head_to_batch_dim(attn.to_k(src)), attn.head_to_batch_dim(attn.to_v(src))
         ref = proc.attention(q, k, v, attn.scale)
         for isa in ("portable", "vnni"):
             out = run_attention(rec, q, k, v, isa)

@@ -4,7 +4,6 @@ softmax, and the whole core against the fake-quant QuantAttnProcessor and the IR
 import numpy as np
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention
 
 from passion_deploy.kernels import use_interpreter_without_gpu
 
@@ -15,9 +14,7 @@ from passion_deploy.export import int_algebra as ia  # noqa: E402
 from passion_deploy.export.recipes import attention_recipe, run_attention  # noqa: E402
 from passion_deploy.kernels import reference as ref  # noqa: E402
 from passion_deploy.kernels.attention import KernelAttention, act_matmul, softmax_quant  # noqa: E402
-from passion_deploy.quant.attention import QuantAttnProcessor  # noqa: E402
-from passion_deploy.quant.quantizer import QuantSpec  # noqa: E402
-from calib_helpers import observe_attention  # noqa: E402
+from calib_helpers import head_qkv, observed_attention  # noqa: E402
 
 SMALL = (16, 16, 16)
 
@@ -72,18 +69,10 @@ def test_softmax_quant_checks_shapes():
 @pytest.mark.parametrize("bits", [8, 6])
 @pytest.mark.parametrize("cross", [False, True])
 def test_attention_kernels_match_fake_quant(bits, cross):
-    torch.manual_seed(0)
-    attn = Attention(query_dim=16, cross_attention_dim=24 if cross else None, heads=2, dim_head=8)
-    proc = QuantAttnProcessor(QuantSpec(bits), head_dim=8, s_alpha=0.5)
-    attn.set_processor(proc)
-    hidden = torch.randn(1, 19, 16)
-    ctx = torch.randn(1, 7, 24) if cross else None
-    observe_attention(attn, hidden, ctx)
+    attn, proc, hidden, ctx = observed_attention(bits, cross, tokens=19)
     rec = attention_recipe("attn", attn, proc)
+    q, k, v = head_qkv(attn, hidden, ctx)
     with torch.no_grad():
-        q = attn.head_to_batch_dim(attn.to_q(hidden))
-        src = hidden if ctx is None else ctx
-        k, v = attn.head_to_batch_dim(attn.to_k(src)), attn.head_to_batch_dim(attn.to_v(src))
         fq = proc.attention(q, k, v, attn.scale)
     ka = KernelAttention(rec, block=SMALL, act_block=(32, 16), softmax_block=(16, 16))
     out, parts = ka(q, k, v, store_int=True)
