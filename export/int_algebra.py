@@ -28,9 +28,11 @@ therefore exact on every x86 CPU only when 2 * max|a| * max|b| <= 32767 (e.g. 6-
 or 6-bit activations); W8A8 layers use uint8 x uint8 (exact everywhere, slower) unless the
 artifact targets VNNI CPUs. `choose_weight_dtype` owns that decision.
 
-The symmetric shift (spec section 2): a grid j = q + zp maps exactly onto a signed b-bit grid
-m = j - c with c = zp + qmin + 2^(b-1); `to_signed` gives (m, c) for backends that require
-symmetric int8 (TensorRT), the constant c*D being compensated like a zero point.
+The symmetric shift (spec section 2): TensorRT takes only int8 with zero point 0. A grid
+j = q + zp maps exactly onto it as m = j - c for any integer c with [jmin - c, jmax - c] inside
+[-128, 127]; `signed_shift` picks the c closest to 0 (0 for 6-bit grids that contain 0, so
+W6A6 needs no compensation at all; zp + 2^(b-1) for a full 8-bit grid). `sym_act` and
+`sym_weight` give the int8 operands; the constants c*D are compensated downstream (qdq_lower).
 """
 from __future__ import annotations
 
@@ -103,14 +105,59 @@ def quant_codes(x: torch.Tensor, grid: Grid, channel_axis: int | None = None) ->
     return quantize_codes(x, d, zp, grid.spec)
 
 
-def to_signed(codes: np.ndarray, grid: Grid, channel_axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Exact shift onto a symmetric signed grid: j = m + c, m in [-2^(b-1), 2^(b-1)-1]."""
-    c = grid.zp + grid.qmin + (1 << (grid.bits - 1))
-    shape = [1] * np.ndim(codes)
-    if np.ndim(c):
-        shape[channel_axis] = -1
-    m = codes.astype(np.int64) - grid.qmin - (1 << (grid.bits - 1))
-    return m, np.reshape(c, shape) if np.ndim(c) else c
+def signed_shift(jmin, jmax) -> np.ndarray:
+    """The integer c closest to 0 with jmin - c >= -128 and jmax - c <= 127 (elementwise)."""
+    lo = np.asarray(jmax, np.int64) - 127
+    hi = np.asarray(jmin, np.int64) + 128
+    if np.any(lo > hi):
+        raise ValueError("a grid spanning more than 256 integers has no int8 form")
+    return np.clip(np.zeros_like(lo), lo, hi)
+
+
+@dataclass(frozen=True)
+class SymAct:
+    """A per-tensor activation grid as TensorRT's int8 (zero point 0): j = m + shift, where
+    m = clip(round(x / step - shift), lo, hi); lo/hi narrower than int8 for < 8-bit grids."""
+
+    step: np.float32
+    shift: int
+    lo: int
+    hi: int
+
+    @property
+    def needs_clip(self) -> bool:
+        return (self.lo, self.hi) != DTYPE_RANGE["s8"]
+
+
+def sym_act(grid: Grid) -> SymAct:
+    if np.ndim(grid.step):
+        raise ValueError("activation grids are per tensor")
+    c = int(signed_shift(grid.jmin(), grid.jmax()))
+    return SymAct(np.float32(grid.step), c, int(grid.jmin()) - c, int(grid.jmax()) - c)
+
+
+@dataclass
+class SymWeight:
+    """Per-output-channel weights as int8 with zero point 0: jw = values + shift[o]."""
+
+    values: np.ndarray  # int8, the codes' shape (Cout, ...)
+    shift: np.ndarray  # (Cout,) int64
+    step: np.ndarray  # (Cout,) float32
+
+    @property
+    def has_shift(self) -> bool:
+        return bool(np.any(self.shift))
+
+
+def sym_weight(codes: np.ndarray, grid: Grid) -> SymWeight:
+    """The shift is chosen from the codes a channel actually uses (a narrower range than its
+    grid lets more channels keep shift 0)."""
+    q = np.asarray(codes).astype(np.int64)
+    j = q + np.asarray(grid.zp, np.int64).reshape((-1,) + (1,) * (q.ndim - 1))
+    flat = j.reshape(j.shape[0], -1)
+    c = signed_shift(flat.min(1), flat.max(1))
+    m = j - c.reshape((-1,) + (1,) * (q.ndim - 1))
+    return SymWeight(m.astype(np.int8), c, np.asarray(grid.step, np.float32).reshape(-1))
 
 
 # -- activation operands -------------------------------------------------------------------

@@ -182,7 +182,7 @@ def ones_map(b: OnnxBuilder, x: str, taps: np.ndarray, rec: QLayerRecipe, hint: 
 def lower_qconv(b: OnnxBuilder, rec: QLayerRecipe, x: str, isa: str) -> str:
     h = rec.name
     if rec.acts is None:
-        return _weight_only(b, rec, x, isa)
+        return weight_only(b, rec, x)
     xs = let_transform(b, rec, x, 4)
     aops = [ia.act_operand(g, "u8") for g in rec.acts]
     groups = rec.weights
@@ -230,7 +230,7 @@ def _conv_bias(rec: QLayerRecipe) -> np.ndarray | None:
 def lower_qlinear(b: OnnxBuilder, rec: QLayerRecipe, x: str, shape: tuple, isa: str) -> str:
     h = rec.name
     if rec.acts is None:
-        return _weight_only(b, rec, x, isa)
+        return weight_only(b, rec, x)
     xs = let_transform(b, rec, x, len(shape))
     bias = None if rec.bias is None else rec.bias.astype(np.float64)
     if rec.let_taps is not None:
@@ -271,15 +271,16 @@ def lower_qlinear(b: OnnxBuilder, rec: QLayerRecipe, x: str, shape: tuple, isa: 
     return outs[0] if len(outs) == 1 else b.node("Concat", outs, h, axis=1)
 
 
-def _weight_only(b: OnnxBuilder, rec: QLayerRecipe, x: str, isa: str) -> str:
+def weight_only(b: OnnxBuilder, rec: QLayerRecipe, x: str, float_weights: bool = False) -> str:
     """Weight-only quantization: float activations times dequantized weights (the int codes are
-    what the artifact stores; ONNX Runtime folds the DequantizeLinear at load)."""
+    what the artifact stores; ONNX Runtime folds the DequantizeLinear at load). `float_weights`
+    stores the grid values instead (TensorRT fuses a DQ weight only beside a DQ activation)."""
     h = rec.name
     ndim = 4 if rec.kind == "conv" else 2
     ws = []
     for gi, g in enumerate(rec.weights):
         wop = ia.weight_operand(g.codes, g.grid, "u8")
-        if wop.has_residual:
+        if wop.has_residual or float_weights:
             ws.append(b.init(f"{h}.w{gi}", g.dequant().numpy()))
         else:
             ws.append(b.node("DequantizeLinear", [b.init(f"{h}.w{gi}", wop.values), b.init(f"{h}.w{gi}.step", wop.step),

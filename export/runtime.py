@@ -11,11 +11,17 @@ import torch
 from . import artifact
 
 
-def session(path_or_bytes, threads: int | None = None):
+def session(path_or_bytes, threads: int | None = None, plain_qdq: bool = False):
+    """An ONNX Runtime CPU session. `plain_qdq` runs DequantizeLinear -> Conv/Gemm/MatMul as
+    written (dequantize, then a float op) instead of fusing them into ONNX Runtime's int8
+    kernels, whose u8s8 products saturate at 16 bits on CPUs without VNNI (int_algebra): that
+    is how a TensorRT Q/DQ graph's meaning is checked on a CPU."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if plain_qdq:
+        opts.add_session_config_entry("session.disable_quant_qdq", "1")
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1

@@ -1,14 +1,12 @@
 """Integer ONNX lowering: every quantized layer kind against its fake-quant layer, run by ONNX
 Runtime's CPU provider; the float graph against PyTorch; the tracer against the pipeline."""
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
 from torch import nn
 
 from passion_deploy.export import int_algebra as ia
 from passion_deploy.export.artifact import cpu_has_vnni
-from passion_deploy.export.graph import Graph, Node
 from passion_deploy.export.irfile import load_ir, save_ir
 from passion_deploy.export.onnx_lower import lower_graph
 from passion_deploy.export.recipes import attention_recipe, layer_recipe
@@ -16,36 +14,11 @@ from passion_deploy.export.trace import trace_unet, trace_vae_decoder, trace_vae
 from passion_deploy.quant.layers import QuantConv, QuantLinear
 from passion_deploy.quant.quantizer import QuantSpec
 from calib_helpers import calibrated_layer, observed_attention
-
-BITS = {"w8a8": (8, 8), "w6a6": (6, 6)}
-
-
-def run_onnx(model, feeds):
-    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-
-
-def single(op, rec, inputs: dict, out_shape, consts=None, dynamic_hw=False):
-    shape = (lambda t: tuple(t.shape[:2]) + (None, None)) if dynamic_hw else (lambda t: tuple(t.shape))
-    g = Graph("layer", inputs={k: shape(v) for k, v in inputs.items()}, outputs={"y": tuple(out_shape[:2]) + (None,) * (len(out_shape) - 2)},
-              consts=consts or {}, recipes={rec.name: rec})
-    g.shapes = {k: tuple(v.shape) for k, v in inputs.items()}
-    names = list(inputs) + list((consts or {}).keys())
-    g.nodes = [Node(op, names, ["h"], {"recipe": rec.name}, rec.name), Node("identity", ["h"], ["y"])]
-    return g
-
+from layer_graphs import BITS, CONVS, check, run_onnx, single
 
 def isas(wbits, abits):
     # int8 weights on 8x8 layers saturate without VNNI: only test that ISA where it is exact
     return ["portable"] + (["vnni"] if cpu_has_vnni() or wbits <= 6 or abits <= 6 else [])
-
-
-def check(y, ref, tol=3e-6):
-    err = np.abs(y - ref).max()
-    assert err <= tol * np.abs(ref).max(), f"max abs err {err:.3g} vs scale {np.abs(ref).max():.3g}"
-
-
-CONVS = {"3x3s1": dict(kernel_size=3, padding=1), "3x3s2": dict(kernel_size=3, stride=2, padding=1),
-         "1x1": dict(kernel_size=1), "3x3s2pad0": dict(kernel_size=3, stride=2)}
 
 
 @pytest.mark.parametrize("geom", list(CONVS))

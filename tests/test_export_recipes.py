@@ -158,9 +158,29 @@ def test_weight_operand_and_signed_shift():
             rebuilt = op.values.astype(np.int64) - op.zero.astype(np.int64)[:, None] + op.residual[:, None]
             np.testing.assert_array_equal(rebuilt, j)
             assert op.residual[3] != 0 and not op.residual[:3].any()
-        m, c = ia.to_signed(codes, grid)
-        assert m.min() >= -(1 << (bits - 1)) and m.max() < (1 << (bits - 1))
-        np.testing.assert_array_equal(m + c, j)
+        sw = ia.sym_weight(codes, grid)
+        assert sw.values.dtype == np.int8
+        np.testing.assert_array_equal(sw.values.astype(np.int64) + sw.shift[:, None], j)
+        if bits == 6:  # a 6-bit grid containing 0 needs no shift
+            assert sw.shift[1] == 0
+
+
+@pytest.mark.parametrize("bits,signed,zp", [(8, False, -37), (8, False, 0), (8, False, 400), (6, False, -20),
+                                            (6, False, 90), (8, True, 5), (6, True, -3)])
+def test_symmetric_act_operand_reproduces_the_grid(bits, signed, zp):
+    """TensorRT's int8 (zero point 0): clip(round(x/D - c), lo, hi) + c == the fake-quant's j."""
+    grid = ia.Grid(np.float32(0.05), np.int64(zp), bits, signed)
+    op = ia.sym_act(grid)
+    assert -128 <= op.lo <= op.hi <= 127 and op.hi - op.lo == (1 << bits) - 1
+    if bits == 6 and -64 <= zp <= 64:
+        assert op.shift == 0  # 6-bit grids around 0 fit int8 as they are: no compensation
+    if bits == 8:
+        assert op.shift == int(grid.jmin()) + 128  # the spec's c = zp + 2^(b-1) for unsigned grids
+    x = torch.linspace(float(grid.jmin()) - 20, float(grid.jmax()) + 20, 4001) * 0.05
+    j = ia.quant_codes(x, grid) + zp
+    m = torch.clamp(torch.round(x / 0.05 - op.shift), op.lo, op.hi)
+    keep = ((x / 0.05).frac().abs() - 0.5).abs() > 1e-3  # ties round differently (half-even vs half-away)
+    torch.testing.assert_close((m + op.shift)[keep], j[keep], rtol=0, atol=0)
 
 
 def test_kernel_choice_respects_int16_saturation():
