@@ -19,7 +19,7 @@ from .onnx_lower import lower_graph
 from .trace import COMPONENTS, ExportError, trace_component
 
 TARGETS = ("onnx", "triton", "trt")
-BUILT_TARGETS = ("onnx", "triton")
+BUILT_TARGETS = TARGETS
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin for the graph itself
 QUANT_PARAM_SUFFIXES = (".x_min", ".x_max", ".let_scale", ".let_offset", ".s_qk", ".s_vw")
 
@@ -107,15 +107,42 @@ def save_onnx(model: onnx.ModelProto, out_dir: Path, stem: str) -> list[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def fixed_input_shapes(graph, comp: str, tile: tuple[int, int], vae_factor: int) -> dict[str, tuple]:
+    """The trt target's fixed shapes: the latent tile for the UNet and decoder, its image for
+    the encoder (the VAE graphs were traced on a small image; their ops are size-generic)."""
+    shapes = {k: tuple(v) for k, v in graph.inputs.items()}
+    main = list(graph.inputs)[0]
+    side = tile if comp != "vae_encoder" else (tile[0] * vae_factor, tile[1] * vae_factor)
+    shapes[main] = (1, shapes[main][1]) + tuple(side)
+    return shapes
+
+
+def write_qdq_onnx(graph, shapes: dict, out_dir: Path, comp: str) -> tuple[onnx.ModelProto, list[str]]:
+    """The trt target's Q/DQ ONNX, refused unless it follows TensorRT's rules and onnx.checker's."""
+    from .qdq_lower import lower_graph_qdq
+    from .qdq_rules import qdq_violations
+
+    model = lower_graph_qdq(graph, shapes)
+    bad = qdq_violations(model)
+    if bad:
+        raise ExportError(f"{comp}: the Q/DQ graph breaks TensorRT's explicit-quantization rules: {bad[0]}"
+                          + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
+    files = save_onnx(model, out_dir, f"{comp}.qdq")
+    onnx.checker.check_model(str(out_dir / f"{comp}.qdq.onnx"))  # by path: works beyond 2 GB
+    return model, files
+
+
 def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", components: tuple[str, ...] = COMPONENTS,
                     tile: tuple[int, int] | None = None, isa: str = "auto", fold: bool = True,
-                    progress: bool = True, pipe=None) -> dict:
+                    progress: bool = True, pipe=None, trt: dict | None = None) -> dict:
     """Export the calibrated checkpoint `ckpt` (path or bundled name) to `out_dir`; returns the manifest.
 
     Every target writes the deploy IR of each component (`<component>.ir.safetensors`: packed
     weight codes, per-layer integer recipes, the graph). `onnx` lowers it to integer ONNX
     beside it; `triton` needs nothing else: its runtime (triton_runtime.py) builds the kernel
-    operands from the IR on load."""
+    operands from the IR on load; `trt` writes the explicit-quantization ONNX (qdq_lower.py) at
+    the fixed tile and, where TensorRT and a GPU are present, builds the INT8 and FP16 engines
+    (trt_build.py; `trt`: {"float_precision", "max_batch", "timing_cache", "build_engines"})."""
     from passion_deploy.checkpoint import load_checkpoint, resolve_checkpoint
 
     if target not in BUILT_TARGETS:
@@ -142,6 +169,12 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
         stale.unlink()  # the directory is unsealed until the new manifest is written
     probes = trace_probes(pipe, tile)
     files, comps = [], {}
+    trt = dict(trt or {})
+    engines, engines_missing = {}, []
+    if target == "trt":
+        from .trt_build import missing_for_engines
+
+        engines_missing = missing_for_engines() if trt.get("build_engines", True) else ["engine building (--no-engines)"]
     bar = tqdm(components, desc="export", unit="component", disable=not progress)
     for comp in bar:
         bar.set_postfix_str(f"{comp}: tracing")
@@ -155,6 +188,20 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
             model = lower_graph(graph, isa)
             onnx_files = save_onnx(model, out_dir, comp)
             del model
+        if target == "trt":
+            bar.set_postfix_str(f"{comp}: Q/DQ ONNX")
+            shapes = fixed_input_shapes(graph, comp, tile, pipe.vae_factor)
+            qdq, onnx_files = write_qdq_onnx(graph, shapes, out_dir, comp)
+            if not engines_missing:
+                from .trt_build import build_component_engines
+
+                bar.set_postfix_str(f"{comp}: TensorRT engines")
+                fp_graph, _ = trace_component(pipe, comp, probes[comp], quantized=False, fold=fold)
+                engines[comp] = build_component_engines(out_dir, comp, qdq, lower_graph(fp_graph), shapes,
+                                                        trt.get("float_precision", "fp16"), trt.get("max_batch", 1),
+                                                        trt.get("timing_cache"), progress)
+                onnx_files = onnx_files + [e["engine"] for e in engines[comp].values()]
+            del qdq
         files += [ir_name] + onnx_files
         if "context" in graph.inputs and target == "onnx":  # dynamic constants: the runtime feeds t=999 and this context
             from safetensors.numpy import save_file
@@ -176,9 +223,13 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
             "fp32_weight_bytes": fp32_bytes(pipe, comp),
             **wb,
         }
-        if target == "onnx":
-            comps[comp].update(onnx=f"{comp}.onnx", onnx_data=f"{comp}.onnx.data" if len(onnx_files) > 1 else None,
-                               onnx_bytes=sum((out_dir / f).stat().st_size for f in onnx_files))
+        if target in ("onnx", "trt"):
+            stem = comp if target == "onnx" else f"{comp}.qdq"
+            data = f"{stem}.onnx.data"
+            comps[comp].update(onnx=f"{stem}.onnx", onnx_data=data if data in onnx_files else None,
+                               onnx_bytes=sum((out_dir / f).stat().st_size for f in onnx_files if ".onnx" in f))
+        if target == "trt":
+            comps[comp]["fixed_input_shapes"] = {k: list(v) for k, v in shapes.items()}
         comps[comp]["ir_vs_fp32"] = round(comps[comp]["ir_file_bytes"] / comps[comp]["fp32_weight_bytes"], 4)
     manifest = {
         "target": target,
@@ -194,6 +245,12 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
     }
     if target == "onnx":
         manifest["isa"] = isa
+    elif target == "trt":
+        from .trt_build import tensorrt_info
+
+        manifest["engines"] = engines or None
+        manifest["engines_missing"] = engines_missing
+        manifest["tensorrt"] = tensorrt_info(trt.get("float_precision", "fp16"), trt.get("max_batch", 1)) if engines else None
     else:  # the runtime's kernel operand encodings (kernels/operands.py); the latent tile is the CUDA-graph shape
         from passion_deploy.kernels.operands import WEIGHT_DTYPE
 

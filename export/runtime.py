@@ -36,12 +36,14 @@ class OnnxSR:
     from (loaded on first use)."""
 
     backend = "onnx"
+    target = "onnx"
+    plain_qdq = False  # see session(): the trt target's Q/DQ graphs run unfused
 
     def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, load_sessions: bool = True,
                  check_isa: bool = True):
         self.dir = Path(model_dir)
         self.manifest = artifact.read_manifest(self.dir)
-        artifact.require_target(self.manifest, "onnx", str(self.dir))
+        artifact.require_target(self.manifest, self.target, str(self.dir))
         if check_isa:
             artifact.check_cpu(self.manifest, str(self.dir))
         p = self.manifest["pipeline"]
@@ -50,8 +52,8 @@ class OnnxSR:
         self.vae_factor, self.size_multiple = p["vae_factor"], p["size_multiple"]
         self.latent_tile = tuple(p["latent_tile"])
         self.threads = threads
-        self.sessions = {c: session(self.dir / info["onnx"], threads) for c, info in self.manifest["components"].items()} \
-            if load_sessions else {}
+        self.sessions = {c: session(self.dir / info["onnx"], threads, self.plain_qdq)
+                         for c, info in self.manifest["components"].items()} if load_sessions else {}
         self._fallback = None
 
     @property
@@ -78,15 +80,21 @@ class OnnxSR:
         quantized layers / attention cores: the IR lowered again with those values as extra
         graph outputs (the same lowering, but a separate model, so the artifact runs unchanged)."""
         from .irfile import load_ir
-        from .onnx_lower import PROBE_PREFIX, lower_graph
+        from .onnx_lower import PROBE_PREFIX
 
         g = load_ir(self.dir / self.manifest["components"][component]["ir"])
         value = {n.name: n.outputs[0] for n in g.nodes if n.name in names}
-        model = lower_graph(g, self.manifest["isa"], probes=[value[n] for n in names])
-        sess = session(model.SerializeToString())
+        model = self.lower(g, [value[n] for n in names])
+        sess = session(model.SerializeToString(), plain_qdq=self.plain_qdq)
         del model
         outs = sess.run([PROBE_PREFIX + value[n] for n in names], {list(g.inputs)[0]: x.numpy(), **self.extra_feeds(component)})
         return self._run(component, list(g.inputs)[0], x), dict(zip(names, outs))
+
+    def lower(self, g, probes: list[str]):
+        """The artifact's lowering of IR graph g, with `probes` as extra outputs."""
+        from .onnx_lower import lower_graph
+
+        return lower_graph(g, self.manifest["isa"], probes=probes)
 
     def extra_feeds(self, comp: str) -> dict:
         """Inputs of a UNet exported with --dynamic-constants: t = 999 and the stored context."""

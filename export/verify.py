@@ -134,6 +134,7 @@ def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n
     fp = fp_copy(pipe)
     th, tw = rt.latent_tile
     probes, desc = probe_images((th * rt.vae_factor, tw * rt.vae_factor), count=n_probes)
+    layer_tables = layer_tables and getattr(rt, "layer_tables", True)
     checks = {c: ComponentCheck(rt, pipe, c, layer_tables) for c in m["components"]}
     e2e = Tally(image=True)
     sens = []

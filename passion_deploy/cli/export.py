@@ -28,33 +28,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-runs", type=int, default=5,
                    help="after --verify, time each component against its float baselines (passion-bench's: "
                         "alternating, median of this many runs, >= 5; a triton artifact only on a GPU); 0 skips it")
+    trt = p.add_argument_group("trt target")
+    trt.add_argument("--trt-float", default="fp16", choices=["fp16", "fp32"],
+                     help="precision of the engines' float ops (norms, activations, softmax); the Q/DQ convs and "
+                          "matmuls are INT8 either way. fp32 is slower and closest to the fake-quant model")
+    trt.add_argument("--max-batch", type=int, default=1, help="largest batch of tiles the engines accept")
+    trt.add_argument("--timing-cache", metavar="FILE",
+                     help="TensorRT timing cache, reused between builds (default: ~/.cache/passion-deploy/trt-VERSION-GPU.timing)")
+    trt.add_argument("--no-engines", action="store_true", help="write and verify the Q/DQ ONNX only")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.target == "trt":
-        print("passion-export: the trt target is not built yet; use --target onnx or --target triton.", file=sys.stderr)
-        return 2
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..export.artifact import ArtifactError
     from ..export.exporter import export_artifact, parse_tile
     from ..export.trace import ExportError
+    from ..export.trt_build import EngineBuildError
 
     progress = not args.no_progress
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
     t0 = time.perf_counter()
     try:
         tile = parse_tile(args.tile) if args.tile else None
+        trt = {"float_precision": args.trt_float, "max_batch": args.max_batch, "build_engines": not args.no_engines,
+               "timing_cache": Path(args.timing_cache) if args.timing_cache else None}
+        if args.target == "trt" and not args.no_engines and trt["timing_cache"] is None:
+            trt["timing_cache"] = _default_timing_cache()
         manifest = export_artifact(args.ckpt, args.out, args.target, components, tile, args.isa,
-                                   fold=not args.dynamic_constants, progress=progress)
-    except (CheckpointError, ConfigError, ExportError, ArtifactError, OSError) as e:
+                                   fold=not args.dynamic_constants, progress=progress, trt=trt)
+    except (CheckpointError, ConfigError, ExportError, ArtifactError, EngineBuildError, OSError) as e:
         print(f"passion-export: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    target = f"onnx, isa {manifest['isa']}" if args.target == "onnx" else "triton"
+    target = {"onnx": f"onnx, isa {manifest.get('isa')}", "triton": "triton", "trt": "trt: TensorRT Q/DQ ONNX"
+              + (", INT8 + FP16 engines" if manifest.get("engines") else ", no engines")}[args.target]
     print(f"passion-export: {manifest['quant_config_name']} from {args.ckpt} -> {out} "
           f"({target}, latent tile {manifest['pipeline']['latent_tile'][0]}x{manifest['pipeline']['latent_tile'][1]}, "
           f"{time.perf_counter() - t0:.1f} s)")
@@ -62,8 +73,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {comp:12s} {c['quantized_layers']:4d} int layers, {c['quantized_attention']:2d} int attention cores; "
               f"IR {c['ir_file_bytes'] / 1e6:8.2f} MB = {c['ir_vs_fp32']:.3f}x FP32"
               + (f", ONNX {c['onnx_bytes'] / 1e6:8.2f} MB" if "onnx_bytes" in c else " (packed weights the kernels load)"))
+    for comp, e in (manifest.get("engines") or {}).items():
+        print(f"  {comp:12s} engines: " + ", ".join(f"{k} {v['bytes'] / 1e6:.2f} MB ({v['build_seconds']} s)" for k, v in e.items()))
+    status = _verify_and_time(args, out, progress)
+    if status == 0 and args.target == "trt" and not manifest.get("engines"):
+        from ..export.trt_build import INSTALL_HINT
+
+        print(f"passion-export: wrote the TensorRT Q/DQ ONNX to {out}"
+              + (" and verified it in ONNX Runtime" if args.verify else "")
+              + f", but built no engines: this machine lacks {' and '.join(manifest['engines_missing'])}; "
+              f"{INSTALL_HINT}.", file=sys.stderr)
+        return 3
+    return status
+
+
+def _default_timing_cache():
+    from ..export.trt_build import default_timing_cache, missing_for_engines
+
+    return None if missing_for_engines() else default_timing_cache()
+
+
+def _verify_and_time(args, out: Path, progress: bool) -> int:
+    from ..checkpoint import CheckpointError
+    from ..export.artifact import ArtifactError
+
     if not args.verify:
         return 0
+    from ..export.artifact import read_manifest
     from ..export.verify import summary_lines, verdict_line, verify_artifact
 
     try:
@@ -78,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     if ok and args.bench_runs and args.target == "triton" and not _has_gpu():
         print("passion-export: no latency comparison: without a GPU the kernels ran in Triton's interpreter, "
               "whose timings say nothing about the kernels")
+    elif ok and args.bench_runs and args.target == "trt" and not read_manifest(out).get("engines"):
+        print("passion-export: no latency comparison: there are no engines, and the Q/DQ graph's unfused run in "
+              "ONNX Runtime says nothing about TensorRT's speed")
     elif ok and args.bench_runs:
         bench_status = latency_comparison(out, args.bench_runs, progress)
         if bench_status:
@@ -105,8 +144,9 @@ def latency_comparison(out: Path, runs: int, progress: bool) -> int:
     return 0
 
 
-SHORT = {"int_onnx": "int", "fp32_onnx": "fp32 ORT", "torch_fp32": "torch", "triton": "triton", "torch_fp16": "torch fp16"}
-LONG = {"fp32_onnx": "FP32 ORT", "torch_fp32": "PyTorch FP32", "torch_fp16": "PyTorch FP16"}
+SHORT = {"int_onnx": "int", "fp32_onnx": "fp32 ORT", "torch_fp32": "torch", "triton": "triton", "torch_fp16": "torch fp16",
+         "trt_int8": "TRT int8", "trt_fp16": "TRT fp16"}
+LONG = {"fp32_onnx": "FP32 ORT", "torch_fp32": "PyTorch FP32", "torch_fp16": "PyTorch FP16", "trt_fp16": "TensorRT FP16"}
 
 
 def _has_gpu() -> bool:

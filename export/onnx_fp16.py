@@ -1,0 +1,70 @@
+"""FP16 copies of ONNX graphs for TensorRT engine builds.
+
+TensorRT 11 builds only strongly typed networks: the precision of every float op is the type
+its ONNX graph gives it (the BuilderFlag.FP16 / INT8 switches of TensorRT 10 are gone). So the
+"FP16 and INT8" engine of a component is built from a copy of its Q/DQ graph whose float
+tensors are FP16 (the Q/DQ pairs keep it INT8), and the FP16 baseline engine from an FP16 copy
+of its float graph. Inputs and outputs stay FP32 behind Cast nodes, so the engine's buffers
+and the runtimes are the same for every precision.
+
+What changes: FLOAT initializers become FLOAT16 (values beyond FP16's range are refused: they
+would silently become inf), Cast-to-float and ConstantOfShape become FP16. What stays FP32:
+the inputs ONNX types as float only (Resize's scales).
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FP16_MAX = float(np.finfo(np.float16).max)
+FP32_ONLY_INPUTS = {"Resize": (2,)}  # (op, input index) pairs whose ONNX type is tensor(float) only
+
+
+def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = copy.deepcopy(model)
+    g = m.graph
+    fp32_only = {n.input[i] for n in g.node for i in FP32_ONLY_INPUTS.get(n.op_type, ()) if i < len(n.input)}
+    shared = {name for n in g.node for i, name in enumerate(n.input)
+              if name in fp32_only and i not in FP32_ONLY_INPUTS.get(n.op_type, ())}
+    if shared:
+        raise ValueError(f"initializers {sorted(shared)[:3]} feed both a float-only input and other ops")
+    inits = []
+    for t in g.initializer:
+        if t.data_type == TensorProto.FLOAT and t.name not in fp32_only:
+            a = numpy_helper.to_array(t)
+            if a.size and float(np.abs(a).max()) > FP16_MAX:
+                raise ValueError(f"initializer {t.name} holds {float(np.abs(a).max()):.3g}, beyond FP16's range")
+            t = numpy_helper.from_array(a.astype(np.float16), t.name)
+        inits.append(t)
+    del g.initializer[:]
+    g.initializer.extend(inits)
+    for n in g.node:
+        for a in n.attribute:
+            if n.op_type == "Cast" and a.name == "to" and a.i == TensorProto.FLOAT:
+                a.i = TensorProto.FLOAT16
+            if n.op_type == "ConstantOfShape" and a.name == "value" and a.t.data_type == TensorProto.FLOAT:
+                a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
+    # FP32 edges: cast each float input in, each float output out, under the original names
+    edge_nodes = []
+    for inp in g.input:
+        if inp.type.tensor_type.elem_type == TensorProto.FLOAT:
+            inner = inp.name + ".fp16"
+            for n in g.node:
+                n.input[:] = [inner if i == inp.name else i for i in n.input]
+            edge_nodes.append(helper.make_node("Cast", [inp.name], [inner], name="cast_in." + inp.name, to=TensorProto.FLOAT16))
+    tail = []
+    for out in g.output:
+        if out.type.tensor_type.elem_type == TensorProto.FLOAT:
+            inner = out.name + ".fp16"
+            for n in g.node:
+                n.output[:] = [inner if o == out.name else o for o in n.output]
+                n.input[:] = [inner if i == out.name else i for i in n.input]
+            tail.append(helper.make_node("Cast", [inner], [out.name], name="cast_out." + out.name, to=TensorProto.FLOAT))
+    nodes = edge_nodes + list(g.node) + tail
+    del g.node[:]
+    g.node.extend(nodes)
+    del g.value_info[:]
+    return m
