@@ -36,9 +36,10 @@ setup(
     ],
     extras_require={
         # scikit-image: the tiny model's photos (training, held-out crops); triton: kernel tests in its interpreter
-        "test": ["pytest>=7", "onnx>=1.16", "onnxruntime>=1.17", "scikit-image>=0.22", "triton>=3.0"],
+        "test": ["pytest>=7", "onnx>=1.16", "onnxruntime>=1.17", "scikit-image>=0.22", "triton>=3.0", "matplotlib>=3.5"],
         "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],  # the onnx export target and its runtime
         "train": ["scikit-image>=0.22"],
+        "report": ["matplotlib>=3.5"],  # passion-bench --report charts
         "gpu": ["tensorrt", "pycuda", "onnxruntime-gpu"],
     },
     entry_points={

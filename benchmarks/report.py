@@ -1,36 +1,77 @@
-"""Markdown summary of a benchmark record (benchmarks/harness.py)."""
+"""Markdown summary of a benchmark record (benchmarks/harness.py), and the full report: that
+summary plus PNG charts (benchmarks/charts.py) of latency, memory and per-layer error.
+
+    python -m passion_deploy.benchmarks.report RECORD.json > REPORT.md     # the table only
+    passion-bench --from-json RECORD.json --report REPORT.md                # table + charts
+"""
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 LABELS = {"int_onnx": "integer ONNX (artifact)", "fp32_onnx": "FP32 ONNX Runtime", "torch_fp32": "PyTorch FP32 eager",
-          "triton": "Triton integer kernels (artifact)", "torch_fp16": "PyTorch FP16 (CUDA graphs)"}
+          "triton": "Triton integer kernels (artifact)", "torch_fp16": "PyTorch FP16 (CUDA graphs)",
+          "trt_int8": "TensorRT INT8", "trt_fp16": "TensorRT FP16", "qdq_onnx": "Q/DQ ONNX"}
+
+CHARTS = ("latency", "memory", "layers")
+
+
+def label(variant: str) -> str:
+    """A variant's readable name; a variant this module does not know is shown by its key."""
+    return LABELS.get(variant, variant)
 
 
 def _mb(n) -> str:
-    return f"{n / 1e6:,.1f}" if isinstance(n, (int, float)) else "-"
+    return f"{n / 1e6:,.1f}" if isinstance(n, (int, float)) and not isinstance(n, bool) else "-"
+
+
+def _ms(r: dict, key: str) -> str:
+    v = r.get(key)
+    return f"{v * 1e3:,.1f}" if isinstance(v, (int, float)) else "-"
+
+
+def _load(v) -> str:
+    return ", ".join(f"{x:.2f}" for x in v) if isinstance(v, (list, tuple)) else str(v)
+
+
+def machine_line(rec: dict) -> str:
+    m = rec.get("machine", {})
+    flags_d = m.get("cpu_flags") or {}
+    flags = ", ".join(f for f, on in flags_d.items() if on) or ("none of " + ", ".join(flags_d) if flags_d else "unknown")
+    line = f"{m.get('cpu', 'unknown CPU')}, {m.get('logical_cpus', '?')} logical CPUs, flags: {flags}"
+    if m.get("gpu"):
+        line += f", GPU {m['gpu']}"
+    s = rec.get("settings", {})
+    threads = s.get("ort_intra_op_threads")
+    if threads not in (None, "default"):
+        line += f"; {threads} intra-op thread(s)"
+    elif m.get("torch_threads"):
+        line += f"; PyTorch threads {m['torch_threads']}"
+    if "load_average" in m:
+        line += f"; load average at start {_load(m['load_average'])}, at end {_load(m.get('load_average_end'))}"
+    return line
 
 
 def markdown(rec: dict) -> str:
-    m = rec["machine"]
-    flags = ", ".join(f for f, on in m["cpu_flags"].items() if on) or "none of " + ", ".join(m["cpu_flags"])
-    v = rec["versions"]
+    v = rec.get("versions", {})
+    s = rec.get("settings", {})
+    src = rec.get("source_checkpoint", {})
     art = rec.get("artifact_variant", "int_onnx")  # records from before the triton target are onnx
-    kernels = f"{rec['isa']} int8 kernels" if art == "int_onnx" else rec.get("runtime", "Triton kernels")
+    kernels = f"{rec.get('isa', '?')} int8 kernels" if art == "int_onnx" else rec.get("runtime", label(art))
     lines = [
-        f"# passion-bench: {rec['quant_config']} ({kernels})",
+        f"# passion-bench: {rec.get('quant_config', '?')} ({kernels})",
         "",
-        f"- model: `{rec['model_dir']}` from `{rec['source_checkpoint']['name']}` "
-        f"(preset {rec['source_checkpoint']['preset']}, weights {rec['source_checkpoint']['weights_source']})",
-        f"- machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, flags: {flags}"
-        + (f", GPU {m['gpu']}" if m.get("gpu") else "")
-        + f"; load average at start {m['load_average']}, at end {m.get('load_average_end')}",
-        f"- versions: onnxruntime {v['onnxruntime']}, torch {v['torch']}, onnx {v['onnx']}"
-        + (f", triton {v['triton']}" if v.get("triton") else "") + f", passion-deploy {v['passion_deploy']}",
-        f"- method: {rec['settings']['warmup']} warm-up run(s), then {rec['settings']['runs']} runs with the variants "
+        f"- model: `{rec.get('model_dir', '?')}` from `{src.get('name', '?')}` "
+        f"(preset {src.get('preset', '?')}, weights {src.get('weights_source', '?')})",
+        f"- machine: {machine_line(rec)}",
+        "- versions: " + ", ".join(f"{k} {val}" for k, val in v.items() if k not in ("numpy", "diffusers")),
+        f"- method: {s.get('warmup', '?')} warm-up run(s), then {s.get('runs', '?')} runs with the variants "
         "alternating; median (min-max) in ms",
     ]
-    if rec["settings"].get("note"):
-        lines.append(f"- **{rec['settings']['note']}**")
-    if rec["settings"].get("isa_check_skipped_outputs_invalid"):
+    if s.get("note"):
+        lines.append(f"- **{s['note']}**")
+    if s.get("isa_check_skipped_outputs_invalid"):
         lines.append("- **timing only**: this int8-everywhere (vnni) artifact saturates int16 on this CPU without "
                      "VNNI; its outputs are wrong here and only its latency is meaningful (the int8 GEMMs run faster still with VNNI)")
     lines += [
@@ -39,25 +80,132 @@ def markdown(rec: dict) -> str:
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for comp, c in rec["components"].items():
-        shape = "x".join(str(d) for d in next(iter(c["input"].values())))
+        shape = "x".join(str(d) for d in next(iter(c.get("input", {"": []}).values()), []))
+        base = c["variants"].get(art, {}).get("median_s")
         for var, r in c["variants"].items():
-            sp = "1.00x" if var == art else f"{r['median_s'] / c['variants'][art]['median_s']:.2f}x"
+            sp = (f"{r['median_s'] / base:.2f}x" if base and isinstance(r.get("median_s"), (int, float)) else "-")
             disk = r.get("weight_bytes_on_disk", r.get("weight_bytes_in_memory"))
-            lines.append(f"| {comp} | {shape} | {LABELS[var]} | {r['median_s'] * 1e3:,.1f} | "
-                         f"{r['min_s'] * 1e3:,.1f}-{r['max_s'] * 1e3:,.1f} | {sp} | {_mb(disk)} | "
-                         f"{_mb(r.get('subprocess_memory', {}).get('peak_rss_bytes'))} | "
+            sub = r.get("subprocess_memory") if isinstance(r.get("subprocess_memory"), dict) else {}
+            lines.append(f"| {comp} | {shape} | {label(var)} | {_ms(r, 'median_s')} | "
+                         f"{_ms(r, 'min_s')}-{_ms(r, 'max_s')} | {sp} | {_mb(disk)} | "
+                         f"{_mb(sub.get('peak_rss_bytes'))} | "
                          f"{_mb(r.get('load_and_warmup_rss_increase_bytes'))} |")
+    ratios = ", ".join(f"{k} {c['ir_vs_fp32_bytes']:.3f}x" for k, c in rec["components"].items() if "ir_vs_fp32_bytes" in c)
     lines += ["", "Speed-up = variant median / artifact median. PyTorch weights are its float parameters in memory.",
               "Peak RSS, own process: the model loaded and run once in a fresh process (includes ~100 MB of "
               "Python + ONNX Runtime; onnx artifacts only). In-process increase: RSS growth while the variant loads and "
-              "warms up (0 when it reuses pages freed by an earlier variant).",
-              "Deploy-IR packed weight file vs FP32 weight bytes: "
-              + ", ".join(f"{k} {c['ir_vs_fp32_bytes']:.3f}x" for k, c in rec["components"].items()), ""]
+              "warms up (0 when it reuses pages freed by an earlier variant)."]
+    if ratios:
+        lines.append("Deploy-IR packed weight file vs FP32 weight bytes: " + ratios)
+    lines.append("")
     return "\n".join(lines)
 
 
+def chart_paths(out_md: str | Path) -> dict[str, Path]:
+    """The PNGs of a report, next to it: OUT.md -> OUT_latency.png, OUT_memory.png, OUT_layers.png."""
+    out_md = Path(out_md)
+    return {k: out_md.with_name(f"{out_md.stem}_{k}.png") for k in CHARTS}
+
+
+def find_verify(rec: dict, verify_path: str | Path | None = None) -> tuple[dict | None, str]:
+    """The artifact's verify.json (given, or DIR/verify.json of the record's model_dir) and, when
+    there is none to use, why."""
+    path = Path(verify_path) if verify_path else Path(rec.get("model_dir", ".")) / "verify.json"
+    if not path.is_file():
+        return None, (f"no `{path}` (written by `passion-export --verify`; the per-layer error chart needs the "
+                      "artifact directory it was written to)")
+    try:
+        ver = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return None, f"`{path}` could not be read ({e})"
+    a = (rec.get("source_checkpoint") or {}).get("sha256")
+    b = (ver.get("source_checkpoint") or {}).get("sha256")
+    if a and b and a != b:
+        return None, f"`{path}` belongs to a different checkpoint (sha256 {b[:12]} vs the record's {a[:12]})"
+    layers = ver.get("layers")
+    if not isinstance(layers, dict) or not any(layers.values()):
+        return None, f"`{path}` has no per-layer table (`passion-export --verify` writes one)"
+    return ver, str(path)
+
+
+def _layer_table(ver: dict) -> list[str]:
+    from .charts import layer_series
+
+    lines = ["| component | quantized layers | median SQNR dB | lowest SQNR dB (layer) | exact layers (inf) |",
+             "|---|---:|---:|---:|---:|"]
+    for comp, (_, ys, names) in layer_series(ver).items():
+        fin = sorted((y, n) for y, n in zip(ys, names) if math.isfinite(y))
+        med = fin[len(fin) // 2][0] if fin else math.inf
+        low = f"{fin[0][0]:.1f} (`{fin[0][1]}`)" if fin else "-"
+        lines.append(f"| {comp} | {len(ys)} | {med:.1f} | {low} | {len(ys) - len(fin)} |")
+    return lines
+
+
+def render_report(rec: dict, out_md: str | Path, verify_path: str | Path | None = None) -> dict[str, Path]:
+    """Write OUT.md and its PNG charts next to it, atomically; return the charts written.
+
+    The PNGs are written first and the Markdown last, so it never links a file that is not
+    there. Without matplotlib the Markdown is still written, saying why there are no charts;
+    without a verify.json the per-layer chart is left out with a note."""
+    from passion_deploy.io_utils import atomic_write_text
+
+    out_md = Path(out_md)
+    paths = chart_paths(out_md)
+    ver, why = find_verify(rec, verify_path)
+    written: dict[str, Path] = {}
+    notes: list[str] = []
+    try:
+        import matplotlib  # noqa: F401  (only to learn whether charts can be drawn)
+    except ImportError:
+        notes.append("Charts skipped: matplotlib is not installed (`pip install passion-deploy[report]`).")
+    else:
+        from . import charts
+
+        for key, fn, arg in (("latency", charts.latency_figure, rec), ("memory", charts.memory_figure, rec),
+                             ("layers", charts.layer_error_figure, ver)):
+            if arg is None:
+                continue
+            fig = fn(arg)
+            charts.save_png(fig, paths[key])
+            written[key] = paths[key]
+    m = rec.get("machine", {})
+    cpu_only = not m.get("gpu")
+    lines = [markdown(rec).rstrip("\n"), "", "## Charts", "",
+             f"Measured on: {machine_line(rec)}.",
+             ""]
+    if cpu_only:
+        lines += ["On CPU machines quote the **ratios** (variant median / artifact median, the labels on the latency "
+                  "bars), not the absolute times: the variants run in alternation on the same input in one process, so "
+                  "load, clock and thread count move them together, while the absolute times belong to this CPU at "
+                  "this load.", ""]
+    lines += notes
+    if "latency" in written:
+        lines += ["### Latency per component and backend", "",
+                  "Bars: the median of the timed runs; whiskers: the fastest and the slowest run; labels: the "
+                  "ratio to the artifact's median.", "",
+                  f"![latency per component and backend]({written['latency'].name})", ""]
+    if "memory" in written:
+        lines += ["### Memory and weight bytes", "",
+                  "Top: weight bytes, the files a variant loads (PyTorch: its float parameters in memory). Bottom: "
+                  "the memory quantities the record has: *peak RSS over baseline, own process* is the table's peak "
+                  "RSS of a fresh process minus that process's RSS with ONNX Runtime imported, before the model "
+                  "loads (the model's own memory); the in-process increase is as in the table.", "",
+                  f"![memory and weight bytes per variant]({written['memory'].name})", ""]
+    lines += ["### Per-layer error (SQNR along the network depth)", ""]
+    if ver is None:
+        lines += [f"Per-layer chart skipped: {why}.", ""]
+    else:
+        lines += [f"From `{why}`: each quantized layer's output in the artifact against the same layer of the "
+                  "fake-quant model, both fed the same component input (so error accumulates with depth); the "
+                  "components in pipeline order.", ""]
+        lines += _layer_table(ver) + [""]
+        if "layers" in written:
+            lines += [f"![SQNR per quantized layer]({written['layers'].name})", ""]
+    atomic_write_text(out_md, "\n".join(lines).rstrip("\n") + "\n")
+    return written
+
+
 if __name__ == "__main__":  # python -m passion_deploy.benchmarks.report RECORD.json > REPORT.md
-    import json
     import sys
 
     print(markdown(json.loads(open(sys.argv[1], encoding="utf-8").read())))

@@ -1,4 +1,5 @@
-"""passion-bench: latency and memory of an exported artifact vs FP32 ONNX Runtime and PyTorch."""
+"""passion-bench: latency and memory of an exported artifact vs FP32 ONNX Runtime and PyTorch;
+--report writes Markdown with PNG charts (also from a saved record: --from-json)."""
 from __future__ import annotations
 
 import argparse
@@ -9,9 +10,17 @@ from pathlib import Path
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="passion-bench", description=__doc__)
-    p.add_argument("--model", required=True, metavar="DIR", help="artifact directory written by passion-export")
+    p.add_argument("--model", metavar="DIR", help="artifact directory written by passion-export")
+    p.add_argument("--from-json", metavar="REC.json",
+                   help="render --report from a record written by --json instead of running the benchmark")
     p.add_argument("--json", metavar="OUT.json", help="write the full record (machine, versions, every sample)")
-    p.add_argument("--report", metavar="OUT.md", help="write a Markdown summary")
+    p.add_argument("--report", metavar="OUT.md",
+                   help="write a Markdown report with PNG charts next to it (OUT_latency.png, OUT_memory.png and, "
+                        "from the artifact's verify.json, OUT_layers.png; charts need matplotlib)")
+    p.add_argument("--verify-json", metavar="PATH",
+                   help="verify.json for the per-layer chart (default: the record's model directory's verify.json)")
+    p.add_argument("--note", help="a line stored in the record's settings and shown in bold in the report "
+                                  "(e.g. where it was measured)")
     p.add_argument("--components", help="comma-separated subset of the artifact's components")
     p.add_argument("--runs", type=int, default=5, help="timed runs per variant (>= 5)")
     p.add_argument("--warmup", type=int, default=1)
@@ -27,25 +36,46 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from ..benchmarks.harness import run_benchmark
-    from ..benchmarks.report import markdown
-    from ..checkpoint import CheckpointError
+    p = build_parser()
+    args = p.parse_args(argv)
+    if bool(args.model) == bool(args.from_json):
+        p.error("give either --model DIR (run the benchmark) or --from-json REC.json (render a saved record)")
+    from ..benchmarks.report import markdown, render_report
     from ..io_utils import atomic_write_text
 
-    comps = [c.strip() for c in args.components.split(",")] if args.components else None
-    try:
-        rec = run_benchmark(args.model, comps, args.runs, args.warmup, args.vae_size, args.threads,
-                            torch_eager=not args.no_torch, progress=not args.no_progress, timing_only_isa=args.timing_only,
-                            memory=not args.no_memory)
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"passion-bench: {e}", file=sys.stderr)
-        return 2
-    md = markdown(rec)
+    if args.from_json:
+        try:
+            rec = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+            if not isinstance(rec, dict) or not isinstance(rec.get("components"), dict):
+                raise ValueError("not a passion-bench record (no components)")
+        except (OSError, ValueError) as e:
+            print(f"passion-bench: {args.from_json}: {e}", file=sys.stderr)
+            return 2
+    else:
+        from ..benchmarks.harness import run_benchmark
+        from ..checkpoint import CheckpointError
+
+        comps = [c.strip() for c in args.components.split(",")] if args.components else None
+        try:
+            rec = run_benchmark(args.model, comps, args.runs, args.warmup, args.vae_size, args.threads,
+                                torch_eager=not args.no_torch, progress=not args.no_progress,
+                                timing_only_isa=args.timing_only, memory=not args.no_memory)
+        except (CheckpointError, ValueError, OSError) as e:
+            print(f"passion-bench: {e}", file=sys.stderr)
+            return 2
+    if args.note:
+        s = rec.setdefault("settings", {})
+        s["note"] = f"{s['note']}; {args.note}" if s.get("note") else args.note
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(rec, indent=2) + "\n")
+    try:
+        md = markdown(rec)
+        written = render_report(rec, args.report, args.verify_json) if args.report else {}
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        print(f"passion-bench: cannot render this record ({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
     if args.report:
-        atomic_write_text(Path(args.report), md)
+        print(f"passion-bench: wrote {args.report}" + "".join(f", {w}" for w in written.values()), file=sys.stderr)
     print(md)
     return 0
 
