@@ -4,6 +4,10 @@ Variants, all on the same input in one process. An onnx artifact:
     int_onnx    the artifact's integer ONNX model (ONNX Runtime, CPU provider)
     fp32_onnx   the same IR graph traced without quantization, lowered the same way
     torch_fp32  the FP model in PyTorch eager mode
+A trt artifact (GPU with TensorRT; its fixed tile is the input, whatever --vae-size says):
+    trt_int8    the INT8 engines (Q/DQ convs and matmuls, float ops as exported: FP16 by default)
+    trt_fp16    the FP16 engines of the same components' float graphs
+    torch_fp16  the FP model in PyTorch FP16, captured in CUDA graphs at the same shapes
 A triton artifact (an FP32 ONNX Runtime baseline would be a CPU number next to a GPU one):
     triton      the diffusers graph with the integer layers on the Triton kernels, CUDA graphs
     torch_fp16  on a GPU: the FP model in PyTorch FP16, captured in CUDA graphs the same way
@@ -176,8 +180,11 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
     if runs < 5:
         raise ValueError("--runs must be at least 5 (the median of fewer runs is not reported)")
     model_dir = Path(model_dir)
-    if artifact.read_manifest(model_dir)["target"] == "triton":
+    target = artifact.read_manifest(model_dir)["target"]
+    if target == "triton":
         return run_triton_benchmark(model_dir, components, runs, warmup, vae_px, threads, torch_eager, progress, log)
+    if target == "trt":
+        return run_trt_benchmark(model_dir, components, runs, warmup, torch_eager, progress, log)
     # sessions are loaded below, measured; timing_only_isa times a --isa vnni artifact on a CPU
     # without VNNI, where its int8 GEMMs saturate: the timing is meaningful, the outputs are not
     rt = OnnxSR(model_dir, threads=threads, load_sessions=False, check_isa=not timing_only_isa)
@@ -332,5 +339,72 @@ def run_triton_benchmark(model_dir: Path, components: list[str] | None, runs: in
         log(f"  {comp:12s} triton {rec['triton']['median_s'] * 1e3:9.1f} ms"
             + (f"   {baseline} {rec[baseline]['median_s'] * 1e3:9.1f} ms   -> {speed['vs_' + baseline]:.2f}x vs {baseline}"
                if baseline in rec else ""))
+    record["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return record
+
+
+def run_trt_benchmark(model_dir: Path, components: list[str] | None, runs: int, warmup: int, torch_eager: bool,
+                      progress: bool, log) -> dict:
+    """TensorRT INT8 vs TensorRT FP16 vs PyTorch FP16, all on the GPU at the artifact's tile."""
+    from passion_deploy.export import artifact
+    from passion_deploy.export.cuda_graphs import GraphCache
+    from passion_deploy.export.fp_model import fp_copy
+    from passion_deploy.export.trt_build import missing_for_engines
+    from passion_deploy.export.trt_runtime import TrtSR
+
+    m = artifact.read_manifest(model_dir)
+    missing = missing_for_engines()
+    if not m.get("engines") or missing or not torch.cuda.is_available():
+        why = ("it has no engines" if not m.get("engines") else
+               f"this machine lacks {' and '.join(missing) if missing else 'a CUDA build of torch'}")
+        raise ValueError(f"{model_dir}: a trt artifact is benchmarked through its engines, but {why}; its Q/DQ ONNX runs in "
+                         "ONNX Runtime only to check the graph (dequantized float ops), which says nothing about TensorRT's speed")
+    rts = {"trt_int8": TrtSR(model_dir, "int8"), "trt_fp16": TrtSR(model_dir, "fp16")}
+    components = components or list(m["components"])
+    missing_c = [c for c in components if c not in m["components"]]
+    if missing_c:
+        raise ValueError(f"{model_dir}: the artifact has no {missing_c[0]} component")
+    machine = machine_info()
+    machine["gpu"] = torch.cuda.get_device_name(0)
+    record = {"model_dir": str(model_dir), "target": "trt", "artifact_variant": "trt_int8",
+              "source_checkpoint": m["source_checkpoint"], "quant_config": m["quant_config_name"],
+              "runtime": rts["trt_int8"].description, "tensorrt": m["tensorrt"], "machine": machine,
+              "versions": versions(), "settings": {"runs": runs, "warmup": warmup, "device": "cuda",
+                                                   "order": "variants alternate within each run"}, "components": {}}
+    fp = graphs = None
+    if torch_eager:
+        log(f"passion-bench: building the torch_fp16 baseline from {m['source_checkpoint']['name']}")
+        fp = fp_copy(artifact.load_source_pipeline(m), inplace=True).to("cuda", torch.float16)
+        graphs = GraphCache({c: tuple(next(iter(m["components"][c]["fixed_input_shapes"].values()))) for c in components})
+    fns_of = {"unet": "unet_eps", "vae_encoder": "encode", "vae_decoder": "decode"}
+    for comp in components:
+        c = m["components"][comp]
+        name, shape = next(iter(c["fixed_input_shapes"].items()))
+        x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).cuda()
+        variants = {v: rt.component_fn(comp) for v, rt in rts.items()}
+        rec = {v: {"engine_bytes_on_disk": m["engines"][comp][v.split("_")[1]]["bytes"]} for v in rts}
+        if fp is not None:
+            variants["torch_fp16"] = partial(graphs.run, comp, getattr(fp, fns_of[comp]))
+            rec["torch_fp16"] = {"weight_bytes_in_memory": c["fp32_weight_bytes"] // 2}
+        fns = {}
+        with torch.no_grad():
+            for v, f in variants.items():
+                xin = x.half() if v == "torch_fp16" else x
+                before = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                for _ in range(max(warmup, 1)):
+                    f(xin)
+                torch.cuda.synchronize()
+                rec[v]["warmup_peak_gpu_bytes_over_resident"] = torch.cuda.max_memory_allocated() - before
+                if v != "torch_fp16":  # TensorRT's own activation memory, outside torch's allocator
+                    rec[v]["engine_device_memory_bytes"] = int(getattr(rts[v].sessions[comp].engine, "device_memory_size_v2",
+                                                                       rts[v].sessions[comp].engine.device_memory_size))
+                fns[v] = (lambda f=f, xin=xin: f(xin))
+            time_alternating(fns, rec, runs, progress, f"bench {comp}", torch.cuda.synchronize)
+        speed = speedups(rec, "trt_int8")
+        record["components"][comp] = {"input": {name: list(shape)}, "variants": rec, "speedup": speed,
+                                      "ir_vs_fp32_bytes": c["ir_vs_fp32"]}
+        log(f"  {comp:12s} " + "   ".join(f"{v} {rec[v]['median_s'] * 1e3:8.2f} ms" for v in variants)
+            + "   -> " + ", ".join(f"{r:.2f}x {k}" for k, r in speed.items()))
     record["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return record

@@ -174,7 +174,7 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
     if target == "trt":
         from .trt_build import missing_for_engines
 
-        engines_missing = missing_for_engines() if trt.get("build_engines", True) else ["engine building (--no-engines)"]
+        engines_missing = missing_for_engines() if trt.get("build_engines", True) else []
     bar = tqdm(components, desc="export", unit="component", disable=not progress)
     for comp in bar:
         bar.set_postfix_str(f"{comp}: tracing")
@@ -192,13 +192,13 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
             bar.set_postfix_str(f"{comp}: Q/DQ ONNX")
             shapes = fixed_input_shapes(graph, comp, tile, pipe.vae_factor)
             qdq, onnx_files = write_qdq_onnx(graph, shapes, out_dir, comp)
-            if not engines_missing:
+            if trt.get("build_engines", True) and not engines_missing:
                 from .trt_build import build_component_engines
 
                 bar.set_postfix_str(f"{comp}: TensorRT engines")
                 fp_graph, _ = trace_component(pipe, comp, probes[comp], quantized=False, fold=fold)
                 engines[comp] = build_component_engines(out_dir, comp, qdq, lower_graph(fp_graph), shapes,
-                                                        trt.get("float_precision", "fp16"), trt.get("max_batch", 1),
+                                                        trt.get("float_precision", "fp32"), trt.get("max_batch", 1),
                                                         trt.get("timing_cache"), progress)
                 onnx_files = onnx_files + [e["engine"] for e in engines[comp].values()]
             del qdq
@@ -250,7 +250,7 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
 
         manifest["engines"] = engines or None
         manifest["engines_missing"] = engines_missing
-        manifest["tensorrt"] = tensorrt_info(trt.get("float_precision", "fp16"), trt.get("max_batch", 1)) if engines else None
+        manifest["tensorrt"] = tensorrt_info(trt.get("float_precision", "fp32"), trt.get("max_batch", 1)) if engines else None
     else:  # the runtime's kernel operand encodings (kernels/operands.py); the latent tile is the CUDA-graph shape
         from passion_deploy.kernels.operands import WEIGHT_DTYPE
 

@@ -10,6 +10,12 @@ and the runtimes are the same for every precision.
 What changes: FLOAT initializers become FLOAT16 (values beyond FP16's range are refused: they
 would silently become inf), Cast-to-float and ConstantOfShape become FP16. What stays FP32:
 the inputs ONNX types as float only (Resize's scales).
+
+Q/DQ scales must then be FP16 too (ONNX types a QuantizeLinear's scale like its input), and a
+scale FP16 cannot hold to 1e-3 (the tiny model's near-zero weight channels have steps of 1e-8,
+and steps below 6.1e-5 are FP16 subnormals with few bits) would move every weight of that
+channel; such graphs are refused, by name, rather than built wrong: their engines keep FP32
+float ops (passion-export --trt-float fp32, the default).
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 FP16_MAX = float(np.finfo(np.float16).max)
+SCALE_TOLERANCE = 1e-3
 FP32_ONLY_INPUTS = {"Resize": (2,)}  # (op, input index) pairs whose ONNX type is tensor(float) only
 
 
@@ -31,12 +38,18 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
               if name in fp32_only and i not in FP32_ONLY_INPUTS.get(n.op_type, ())}
     if shared:
         raise ValueError(f"initializers {sorted(shared)[:3]} feed both a float-only input and other ops")
+    scales = {n.input[1] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")}
     inits = []
     for t in g.initializer:
         if t.data_type == TensorProto.FLOAT and t.name not in fp32_only:
             a = numpy_helper.to_array(t)
             if a.size and float(np.abs(a).max()) > FP16_MAX:
                 raise ValueError(f"initializer {t.name} holds {float(np.abs(a).max()):.3g}, beyond FP16's range")
+            if t.name in scales:
+                err = np.abs(a.astype(np.float16).astype(np.float64) / a - 1)
+                if float(err.max()) > SCALE_TOLERANCE:
+                    raise ValueError(f"quantization scale {t.name} = {float(a.flat[int(err.argmax())]):.3g} does not survive FP16 "
+                                     f"(off by {float(err.max()):.1%}); keep the float ops FP32 (--trt-float fp32)")
             t = numpy_helper.from_array(a.astype(np.float16), t.name)
         inits.append(t)
     del g.initializer[:]

@@ -3,9 +3,11 @@
 Each component gets two engines at the artifact's fixed tile: `<component>.int8.engine` from
 its Q/DQ graph (explicit quantization: the Q/DQ pairs make the convs and matmuls INT8) and
 `<component>.fp16.engine` from its float graph, the baseline passion-bench compares against.
-Float ops run in FP16 in both (onnx_fp16: TensorRT 11 builds only strongly typed networks, so
-the precision is written into the graph rather than switched on with builder flags), or in
-FP32 with `float_precision="fp32"` (slower, and the closest to the fake-quant model).
+TensorRT 11 builds only strongly typed networks, so precision is written into the graph rather
+than switched on with builder flags: the baseline's float graph is converted to FP16
+(onnx_fp16); the INT8 engine keeps its float ops (norms, activations, softmax, shift terms)
+FP32 by default, the closest to the fake-quant model, or FP16 with `float_precision="fp16"`
+(faster; refused for graphs whose quantization scales FP16 cannot hold).
 
 The build reuses a timing cache file between builds, shows TensorRT's build phases with tqdm,
 and writes each engine atomically. An engine runs only with the TensorRT version and on the
@@ -160,7 +162,7 @@ def build_engine(onnx_path: Path, engine_path: Path, input_shapes: dict[str, tup
 
 
 def build_component_engines(out_dir: Path, comp: str, qdq, fp,
-                            input_shapes: dict[str, tuple], float_precision: str = "fp16", max_batch: int = 1,
+                            input_shapes: dict[str, tuple], float_precision: str = "fp32", max_batch: int = 1,
                             timing_cache: Path | None = None, progress: bool = True) -> dict:
     """`<comp>.int8.engine` from the Q/DQ graph and `<comp>.fp16.engine` from the float graph."""
     from .exporter import save_onnx

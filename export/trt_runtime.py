@@ -49,6 +49,13 @@ class QdqOnnxSR(OnnxSR):
         return (f"TensorRT Q/DQ graph of {self.manifest['quant_config_name']} in ONNX Runtime (CPU, dequantized float ops: "
                 f"a check of the graph, not a speed path) from {self.dir} [{parts}]")
 
+    def _run(self, comp: str, name: str, x: torch.Tensor) -> torch.Tensor:
+        want = tuple(self.manifest["components"][comp]["fixed_input_shapes"][name][2:])
+        if tuple(x.shape[2:]) != want:
+            raise ValueError(f"{self.dir}: the trt artifact's {comp} runs on fixed {want[0]}x{want[1]} inputs "
+                             f"(the engines' tile), got {tuple(x.shape[2:])}; tile the input to that size")
+        return super()._run(comp, name, x)
+
     def lower(self, g, probes: list[str]):
         from .qdq_lower import lower_graph_qdq
 

@@ -29,9 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after --verify, time each component against its float baselines (passion-bench's: "
                         "alternating, median of this many runs, >= 5; a triton artifact only on a GPU); 0 skips it")
     trt = p.add_argument_group("trt target")
-    trt.add_argument("--trt-float", default="fp16", choices=["fp16", "fp32"],
-                     help="precision of the engines' float ops (norms, activations, softmax); the Q/DQ convs and "
-                          "matmuls are INT8 either way. fp32 is slower and closest to the fake-quant model")
+    trt.add_argument("--trt-float", default="fp32", choices=["fp32", "fp16"],
+                     help="precision of the INT8 engines' float ops (norms, activations, softmax, the shift terms); the "
+                          "Q/DQ convs and matmuls are INT8 either way. fp16 is faster, further from the fake-quant model, "
+                          "and refused when a quantization scale does not survive FP16. The baseline engines are FP16")
     trt.add_argument("--max-batch", type=int, default=1, help="largest batch of tiles the engines accept")
     trt.add_argument("--timing-cache", metavar="FILE",
                      help="TensorRT timing cache, reused between builds (default: ~/.cache/passion-deploy/trt-VERSION-GPU.timing)")
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for comp, e in (manifest.get("engines") or {}).items():
         print(f"  {comp:12s} engines: " + ", ".join(f"{k} {v['bytes'] / 1e6:.2f} MB ({v['build_seconds']} s)" for k, v in e.items()))
     status = _verify_and_time(args, out, progress)
-    if status == 0 and args.target == "trt" and not manifest.get("engines"):
+    if status == 0 and args.target == "trt" and manifest.get("engines_missing"):
         from ..export.trt_build import INSTALL_HINT
 
         print(f"passion-export: wrote the TensorRT Q/DQ ONNX to {out}"
