@@ -397,8 +397,9 @@ def run_trt_benchmark(model_dir: Path, components: list[str] | None, runs: int, 
                 torch.cuda.synchronize()
                 rec[v]["warmup_peak_gpu_bytes_over_resident"] = torch.cuda.max_memory_allocated() - before
                 if v != "torch_fp16":  # TensorRT's own activation memory, outside torch's allocator
-                    rec[v]["engine_device_memory_bytes"] = int(getattr(rts[v].sessions[comp].engine, "device_memory_size_v2",
-                                                                       rts[v].sessions[comp].engine.device_memory_size))
+                    eng = rts[v].sessions[comp].engine  # device_memory_size is gone in TensorRT 11
+                    size = getattr(eng, "device_memory_size_v2", None)
+                    rec[v]["engine_device_memory_bytes"] = int(size if size is not None else eng.device_memory_size)
                 fns[v] = (lambda f=f, xin=xin: f(xin))
             time_alternating(fns, rec, runs, progress, f"bench {comp}", torch.cuda.synchronize)
         speed = speedups(rec, "trt_int8")
