@@ -6,14 +6,16 @@ images), applied per channel in float mode so no 8-bit rounding sneaks in.
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .io_utils import atomic_path
+from .metrics import psnr  # noqa: F401  (its home is metrics.py; kept importable from here)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
@@ -22,18 +24,34 @@ class ImageError(ValueError):
     """An image file that cannot be used; the message names the file and the problem."""
 
 
-def read_image(path: str | os.PathLike) -> torch.Tensor:
-    """Any RGB/RGBA/grayscale/palette/16-bit image -> float32 tensor 3 x H x W in [0, 1]."""
+def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.Tensor:
+    """Any RGB/RGBA/grayscale/palette/16-bit image -> float32 tensor 3 x H x W in [0, 1].
+
+    `max_pixels` refuses larger images from the file header, before any pixel is decoded (a
+    huge file would otherwise fill memory while loading). PIL's own decompression-bomb guard
+    (about 179 MP) still refuses anything larger, also by name. EXIF orientation is applied,
+    so outputs are upright the way viewers show the input.
+    """
     path = Path(path)
     if not path.is_file():
         raise ImageError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty (0 bytes)")
     try:
-        with Image.open(path) as im:
-            im.load()
-            arr = _to_rgb_array(im)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the budget below decides
+            with Image.open(path) as im:
+                w, h = im.size
+                if max_pixels and w * h > max_pixels:
+                    raise ImageError(f"{path}: refused, {w}x{h} is {w * h / 1e6:.1f} MP, over the pixel budget of "
+                                     f"{max_pixels / 1e6:.1f} MP (raise --max-pixels to process it in tiles)")
+                im.load()
+                arr = _to_rgb_array(ImageOps.exif_transpose(im) or im)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: refused as a decompression bomb by PIL ({e})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, ImageError):
+            raise
         raise ImageError(f"{path}: not a readable image ({e.__class__.__name__}: {e})") from None
     if arr.shape[0] < 1 or arr.shape[1] < 1:
         raise ImageError(f"{path}: the image has no pixels")
@@ -58,9 +76,19 @@ def _to_rgb_array(im: Image.Image) -> np.ndarray:
     return a
 
 
+def to_uint8(img: torch.Tensor) -> np.ndarray:
+    """3 x H x W tensor in [0, 1] -> H x W x 3 uint8, rounded to nearest (what write_png stores)."""
+    return (img.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def quantize_8bit(img: torch.Tensor) -> torch.Tensor:
+    """The float image write_png would store: each value rounded to the nearest 1/255."""
+    return torch.from_numpy(np.ascontiguousarray(to_uint8(img).transpose(2, 0, 1))).float() / 255.0
+
+
 def write_png(path: str | os.PathLike, img: torch.Tensor) -> None:
     """3 x H x W tensor in [0, 1] -> 8-bit PNG, written to a temp file then renamed."""
-    arr = (img.detach().float().clamp(0, 1).cpu().numpy().transpose(1, 2, 0) * 255.0 + 0.5).astype(np.uint8)
+    arr = to_uint8(img)
     with atomic_path(path) as tmp:
         Image.fromarray(arr, "RGB").save(tmp, format="PNG")
 
@@ -112,11 +140,3 @@ def list_images(path: str | os.PathLike) -> list[Path]:
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     return [path]
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
-    """PSNR in dB of two same-shape tensors (RGB on [0, 1] unless peak says otherwise)."""
-    mse = torch.mean((a.double() - b.double()) ** 2).item()
-    if mse == 0:
-        return float("inf")
-    return 10.0 * np.log10(peak * peak / mse)

@@ -6,12 +6,58 @@ from pathlib import Path
 
 import torch
 
+from .colorfix import apply_color_fix
 from .images import pad_to_multiple, upscale_bicubic
 from .models.presets import get_preset
-from .models.tiling import denoise_tiled
+from .models.tiling import decode_tiled, denoise_tiled, encode_tiled
 
 BACKENDS = ("fp32", "fp16", "fakequant")
 SCALE = 4
+# PassionSR's tile_config for SD (latent tile 64): VAE encoder tiles of 1024 px = 128 latent px,
+# decoder tiles of 224 latent px; other models scale them with their UNet tile.
+VAE_ENCODER_TILES_PER_UNET_TILE = 2.0
+VAE_DECODER_TILES_PER_UNET_TILE = 3.5
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How super_resolve splits an image (latent pixels throughout).
+
+    overlap: UNet tile overlap (None: half the UNet tile, spec section 1).
+    vae_tile: "auto" (PassionSR's defaults scaled to the model), "off" (whole image, one call),
+      an int (encoder and decoder tile side) or a pair (encoder, decoder). An image that fits in
+      one tile runs untiled; give a smaller tile to force tiling.
+    vae_overlap: VAE tile overlap (None: a quarter of the VAE tile).
+    batch: tiles stacked into one call of a component.
+    A pipe with `fixed_vae_latent_tile` = (h, w) (an engine built for one shape) always gets
+    VAE tiles of exactly that size, smaller images padded up, whatever vae_tile says.
+    """
+
+    overlap: int | None = None
+    vae_tile: str | int | tuple[int, int] = "auto"
+    vae_overlap: int | None = None
+    batch: int = 1
+
+
+def vae_tiles(pipe, latent_tile: tuple[int, int], setting) -> tuple[tuple[int, int] | None, tuple[int, int] | None, bool]:
+    """(encoder tile, decoder tile, exact) in latent pixels for a pipe and a Tiling.vae_tile."""
+    fixed = getattr(pipe, "fixed_vae_latent_tile", None)
+    if fixed is not None:
+        fixed = (int(fixed[0]), int(fixed[1]))
+        return fixed, fixed, True
+    if setting == "off" or setting is None:
+        return None, None, False
+    if setting == "auto":
+        th, tw = latent_tile
+        enc = (int(th * VAE_ENCODER_TILES_PER_UNET_TILE), int(tw * VAE_ENCODER_TILES_PER_UNET_TILE))
+        dec = (int(th * VAE_DECODER_TILES_PER_UNET_TILE), int(tw * VAE_DECODER_TILES_PER_UNET_TILE))
+        return enc, dec, False
+    if isinstance(setting, int):
+        setting = (setting, setting)
+    enc, dec = (int(setting[0]),) * 2, (int(setting[1]),) * 2
+    if min(enc + dec) < 1:
+        raise ValueError(f"VAE tiles must be at least 1 latent pixel, got {setting}")
+    return enc, dec, False
 
 
 @dataclass
@@ -20,6 +66,10 @@ class SRModel:
     backend: str
     latent_tile: tuple[int, int]
     description: str
+    label: str = ""  # short name for a table column or a picture caption
+
+    def __post_init__(self):
+        self.label = self.label or self.backend.upper()
 
     @property
     def dtype(self) -> torch.dtype:
@@ -51,7 +101,8 @@ def load_model(preset: str = "tiny", backend: str = "fp32", weights=None, lora=N
         from .export.runtimes import open_artifact
 
         rt = open_artifact(model_dir)
-        return SRModel(rt, rt.backend, rt.latent_tile, rt.description)
+        qname = getattr(rt, "manifest", {}).get("quant_config_name", "")
+        return SRModel(rt, rt.backend, rt.latent_tile, rt.description, f"{rt.backend.upper()} {short_quant_name(qname)}".strip())
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -64,22 +115,43 @@ def load_model(preset: str = "tiny", backend: str = "fp32", weights=None, lora=N
             pipe = quantize_pipeline(build_pipeline(preset, weights, lora, random_weights), cfg)
             used = calibrate_on_photos(pipe, progress=progress, exclude=calib_exclude)
             desc = f"fake-quant {cfg.name}, statistics-calibrated on bundled photos ({', '.join(used)})"
-        return SRModel(pipe, backend, tuple(pipe.latent_tile), desc)
+        return SRModel(pipe, backend, tuple(pipe.latent_tile), desc, f"fake-quant {short_quant_name(pipe.quant_config.name)}")
     pipe = build_pipeline(preset, weights, lora, random_weights)
     if backend == "fp16":
         pipe = pipe.half()
     tile = get_preset(preset).latent_tile
-    return SRModel(pipe, backend, (tile, tile), f"{backend} ({pipe.weights_source})")
+    return SRModel(pipe, backend, (tile, tile), f"{backend} ({pipe.weights_source})", backend.upper())
+
+
+def short_quant_name(name: str) -> str:
+    """'U-W8A8_V-W8A8' -> 'W8A8'; other config names are kept ('U-W6A6' -> 'W6A6 UNet only')."""
+    parts = name.split("_")
+    bits = {p.split("-", 1)[1] for p in parts if "-" in p}
+    if len(bits) == 1 and len(parts) == 2:
+        return bits.pop()
+    if len(parts) == 1 and name.startswith("U-"):
+        return f"{name[2:]} UNet only"
+    return name
 
 
 @torch.no_grad()
-def super_resolve(model: SRModel, lr: torch.Tensor, overlap: int | None = None) -> torch.Tensor:
-    """3 x h x w LR image in [0, 1] -> 3 x 4h x 4w SR image in [0, 1]."""
+def super_resolve(model: SRModel, lr: torch.Tensor, overlap: int | None = None, tiling: Tiling | None = None,
+                  color_fix: str = "none") -> torch.Tensor:
+    """3 x h x w LR image in [0, 1] -> 3 x 4h x 4w SR image in [0, 1].
+
+    The LR is bicubic-upscaled x4 and padded (reflection) to the model's size multiple; the VAE
+    encoder, the UNet and the VAE decoder each run on tiles (see Tiling); the output is cropped
+    back and optionally colour-fixed against the upscaled LR (passion-sr's default is adain;
+    this function's is the model's own output)."""
+    tiling = tiling or Tiling()
+    overlap = tiling.overlap if overlap is None else overlap
     pipe = model.pipe
     up = upscale_bicubic(lr, SCALE)[None]
     x, (h, w) = pad_to_multiple(up, pipe.size_multiple)
     x = x.to(model.dtype)
-    z = pipe.encode(x)
-    z0 = denoise_tiled(pipe, z, model.latent_tile, overlap)
-    sr = pipe.decode(z0)
-    return sr[0, :, :h, :w].float().clamp(0, 1)
+    enc_tile, dec_tile, exact = vae_tiles(pipe, model.latent_tile, tiling.vae_tile)
+    z = encode_tiled(pipe, x, enc_tile, tiling.vae_overlap, tiling.batch, exact)
+    z0 = denoise_tiled(pipe, z, model.latent_tile, overlap, tiling.batch)
+    sr = decode_tiled(pipe, z0, dec_tile, tiling.vae_overlap, tiling.batch, exact)
+    sr = sr[0, :, :h, :w].float().clamp(0, 1)
+    return apply_color_fix(color_fix, sr, up[0].float()) if color_fix != "none" else sr

@@ -1,73 +1,455 @@
-"""passion-sr: 4x super-resolution of an image or a folder with a chosen backend."""
+"""passion-sr: 4x super-resolution of an image or a folder with a chosen backend.
+
+Any image size: the VAE encoder, the UNet and the VAE decoder run on overlapping tiles
+blended into one output, so a 300x200 photo becomes exactly 1200x800 and memory stays
+bounded on large ones. Outputs are written atomically; a rerun skips finished outputs.
+"""
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import math
+import re
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+DEFAULT_MAX_PIXELS = 4_000_000  # LR pixels: a 2000x2000 photo, 64 MP out (~0.8 GB per float image buffer)
+SCALE = 4
+
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..colorfix import COLOR_FIXES, DEFAULT_COLOR_FIX
+    from ..compare import DEFAULT_CROP
     from ..runner import BACKENDS
 
-    p = argparse.ArgumentParser(prog="passion-sr", description=__doc__)
+    p = argparse.ArgumentParser(prog="passion-sr", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
     p.add_argument("-o", "--output", required=True, help="output folder for the 4x PNGs")
-    p.add_argument("--preset", default="tiny", choices=["tiny", "sd21"])
-    p.add_argument("--backend", default="fp32", choices=BACKENDS)
-    p.add_argument("--weights", help="FP weights: project .safetensors, diffusers folder or SD single-file checkpoint")
-    p.add_argument("--lora", help="OSEDiff LoRA file to merge into the weights")
-    p.add_argument("--random-weights", type=int, metavar="SEED", help="seeded random weights (benchmarking only)")
-    p.add_argument("--ckpt", help="calibrated checkpoint (path, or bundled name such as tiny-w8a8) for --backend fakequant")
-    p.add_argument("--config", default="w8a8",
+    m = p.add_argument_group("model")
+    m.add_argument("--preset", default="tiny", choices=["tiny", "sd21"])
+    m.add_argument("--backend", default="fp32", choices=BACKENDS)
+    m.add_argument("--weights", help="FP weights: project .safetensors, diffusers folder or SD single-file checkpoint")
+    m.add_argument("--lora", help="OSEDiff LoRA file to merge into the weights")
+    m.add_argument("--random-weights", type=int, metavar="SEED", help="seeded random weights (benchmarking only)")
+    m.add_argument("--ckpt", help="calibrated checkpoint (path, or bundled name such as tiny-w8a8) for --backend fakequant")
+    m.add_argument("--config", default="w8a8",
                    help="quantization config when no --ckpt is given: w8a8, w6a6, w8a8-unet, w6a6-unet or a YAML file")
-    p.add_argument("--model", metavar="DIR", help="an artifact directory written by passion-export (replaces --backend)")
-    p.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist")
+    m.add_argument("--model", metavar="DIR", help="an artifact directory written by passion-export (replaces --backend)")
+    t = p.add_argument_group("tiling and colour")
+    t.add_argument("--tile-overlap", type=int, metavar="N",
+                   help="overlap of the UNet's latent tiles in latent pixels (default: half the model's tile)")
+    t.add_argument("--vae-tile", default="auto", metavar="auto|off|N|ENC,DEC",
+                   help="VAE encoder/decoder tile side in latent pixels; auto (default) is PassionSR's 1024 px encoder and "
+                        "224-latent decoder tiles for SD, scaled to the model's UNet tile (tiny: 64 and 112); an image that "
+                        "fits in one tile runs untiled, a smaller N forces tiling; off runs the VAE on the whole image")
+    t.add_argument("--vae-overlap", type=int, metavar="N", help="overlap of VAE tiles in latent pixels (default: a quarter tile)")
+    t.add_argument("--batch", type=int, default=1, metavar="N", help="tiles stacked into one call of a component (default 1)")
+    t.add_argument("--color-fix", default=DEFAULT_COLOR_FIX, choices=COLOR_FIXES,
+                   help=f"colour correction against the bicubic-upscaled LR, as OSEDiff/PassionSR offer (default "
+                        f"{DEFAULT_COLOR_FIX}, OSEDiff's): adain matches per-channel mean and std, wavelet takes the LR's "
+                        "low frequencies, none keeps the model's output")
+    o = p.add_argument_group("inputs and outputs")
+    o.add_argument("--overwrite", action="store_true", help="rewrite outputs that already exist (default: keep them, skip)")
+    o.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse LR images over N pixels, by name (default {DEFAULT_MAX_PIXELS}; 0: no limit)")
+    e = p.add_argument_group("metrics against ground truth")
+    e.add_argument("--hr", metavar="FOLDER", help="HR images with the inputs' file stems (an LR suffix such as x4 or _LR "
+                                                   "may differ): PSNR/SSIM on Y (BT.601) and RGB, a CSV and a summary table")
+    e.add_argument("--metrics-csv", metavar="PATH", help="where the CSV goes (default OUTPUT/metrics.csv)")
+    e.add_argument("--crop-border", type=int, default=0, metavar="N", help="pixels removed on each side before metrics (default 0)")
+    c = p.add_argument_group("comparison pictures")
+    c.add_argument("--compare", action="store_true",
+                   help="write OUTPUT/compare/NAME.png: one crop of LR (nearest) | FP32 | this model | --compare-with | HR")
+    c.add_argument("--compare-with", action="append", default=[], metavar="SPEC[,SPEC...]",
+                   help="more columns: fp16, fakequant (uses --ckpt/--config), fakequant:CKPT_OR_CONFIG (e.g. "
+                        "fakequant:tiny-w6a6) or an artifact DIR; LABEL=SPEC names the column; repeatable")
+    c.add_argument("--compare-crop", default="auto", metavar="auto|X,Y,W,H",
+                   help="crop in LR pixels (default auto: the most textured window of the LR)")
+    c.add_argument("--compare-size", type=int, default=DEFAULT_CROP, metavar="N",
+                   help=f"side of the automatic crop in LR pixels (default {DEFAULT_CROP})")
     return p
+
+
+class UsageError(ValueError):
+    """A bad option value; the message says which and why."""
+
+
+def parse_vae_tile(text: str):
+    t = text.strip().lower()
+    if t in ("auto", "off"):
+        return t
+    try:
+        vals = [int(v) for v in t.split(",")]
+    except ValueError:
+        vals = []
+    if len(vals) not in (1, 2) or min(vals) < 1:
+        raise UsageError(f"--vae-tile {text!r} must be auto, off, N or ENC,DEC (latent pixels, at least 1)")
+    return vals[0] if len(vals) == 1 else (vals[0], vals[1])
+
+
+@dataclass
+class CompareSpec:
+    spec: str
+    label: str | None = None
+
+
+def parse_compare_specs(values: list[str]) -> list[CompareSpec]:
+    specs = []
+    for v in values:
+        for item in filter(None, (s.strip() for s in v.split(","))):
+            label, _, spec = item.rpartition("=") if "=" in item else ("", "", item)
+            specs.append(CompareSpec(spec, label or None))
+    return specs
+
+
+_LR_SUFFIX = re.compile(r"[_\-.]?(x4|lrx4|lr4|lr|hr)$", re.IGNORECASE)
+
+
+def hr_index(folder: Path) -> dict[str, Path]:
+    """HR files by stem, plus by stem without an LR/HR suffix (DIV2K's 0801x4 -> 0801, RealSR's _HR)."""
+    from ..images import list_images
+
+    index: dict[str, Path] = {}
+    for f in list_images(folder):
+        index.setdefault(f.stem, f)
+    for f in list_images(folder):
+        index.setdefault(_LR_SUFFIX.sub("", f.stem), f)
+    return index
+
+
+def find_hr(index: dict[str, Path], stem: str) -> Path | None:
+    return index.get(stem) or index.get(_LR_SUFFIX.sub("", stem))
+
+
+@dataclass
+class Metrics:
+    """Rows (image, method, psnr_y, ssim_y, psnr_rgb, ssim_rgb) and the per-method summary."""
+
+    rows: list[tuple] = field(default_factory=list)
+
+    def add(self, image: str, method: str, values: dict[str, float]) -> None:
+        from ..metrics import METRIC_NAMES
+
+        self.rows.append((image, method, *(values[k] for k in METRIC_NAMES)))
+
+    def csv_text(self) -> str:
+        from ..metrics import METRIC_NAMES
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(["image", "method", *METRIC_NAMES])
+        for r in self.rows:
+            w.writerow([r[0], r[1], *(f"{v:.4f}" if v != math.inf else "inf" for v in r[2:])])
+        return buf.getvalue()
+
+    def summary(self) -> str:
+        methods: dict[str, list[tuple]] = {}
+        for r in self.rows:
+            methods.setdefault(r[1], []).append(r[2:])
+        order = {"bicubic": 0, "FP32": 1}  # baselines first, then the models as they were added
+        methods = dict(sorted(methods.items(), key=lambda kv: order.get(kv[0], 2)))
+        width = max(24, *(len(m) for m in methods))
+        lines = [f"  {'method':<{width}} {'images':>6} {'PSNR-Y':>8} {'SSIM-Y':>7} {'PSNR-RGB':>8} {'SSIM-RGB':>8}"]
+        for m, vals in methods.items():
+            means = [_mean([v[i] for v in vals]) for i in range(4)]
+            lines.append(f"  {m:<{width}} {len(vals):>6} {means[0]:>8.2f} {means[1]:>7.4f} {means[2]:>8.2f} {means[3]:>8.4f}")
+        return "\n".join(lines)
+
+
+def _mean(vals: list[float]) -> float:
+    finite = [v for v in vals if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else math.nan
+
+
+class Models:
+    """The main model and the comparison columns, each loaded on first use."""
+
+    def __init__(self, args):
+        self.args = args
+        self._main = None
+        self._fp32 = None
+        self._extra = None
+
+    def main(self):
+        if self._main is None:
+            a = self.args
+            from ..runner import load_model
+
+            self._main = load_model(a.preset, a.backend, a.weights, a.lora, a.random_weights, a.ckpt, a.config,
+                                    model_dir=a.model)
+        return self._main
+
+    def fp32(self):
+        """FP32 reference: the main model if it is FP32; for a checkpoint or an artifact, the same
+        weights with every quantizer off (equal to the FP32 model up to float rounding)."""
+        if self._fp32 is None:
+            from ..runner import SRModel, load_model
+
+            main, a = self.main(), self.args
+            if main.backend == "fp32":
+                self._fp32 = main
+            elif a.model or (main.backend == "fakequant" and a.ckpt):
+                from ..checkpoint import load_checkpoint
+                from ..quant.wrap import set_quant_state
+
+                if a.model:
+                    from ..export import artifact
+
+                    pipe = artifact.load_source_pipeline(main.pipe.manifest)
+                else:
+                    pipe = load_checkpoint(a.ckpt, preset=a.preset, weights=a.weights)
+                set_quant_state(pipe, weight=False, act=False)
+                self._fp32 = SRModel(pipe, "fp32", tuple(pipe.latent_tile),
+                                     f"fp32 ({Path(str(pipe.checkpoint_path)).name} with quantizers off)", "FP32")
+            else:
+                self._fp32 = load_model(a.preset, "fp32", a.weights, a.lora, a.random_weights)
+        return self._fp32
+
+    def extra(self):
+        """(label, model) per --compare-with column, the main model first when it is not FP32."""
+        if self._extra is None:
+            from ..checkpoint import BUNDLED
+            from ..runner import load_model
+
+            a = self.args
+            cols = [] if self.main().backend == "fp32" else [(self.main().label, self.main())]
+            for s in parse_compare_specs(a.compare_with):
+                kind, _, arg = s.spec.partition(":")
+                if s.spec == "fp32":
+                    continue
+                if s.spec == "fp16":
+                    m = load_model(a.preset, "fp16", a.weights, a.lora, a.random_weights)
+                elif kind == "fakequant":
+                    if arg and (arg in BUNDLED or Path(arg).is_file() and not arg.endswith((".yaml", ".yml"))):
+                        m = load_model(a.preset, "fakequant", a.weights, ckpt=arg)
+                        m.label = f"{m.label} ({Path(arg).stem})"
+                    elif arg:
+                        m = load_model(a.preset, "fakequant", a.weights, a.lora, a.random_weights, config=arg)
+                    else:
+                        m = load_model(a.preset, "fakequant", a.weights, a.lora, a.random_weights, a.ckpt, a.config)
+                elif Path(s.spec).is_dir():
+                    m = load_model(model_dir=s.spec)
+                else:
+                    raise UsageError(f"--compare-with {s.spec!r}: not fp16, fakequant[:CKPT_OR_CONFIG] or an artifact folder")
+                if s.label:
+                    m.label = s.label
+                cols.append((m.label, m))
+            self._extra = cols
+        return self._extra
+
+
+def check_tiling(model, tiling) -> None:
+    """Refuse overlaps that do not fit the model's tiles (one sentence, before any image runs)."""
+    from ..runner import vae_tiles
+
+    th, tw = model.latent_tile
+    if tiling.overlap is not None and not 0 <= tiling.overlap < min(th, tw):
+        raise UsageError(f"--tile-overlap {tiling.overlap} must be at least 0 and below the UNet tile {th}x{tw}")
+    enc, dec, exact = vae_tiles(model.pipe, model.latent_tile, tiling.vae_tile)
+    for name, tile in (("encoder", enc), ("decoder", dec)):
+        if tile is not None and tiling.vae_overlap is not None and not 0 <= tiling.vae_overlap < min(tile):
+            raise UsageError(f"--vae-overlap {tiling.vae_overlap} must be at least 0 and below the VAE {name} tile "
+                             f"{tile[0]}x{tile[1]}")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except UsageError as e:
+        print(f"passion-sr: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(args) -> int:
     from ..checkpoint import CheckpointError
+    from ..compare import auto_crop, clip_crop, compose, nearest_upscale, parse_crop, save_picture
     from ..config import ConfigError
-    from ..images import ImageError, list_images, read_image, write_png
+    from ..images import ImageError, list_images, quantize_8bit, read_image, upscale_bicubic, write_png
+    from ..io_utils import atomic_write_text
+    from ..metrics import image_metrics, psnr
     from ..models import WeightsError
-    from ..runner import load_model, super_resolve
+    from ..runner import Tiling, super_resolve
+
+    if args.batch < 1:
+        raise UsageError(f"--batch {args.batch} must be at least 1")
+    if args.max_pixels < 0:
+        raise UsageError(f"--max-pixels {args.max_pixels} must be 0 (no limit) or positive")
+    if args.crop_border < 0:
+        raise UsageError(f"--crop-border {args.crop_border} must be 0 or positive")
+    if args.compare_size < 1:
+        raise UsageError(f"--compare-size {args.compare_size} must be at least 1")
+    try:
+        crop_setting = parse_crop(args.compare_crop)
+    except ValueError as e:
+        raise UsageError(f"--compare-crop: {e}") from None
+    tiling = Tiling(args.tile_overlap, parse_vae_tile(args.vae_tile), args.vae_overlap, args.batch)
+    max_pixels = args.max_pixels or None
 
     src, out = Path(args.input), Path(args.output)
     if not src.exists():
         print(f"passion-sr: {src}: no such file or folder", file=sys.stderr)
         return 2
+    if out.exists() and not out.is_dir():
+        print(f"passion-sr: {out}: exists and is not a folder; give -o a folder for the outputs", file=sys.stderr)
+        return 2
     files = list_images(src)
     if not files:
         print(f"passion-sr: {src}: no images found (looked for .png/.jpg/.jpeg/.bmp/.tif/.webp)", file=sys.stderr)
         return 2
-    try:
-        model = load_model(args.preset, args.backend, args.weights, args.lora, args.random_weights, args.ckpt, args.config,
-                           model_dir=args.model)
-    except (CheckpointError, ConfigError, WeightsError, ValueError) as e:
-        print(f"passion-sr: {e}", file=sys.stderr)
-        return 2
-    print(f"passion-sr: {model.description}")
-    written, skipped, failed = 0, 0, []
-    t0 = time.perf_counter()
-    for f in tqdm(files, desc="super-resolving", unit="img", disable=len(files) < 2):
-        target = out / f"{f.stem}.png"
-        if target.exists() and not args.overwrite:
-            skipped += 1
-            continue
+    hr_files = None
+    if args.hr:
+        if not Path(args.hr).is_dir():
+            print(f"passion-sr: {args.hr}: the --hr folder does not exist", file=sys.stderr)
+            return 2
+        hr_files = hr_index(Path(args.hr))
+    csv_path = Path(args.metrics_csv) if args.metrics_csv else out / "metrics.csv"
+
+    models = Models(args)
+
+    def load(what):
         try:
-            lr = read_image(f)
-        except ImageError as e:
-            failed.append(str(e))
-            tqdm.write(f"skipped {e}", file=sys.stderr)
-            continue
-        write_png(target, super_resolve(model, lr))
-        written += 1
+            return what()
+        except (CheckpointError, ConfigError, WeightsError, ValueError, ImportError) as e:
+            raise UsageError(str(e)) from None
+
+    failed: list[str] = []
+    warnings: list[str] = []
+    metrics = Metrics()
+    written = skipped = pictures = 0
+    seen: dict[Path, Path] = {}
+
+    def fail(msg: str) -> None:
+        failed.append(msg)
+        tqdm.write(f"passion-sr: skipped {msg}", file=sys.stderr)
+
+    def warn(msg: str) -> None:
+        warnings.append(msg)
+        tqdm.write(f"passion-sr: {msg}", file=sys.stderr)
+
+    announced = False
+    t0 = time.perf_counter()
+    try:
+        for f in tqdm(files, desc="super-resolving", unit="img", disable=len(files) < 2):
+            target = out / f"{f.stem}.png"
+            picture = out / "compare" / f"{f.stem}.png"
+            if target.resolve() in seen:
+                fail(f"{f}: its output {target} is also the output of {seen[target.resolve()].name}; rename one of them")
+                continue
+            seen[target.resolve()] = f
+            if target.resolve() == f.resolve():
+                fail(f"{f}: its output would overwrite the input; choose another output folder")
+                continue
+            need_sr = args.overwrite or not target.exists()
+            need_pic = args.compare and (args.overwrite or not picture.exists())
+            hr_path = find_hr(hr_files, f.stem) if hr_files is not None else None
+            if hr_files is not None and hr_path is None:
+                warn(f"{f}: no HR image named {f.stem} in {args.hr}; no metrics for it")
+            if not (need_sr or need_pic or hr_path):
+                skipped += 1
+                continue
+            try:
+                lr = read_image(f, max_pixels)
+            except ImageError as e:
+                fail(str(e))
+                continue
+            if not announced and (need_sr or need_pic):
+                main_model = load(models.main)
+                check_tiling(main_model, tiling)
+                if getattr(main_model.pipe, "fixed_vae_latent_tile", None) is not None and args.vae_tile != "auto":
+                    th, tw = main_model.pipe.fixed_vae_latent_tile
+                    print(f"passion-sr: --vae-tile ignored: this model's VAE runs on fixed {th}x{tw} latent tiles")
+                print(f"passion-sr: {main_model.description}")
+                announced = True
+
+            def run(model):
+                return super_resolve(model, lr, tiling=tiling, color_fix=args.color_fix)
+
+            try:
+                if need_sr:
+                    sr = run(models.main())
+                    write_png(target, sr)
+                    written += 1
+                    sr = quantize_8bit(sr)  # judge what was written
+                else:
+                    skipped += 1
+                    sr = read_image(target)
+                    if sr.shape[-2:] != (lr.shape[-2] * SCALE, lr.shape[-1] * SCALE):
+                        warn(f"{target}: the existing output is not 4x its input {f.name}; rerun with --overwrite")
+                        continue
+            except ImageError as e:
+                fail(f"{e} (an existing output; rerun with --overwrite)")
+                continue
+            except (RuntimeError, ValueError, MemoryError, OSError) as e:
+                fail(f"{f}: super-resolution failed ({e.__class__.__name__}: {e})")
+                continue
+
+            hr = None
+            if hr_path is not None:
+                try:
+                    hr = read_image(hr_path, max_pixels * SCALE * SCALE if max_pixels else None)
+                except ImageError as e:
+                    warn(f"{e}; no metrics for {f.name}")
+                if hr is not None:
+                    H, W = sr.shape[-2:]
+                    if not (0 <= hr.shape[-2] - H < SCALE and 0 <= hr.shape[-1] - W < SCALE):
+                        warn(f"{hr_path}: HR is {hr.shape[-1]}x{hr.shape[-2]} but the 4x output of {f.name} is {W}x{H}; "
+                             "no metrics for it")
+                        hr = None
+                    else:
+                        hr = hr[:, :H, :W]  # an HR side not divisible by 4 lost its last rows in the LR
+                if hr is not None:
+                    metrics.add(f.stem, models.main().label, image_metrics(sr, hr, args.crop_border))
+                    bic = quantize_8bit(upscale_bicubic(lr, SCALE))
+                    metrics.add(f.stem, "bicubic", image_metrics(bic, hr, args.crop_border))
+
+            if need_pic:
+                try:
+                    ref = sr if models.main().backend == "fp32" else quantize_8bit(run(load(models.fp32)))
+                    cols = [("FP32", ref)]
+                    for label, m in load(models.extra):
+                        cols.append((label, sr if m is models.main() else quantize_8bit(run(m))))
+                except (RuntimeError, ValueError, MemoryError) as e:
+                    if isinstance(e, UsageError):
+                        raise
+                    fail(f"{f}: the comparison models failed ({e.__class__.__name__}: {e})")
+                    continue
+                crop = clip_crop(crop_setting, *lr.shape[-2:]) if crop_setting else auto_crop(lr, args.compare_size)
+                columns = [("LR (nearest x4)", f"{lr.shape[-1]}x{lr.shape[-2]} input", nearest_upscale(lr, SCALE))]
+                for label, img in cols:
+                    parts = ["reference" if label == "FP32" else f"{psnr(img, ref):.1f} dB vs FP32"]
+                    if hr is not None:
+                        parts.append(f"{psnr(img, hr):.1f} dB vs HR")
+                    columns.append((label, ", ".join(parts), img))
+                    if hr is not None and label != models.main().label:
+                        metrics.add(f.stem, label, image_metrics(img, hr, args.crop_border))
+                if hr is not None:
+                    columns.append(("HR", "ground truth", hr))
+                try:
+                    save_picture(picture, compose(columns, crop, SCALE))
+                    pictures += 1
+                except OSError as e:
+                    fail(f"{picture}: cannot write the comparison picture ({e.__class__.__name__}: {e})")
+    except KeyboardInterrupt:
+        print(f"\npassion-sr: interrupted after {written} written; every finished output is complete, "
+              "rerun the same command to continue", file=sys.stderr)
+        return 130
+
     secs = time.perf_counter() - t0
-    print(f"passion-sr: {written} written to {out}, {skipped} already there, {len(failed)} failed ({secs:.1f} s)")
+    if metrics.rows:
+        atomic_write_text(csv_path, metrics.csv_text())
+        print(f"passion-sr: metrics vs HR{f' (border {args.crop_border} px cropped)' if args.crop_border else ''}, "
+              f"means over images, written to {csv_path}:")
+        print(metrics.summary())
+    print(f"passion-sr: {written} written to {out}, {skipped} already there (kept; --overwrite rewrites), "
+          f"{len(failed)} failed" + (f", {pictures} comparison pictures in {out / 'compare'}" if args.compare else "")
+          + f" ({secs:.1f} s)")
     return 1 if failed else 0
 
 
