@@ -43,8 +43,8 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.
             with Image.open(path) as im:
                 w, h = im.size
                 if max_pixels and w * h > max_pixels:
-                    raise ImageError(f"{path}: refused, {w}x{h} is {w * h / 1e6:.1f} MP, over the pixel budget of "
-                                     f"{max_pixels / 1e6:.1f} MP (raise --max-pixels to process it in tiles)")
+                    raise ImageError(f"{path}: refused, {w}x{h} = {w * h:,} pixels is over the pixel budget of "
+                                     f"{max_pixels:,} (raise --max-pixels to process it in tiles)")
                 im.load()
                 arr = _to_rgb_array(ImageOps.exif_transpose(im) or im)
     except Image.DecompressionBombError as e:

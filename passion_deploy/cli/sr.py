@@ -364,8 +364,8 @@ def _run(args) -> int:
                 check_tiling(main_model, tiling)
                 if getattr(main_model.pipe, "fixed_vae_latent_tile", None) is not None and args.vae_tile != "auto":
                     th, tw = main_model.pipe.fixed_vae_latent_tile
-                    print(f"passion-sr: --vae-tile ignored: this model's VAE runs on fixed {th}x{tw} latent tiles")
-                print(f"passion-sr: {main_model.description}")
+                    tqdm.write(f"passion-sr: --vae-tile ignored: this model's VAE runs on fixed {th}x{tw} latent tiles")
+                tqdm.write(f"passion-sr: {main_model.description}")
                 announced = True
 
             def run(model):
@@ -374,7 +374,11 @@ def _run(args) -> int:
             try:
                 if need_sr:
                     sr = run(models.main())
-                    write_png(target, sr)
+                    try:
+                        write_png(target, sr)
+                    except OSError as e:
+                        fail(f"{target}: cannot write the output ({e.__class__.__name__}: {e})")
+                        continue
                     written += 1
                     sr = quantize_8bit(sr)  # judge what was written
                 else:
