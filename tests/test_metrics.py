@@ -92,7 +92,7 @@ def test_hr_metrics_csv_and_summary(tmp_path, capsys):
     rc = main(["-i", str(lr_dir), "-o", str(out), "--hr", str(hr_dir), "--color-fix", "none"])
     captured = capsys.readouterr()
     assert rc == 0
-    assert "no HR image named c" in captured.err
+    assert "c.png: no HR image matches its name in" in captured.err
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert [(r["image"], r["method"]) for r in rows] == [("ax4", "FP32"), ("ax4", "bicubic"), ("b", "FP32"), ("b", "bicubic")]
     # the values are those of the written PNG against the HR (cropped to 4x the LR for b)
@@ -127,3 +127,17 @@ def test_hr_of_the_wrong_size_is_named_not_a_traceback(tmp_path, capsys):
     assert "Traceback" not in err
     assert main(["-i", str(tmp_path / "lr"), "-o", str(tmp_path / "out"), "--hr", str(tmp_path / "nope")]) == 2
     assert "nope: the --hr folder does not exist" in capsys.readouterr().err
+
+
+def test_hr_names_match_the_usual_dataset_conventions(tmp_path):
+    from passion_deploy.cli.sr import find_hr, hr_index
+
+    for name in ("0801.png", "Canon_001_HR.png", "Canon_001_LR4.png", "photo_hr.png", "photo_lr.png", "same.png"):
+        (tmp_path / name).write_bytes(b"")
+    index = hr_index(tmp_path)
+    lr = tmp_path / "lr"
+    assert find_hr(index, lr / "0801x4.png").name == "0801.png"  # DIV2K
+    assert find_hr(index, lr / "Canon_001_LR4.png").name == "Canon_001_HR.png"  # RealSR
+    assert find_hr(index, tmp_path / "photo_lr.png").name == "photo_hr.png"  # never the LR file itself
+    assert find_hr(index, lr / "same.png").name == "same.png"
+    assert find_hr(index, lr / "other.png") is None

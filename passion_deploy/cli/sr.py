@@ -108,23 +108,34 @@ def parse_compare_specs(values: list[str]) -> list[CompareSpec]:
     return specs
 
 
-_LR_SUFFIX = re.compile(r"[_\-.]?(x4|lrx4|lr4|lr|hr)$", re.IGNORECASE)
+_LR_MARK = re.compile(r"[_\-.]?(x4|lrx4|lr4|lr)$", re.IGNORECASE)
+_HR_MARK = re.compile(r"[_\-.]?hr$", re.IGNORECASE)
 
 
-def hr_index(folder: Path) -> dict[str, Path]:
-    """HR files by stem, plus by stem without an LR/HR suffix (DIV2K's 0801x4 -> 0801, RealSR's _HR)."""
+def hr_index(folder: Path) -> dict[str, list[Path]]:
+    """HR candidates by stem, and by stem without an HR mark (RealSR's Canon_001_HR -> Canon_001).
+    Files marked as LR (0801x4, photo_lr) are never HR candidates under their unmarked name."""
     from ..images import list_images
 
-    index: dict[str, Path] = {}
+    index: dict[str, list[Path]] = {}
     for f in list_images(folder):
-        index.setdefault(f.stem, f)
-    for f in list_images(folder):
-        index.setdefault(_LR_SUFFIX.sub("", f.stem), f)
+        index.setdefault(f.stem, []).append(f)
+        if not _LR_MARK.search(f.stem) and _HR_MARK.search(f.stem):
+            index.setdefault(_HR_MARK.sub("", f.stem), []).append(f)
     return index
 
 
-def find_hr(index: dict[str, Path], stem: str) -> Path | None:
-    return index.get(stem) or index.get(_LR_SUFFIX.sub("", stem))
+def find_hr(index: dict[str, list[Path]], lr_file: Path) -> Path | None:
+    """The HR image of an LR file: for an LR-marked stem the unmarked name first (DIV2K's 0801x4
+    -> 0801, RealSR's Canon_001_LR4 -> Canon_001_HR, photo_lr -> photo or photo_hr), then the same
+    stem; never the LR file itself."""
+    me = lr_file.resolve()
+    unmarked = _LR_MARK.sub("", lr_file.stem)
+    for key in (unmarked, lr_file.stem) if unmarked != lr_file.stem else (lr_file.stem,):
+        for cand in index.get(key, []):
+            if cand.resolve() != me:
+                return cand
+    return None
 
 
 @dataclass
@@ -348,9 +359,9 @@ def _run(args) -> int:
                 continue
             need_sr = args.overwrite or not target.exists()
             need_pic = args.compare and (args.overwrite or not picture.exists())
-            hr_path = find_hr(hr_files, f.stem) if hr_files is not None else None
+            hr_path = find_hr(hr_files, f) if hr_files is not None else None
             if hr_files is not None and hr_path is None:
-                warn(f"{f}: no HR image named {f.stem} in {args.hr}; no metrics for it")
+                warn(f"{f}: no HR image matches its name in {args.hr}; no metrics for it")
             if not (need_sr or need_pic or hr_path):
                 skipped += 1
                 continue
