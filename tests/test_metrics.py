@@ -130,7 +130,7 @@ def test_hr_of_the_wrong_size_is_named_not_a_traceback(tmp_path, capsys):
 
 
 def test_hr_names_match_the_usual_dataset_conventions(tmp_path):
-    from passion_deploy.cli.sr import find_hr, hr_index
+    from passion_deploy.evaluation import find_hr, hr_index
 
     for name in ("0801.png", "Canon_001_HR.png", "Canon_001_LR4.png", "photo_hr.png", "photo_lr.png", "same.png"):
         (tmp_path / name).write_bytes(b"")

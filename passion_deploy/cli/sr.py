@@ -7,13 +7,9 @@ bounded on large ones. Outputs are written atomically; a rerun skips finished ou
 from __future__ import annotations
 
 import argparse
-import csv
-import io
-import math
-import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -106,76 +102,6 @@ def parse_compare_specs(values: list[str]) -> list[CompareSpec]:
             label, _, spec = item.rpartition("=") if "=" in item else ("", "", item)
             specs.append(CompareSpec(spec, label or None))
     return specs
-
-
-_LR_MARK = re.compile(r"[_\-.]?(x4|lrx4|lr4|lr)$", re.IGNORECASE)
-_HR_MARK = re.compile(r"[_\-.]?hr$", re.IGNORECASE)
-
-
-def hr_index(folder: Path) -> dict[str, list[Path]]:
-    """HR candidates by stem, and by stem without an HR mark (RealSR's Canon_001_HR -> Canon_001).
-    Files marked as LR (0801x4, photo_lr) are never HR candidates under their unmarked name."""
-    from ..images import list_images
-
-    index: dict[str, list[Path]] = {}
-    for f in list_images(folder):
-        index.setdefault(f.stem, []).append(f)
-        if not _LR_MARK.search(f.stem) and _HR_MARK.search(f.stem):
-            index.setdefault(_HR_MARK.sub("", f.stem), []).append(f)
-    return index
-
-
-def find_hr(index: dict[str, list[Path]], lr_file: Path) -> Path | None:
-    """The HR image of an LR file: for an LR-marked stem the unmarked name first (DIV2K's 0801x4
-    -> 0801, RealSR's Canon_001_LR4 -> Canon_001_HR, photo_lr -> photo or photo_hr), then the same
-    stem; never the LR file itself."""
-    me = lr_file.resolve()
-    unmarked = _LR_MARK.sub("", lr_file.stem)
-    for key in (unmarked, lr_file.stem) if unmarked != lr_file.stem else (lr_file.stem,):
-        for cand in index.get(key, []):
-            if cand.resolve() != me:
-                return cand
-    return None
-
-
-@dataclass
-class Metrics:
-    """Rows (image, method, psnr_y, ssim_y, psnr_rgb, ssim_rgb) and the per-method summary."""
-
-    rows: list[tuple] = field(default_factory=list)
-
-    def add(self, image: str, method: str, values: dict[str, float]) -> None:
-        from ..metrics import METRIC_NAMES
-
-        self.rows.append((image, method, *(values[k] for k in METRIC_NAMES)))
-
-    def csv_text(self) -> str:
-        from ..metrics import METRIC_NAMES
-
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\n")
-        w.writerow(["image", "method", *METRIC_NAMES])
-        for r in self.rows:
-            w.writerow([r[0], r[1], *(f"{v:.4f}" if v != math.inf else "inf" for v in r[2:])])
-        return buf.getvalue()
-
-    def summary(self) -> str:
-        methods: dict[str, list[tuple]] = {}
-        for r in self.rows:
-            methods.setdefault(r[1], []).append(r[2:])
-        order = {"bicubic": 0, "FP32": 1}  # baselines first, then the models as they were added
-        methods = dict(sorted(methods.items(), key=lambda kv: order.get(kv[0], 2)))
-        width = max(24, *(len(m) for m in methods))
-        lines = [f"  {'method':<{width}} {'images':>6} {'PSNR-Y':>8} {'SSIM-Y':>7} {'PSNR-RGB':>8} {'SSIM-RGB':>8}"]
-        for m, vals in methods.items():
-            means = [_mean([v[i] for v in vals]) for i in range(4)]
-            lines.append(f"  {m:<{width}} {len(vals):>6} {means[0]:>8.2f} {means[1]:>7.4f} {means[2]:>8.2f} {means[3]:>8.4f}")
-        return "\n".join(lines)
-
-
-def _mean(vals: list[float]) -> float:
-    finite = [v for v in vals if not math.isnan(v)]
-    return sum(finite) / len(finite) if finite else math.nan
 
 
 class Models:
@@ -278,16 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _run(args) -> int:
-    from ..checkpoint import CheckpointError
-    from ..compare import auto_crop, clip_crop, compose, nearest_upscale, parse_crop, save_picture
-    from ..config import ConfigError
-    from ..images import ImageError, list_images, quantize_8bit, read_image, upscale_bicubic, write_png
-    from ..io_utils import atomic_write_text
-    from ..metrics import image_metrics, psnr
-    from ..models import WeightsError
-    from ..runner import Tiling, super_resolve
-
+def _check_args(args) -> None:
     if args.batch < 1:
         raise UsageError(f"--batch {args.batch} must be at least 1")
     if args.max_pixels < 0:
@@ -296,6 +213,68 @@ def _run(args) -> int:
         raise UsageError(f"--crop-border {args.crop_border} must be 0 or positive")
     if args.compare_size < 1:
         raise UsageError(f"--compare-size {args.compare_size} must be at least 1")
+
+
+class Reporter:
+    """Failures (an input that produced no output) and warnings, one line each as they happen."""
+
+    def __init__(self):
+        self.failed: list[str] = []
+
+    def fail(self, msg: str) -> None:
+        self.failed.append(msg)
+        tqdm.write(f"passion-sr: skipped {msg}", file=sys.stderr)
+
+    @staticmethod
+    def warn(msg: str) -> None:
+        tqdm.write(f"passion-sr: {msg}", file=sys.stderr)
+
+
+def _load(what):
+    """A model loader's refusal (bad checkpoint, config, weights, artifact) as one-sentence usage error."""
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError
+    from ..models import WeightsError
+
+    try:
+        return what()
+    except (CheckpointError, ConfigError, WeightsError, ValueError, ImportError) as e:
+        raise UsageError(str(e)) from None
+
+
+def _comparison_picture(f, lr, sr, hr, models, run, args, crop_setting, table):
+    """The picture's columns (LR | FP32 | main model | --compare-with | HR) as one PIL image;
+    compared models' metrics against HR join the table."""
+    from ..compare import auto_crop, clip_crop, compose, nearest_upscale
+    from ..evaluation import image_metrics_row
+    from ..images import quantize_8bit
+    from ..metrics import psnr
+
+    main = models.main()
+    ref = sr if main.backend == "fp32" else quantize_8bit(run(_load(models.fp32)))
+    cols = [("FP32", ref)] + [(label, sr if m is main else quantize_8bit(run(m))) for label, m in _load(models.extra)]
+    crop = clip_crop(crop_setting, *lr.shape[-2:]) if crop_setting else auto_crop(lr, args.compare_size)
+    columns = [("LR (nearest x4)", f"{lr.shape[-1]}x{lr.shape[-2]} input", nearest_upscale(lr, SCALE))]
+    for label, img in cols:
+        parts = ["reference" if label == "FP32" else f"{psnr(img, ref):.1f} dB vs FP32"]
+        if hr is not None:
+            parts.append(f"{psnr(img, hr):.1f} dB vs HR")
+            if label != main.label:
+                table.add(f.stem, label, image_metrics_row(img, hr, args.crop_border))
+        columns.append((label, ", ".join(parts), img))
+    if hr is not None:
+        columns.append(("HR", "ground truth", hr))
+    return compose(columns, crop, SCALE)
+
+
+def _run(args) -> int:
+    from ..compare import parse_crop, save_picture
+    from ..evaluation import MetricsTable, align_hr, find_hr, hr_index, image_metrics_row
+    from ..images import ImageError, list_images, quantize_8bit, read_image, upscale_bicubic, write_png
+    from ..io_utils import atomic_write_text
+    from ..runner import Tiling, super_resolve
+
+    _check_args(args)
     try:
         crop_setting = parse_crop(args.compare_crop)
     except ValueError as e:
@@ -323,27 +302,10 @@ def _run(args) -> int:
     csv_path = Path(args.metrics_csv) if args.metrics_csv else out / "metrics.csv"
 
     models = Models(args)
-
-    def load(what):
-        try:
-            return what()
-        except (CheckpointError, ConfigError, WeightsError, ValueError, ImportError) as e:
-            raise UsageError(str(e)) from None
-
-    failed: list[str] = []
-    warnings: list[str] = []
-    metrics = Metrics()
+    report = Reporter()
+    table = MetricsTable()
     written = skipped = pictures = 0
     seen: dict[Path, Path] = {}
-
-    def fail(msg: str) -> None:
-        failed.append(msg)
-        tqdm.write(f"passion-sr: skipped {msg}", file=sys.stderr)
-
-    def warn(msg: str) -> None:
-        warnings.append(msg)
-        tqdm.write(f"passion-sr: {msg}", file=sys.stderr)
-
     announced = False
     t0 = time.perf_counter()
     try:
@@ -351,27 +313,28 @@ def _run(args) -> int:
             target = out / f"{f.stem}.png"
             picture = out / "compare" / f"{f.stem}.png"
             if target.resolve() in seen:
-                fail(f"{f}: its output {target} is also the output of {seen[target.resolve()].name}; rename one of them")
+                report.fail(f"{f}: its output {target} is also the output of {seen[target.resolve()].name}; "
+                            "rename one of them")
                 continue
             seen[target.resolve()] = f
             if target.resolve() == f.resolve():
-                fail(f"{f}: its output would overwrite the input; choose another output folder")
+                report.fail(f"{f}: its output would overwrite the input; choose another output folder")
                 continue
             need_sr = args.overwrite or not target.exists()
             need_pic = args.compare and (args.overwrite or not picture.exists())
             hr_path = find_hr(hr_files, f) if hr_files is not None else None
             if hr_files is not None and hr_path is None:
-                warn(f"{f}: no HR image matches its name in {args.hr}; no metrics for it")
+                report.warn(f"{f}: no HR image matches its name in {args.hr}; no metrics for it")
             if not (need_sr or need_pic or hr_path):
-                skipped += 1
+                skipped += 1  # finished, and nothing asks to look at it again
                 continue
             try:
                 lr = read_image(f, max_pixels)
             except ImageError as e:
-                fail(str(e))
+                report.fail(str(e))
                 continue
             if not announced and (need_sr or need_pic):
-                main_model = load(models.main)
+                main_model = _load(models.main)
                 check_tiling(main_model, tiling)
                 if getattr(main_model.pipe, "fixed_vae_latent_tile", None) is not None and args.vae_tile != "auto":
                     th, tw = main_model.pipe.fixed_vae_latent_tile
@@ -382,13 +345,14 @@ def _run(args) -> int:
             def run(model):
                 return super_resolve(model, lr, tiling=tiling, color_fix=args.color_fix)
 
+            # the main output: computed and written, or the finished one read back
             try:
                 if need_sr:
                     sr = run(models.main())
                     try:
                         write_png(target, sr)
                     except OSError as e:
-                        fail(f"{target}: cannot write the output ({e.__class__.__name__}: {e})")
+                        report.fail(f"{target}: cannot write the output ({e.__class__.__name__}: {e})")
                         continue
                     written += 1
                     sr = quantize_8bit(sr)  # judge what was written
@@ -396,76 +360,59 @@ def _run(args) -> int:
                     skipped += 1
                     sr = read_image(target)
                     if sr.shape[-2:] != (lr.shape[-2] * SCALE, lr.shape[-1] * SCALE):
-                        warn(f"{target}: the existing output is not 4x its input {f.name}; rerun with --overwrite")
+                        report.warn(f"{target}: the existing output is not 4x its input {f.name}; rerun with --overwrite")
                         continue
             except ImageError as e:
-                fail(f"{e} (an existing output; rerun with --overwrite)")
+                report.fail(f"{e} (an existing output; rerun with --overwrite)")
                 continue
             except (RuntimeError, ValueError, MemoryError, OSError) as e:
-                fail(f"{f}: super-resolution failed ({e.__class__.__name__}: {e})")
+                report.fail(f"{f}: super-resolution failed ({e.__class__.__name__}: {e})")
                 continue
 
             hr = None
             if hr_path is not None:
                 try:
                     hr = read_image(hr_path, max_pixels * SCALE * SCALE if max_pixels else None)
+                    hr_full = hr.shape
+                    hr = align_hr(hr, tuple(sr.shape[-2:]), SCALE)
+                    if hr is None:
+                        report.warn(f"{hr_path}: HR is {hr_full[-1]}x{hr_full[-2]} but the 4x output of {f.name} is "
+                                    f"{sr.shape[-1]}x{sr.shape[-2]}; no metrics for it")
                 except ImageError as e:
-                    warn(f"{e}; no metrics for {f.name}")
+                    report.warn(f"{e}; no metrics for {f.name}")
                 if hr is not None:
-                    H, W = sr.shape[-2:]
-                    if not (0 <= hr.shape[-2] - H < SCALE and 0 <= hr.shape[-1] - W < SCALE):
-                        warn(f"{hr_path}: HR is {hr.shape[-1]}x{hr.shape[-2]} but the 4x output of {f.name} is {W}x{H}; "
-                             "no metrics for it")
-                        hr = None
-                    else:
-                        hr = hr[:, :H, :W]  # an HR side not divisible by 4 lost its last rows in the LR
-                if hr is not None:
-                    metrics.add(f.stem, models.main().label, image_metrics(sr, hr, args.crop_border))
-                    bic = quantize_8bit(upscale_bicubic(lr, SCALE))
-                    metrics.add(f.stem, "bicubic", image_metrics(bic, hr, args.crop_border))
+                    table.add(f.stem, models.main().label, image_metrics_row(sr, hr, args.crop_border))
+                    bicubic = quantize_8bit(upscale_bicubic(lr, SCALE))
+                    table.add(f.stem, "bicubic", image_metrics_row(bicubic, hr, args.crop_border))
 
             if need_pic:
                 try:
-                    ref = sr if models.main().backend == "fp32" else quantize_8bit(run(load(models.fp32)))
-                    cols = [("FP32", ref)]
-                    for label, m in load(models.extra):
-                        cols.append((label, sr if m is models.main() else quantize_8bit(run(m))))
+                    pic = _comparison_picture(f, lr, sr, hr, models, run, args, crop_setting, table)
+                except UsageError:
+                    raise
                 except (RuntimeError, ValueError, MemoryError) as e:
-                    if isinstance(e, UsageError):
-                        raise
-                    fail(f"{f}: the comparison models failed ({e.__class__.__name__}: {e})")
+                    report.fail(f"{f}: the comparison models failed ({e.__class__.__name__}: {e})")
                     continue
-                crop = clip_crop(crop_setting, *lr.shape[-2:]) if crop_setting else auto_crop(lr, args.compare_size)
-                columns = [("LR (nearest x4)", f"{lr.shape[-1]}x{lr.shape[-2]} input", nearest_upscale(lr, SCALE))]
-                for label, img in cols:
-                    parts = ["reference" if label == "FP32" else f"{psnr(img, ref):.1f} dB vs FP32"]
-                    if hr is not None:
-                        parts.append(f"{psnr(img, hr):.1f} dB vs HR")
-                    columns.append((label, ", ".join(parts), img))
-                    if hr is not None and label != models.main().label:
-                        metrics.add(f.stem, label, image_metrics(img, hr, args.crop_border))
-                if hr is not None:
-                    columns.append(("HR", "ground truth", hr))
                 try:
-                    save_picture(picture, compose(columns, crop, SCALE))
+                    save_picture(picture, pic)
                     pictures += 1
                 except OSError as e:
-                    fail(f"{picture}: cannot write the comparison picture ({e.__class__.__name__}: {e})")
+                    report.fail(f"{picture}: cannot write the comparison picture ({e.__class__.__name__}: {e})")
     except KeyboardInterrupt:
         print(f"\npassion-sr: interrupted after {written} written; every finished output is complete, "
               "rerun the same command to continue", file=sys.stderr)
         return 130
 
     secs = time.perf_counter() - t0
-    if metrics.rows:
-        atomic_write_text(csv_path, metrics.csv_text())
+    if table.rows:
+        atomic_write_text(csv_path, table.csv_text())
         print(f"passion-sr: metrics vs HR{f' (border {args.crop_border} px cropped)' if args.crop_border else ''}, "
               f"means over images, written to {csv_path}:")
-        print(metrics.summary())
+        print(table.summary())
     print(f"passion-sr: {written} written to {out}, {skipped} already there (kept; --overwrite rewrites), "
-          f"{len(failed)} failed" + (f", {pictures} comparison pictures in {out / 'compare'}" if args.compare else "")
+          f"{len(report.failed)} failed" + (f", {pictures} comparison pictures in {out / 'compare'}" if args.compare else "")
           + f" ({secs:.1f} s)")
-    return 1 if failed else 0
+    return 1 if report.failed else 0
 
 
 if __name__ == "__main__":
