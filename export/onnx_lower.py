@@ -451,11 +451,15 @@ def _value_info(name: str, shape: tuple, dim_names: tuple[str, ...]) -> onnx.Val
 PROBE_PREFIX = "probe:"
 
 
-def lower_graph(g: Graph, isa: str = "portable", probes: list[str] | None = None) -> onnx.ModelProto:
-    """The ONNX model of IR graph `g` (quantized ops as integer subgraphs). `probes`: IR values
-    to expose as extra outputs named "probe:<value>" (verification reads layer outputs)."""
-    if isa not in ia.ISAS:
-        raise ValueError(f"unknown ISA {isa!r}; choose one of {', '.join(ia.ISAS)}")
+QUANTIZED_OPS = ("qconv", "qlinear", "qattention")
+
+
+def lower_ir(g: Graph, lower_quantized, probes: list[str] | None = None, input_shapes: dict[str, tuple] | None = None,
+             opsets: tuple[tuple[str, int], ...] = (("", OPSET),)) -> onnx.ModelProto:
+    """The walk every ONNX lowering shares: float ops by `lower_fp`, the quantized ones by
+    `lower_quantized(b, node, recipe, inputs, g)`. `probes`: IR values to expose as extra outputs
+    named "probe:<value>" (verification reads layer outputs); `input_shapes` overrides the
+    traced input shapes (a None dim stays dynamic)."""
     b = OnnxBuilder()
     env: dict[str, str] = {}
     for name in g.inputs:
@@ -470,14 +474,11 @@ def lower_graph(g: Graph, isa: str = "portable", probes: list[str] | None = None
         return env[name]
 
     for n in g.nodes:
-        if n.op == "qconv":
-            out = lower_qconv(b, g.recipes[n.attrs["recipe"]], val(n.inputs[0]), isa)
-        elif n.op == "qlinear":
-            out = lower_qlinear(b, g.recipes[n.attrs["recipe"]], val(n.inputs[0]), g.shapes[n.inputs[0]], isa)
-        elif n.op == "qattention":
-            # folded K/V constants become integer codes inside the lowering, never float initializers
-            kv = [i if i in g.consts else val(i) for i in n.inputs[1:]]
-            out = lower_qattention(b, g.recipes[n.attrs["recipe"]], val(n.inputs[0]), *kv, consts=g.consts, isa=isa)
+        if n.op in QUANTIZED_OPS:
+            # folded K/V constants stay IR constants: the lowering turns them into integer codes,
+            # never float initializers
+            ins = [i if (n.op == "qattention" and k and i in g.consts) else val(i) for k, i in enumerate(n.inputs)]
+            out = lower_quantized(b, n, g.recipes[n.attrs["recipe"]], ins, g)
         elif n.op == "identity":
             out = n.outputs[0]  # graph outputs keep their IR names
             b._names.add(out)
@@ -486,14 +487,30 @@ def lower_graph(g: Graph, isa: str = "portable", probes: list[str] | None = None
             out = lower_fp(b, n, val, g)
         env[n.outputs[0]] = out
     dyn = ("batch", "channels", "height", "width")
-    inputs = [_value_info(k, s, dyn) for k, s in g.inputs.items()]
+    shapes = {**g.inputs, **(input_shapes or {})}
+    inputs = [_value_info(k, shapes[k], dyn) for k in g.inputs]
     outputs = [_value_info(k, s, dyn) for k, s in g.outputs.items()]
     for name in probes or []:
         pname = PROBE_PREFIX + name
         b.nodes.append(helper.make_node("Identity", [env[name]], [pname], name=b.fresh("n." + pname)))
         outputs.append(onnx.ValueInfoProto(name=pname))
     graph = helper.make_graph(b.nodes, g.name, inputs, outputs, b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets],
                               producer_name="passion-deploy")
     model.ir_version = 10
     return model
+
+
+def lower_graph(g: Graph, isa: str = "portable", probes: list[str] | None = None) -> onnx.ModelProto:
+    """The ONNX model of IR graph `g` for ONNX Runtime's CPU int8 kernels (see lower_ir)."""
+    if isa not in ia.ISAS:
+        raise ValueError(f"unknown ISA {isa!r}; choose one of {', '.join(ia.ISAS)}")
+
+    def quantized(b: OnnxBuilder, n: Node, rec, ins: list[str], g: Graph) -> str:
+        if n.op == "qconv":
+            return lower_qconv(b, rec, ins[0], isa)
+        if n.op == "qlinear":
+            return lower_qlinear(b, rec, ins[0], g.shapes[n.inputs[0]], isa)
+        return lower_qattention(b, rec, *ins, consts=g.consts, isa=isa)
+
+    return lower_ir(g, quantized, probes, opsets=(("", OPSET), (MS_DOMAIN, 1)))

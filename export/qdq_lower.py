@@ -26,12 +26,10 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import torch
-from onnx import TensorProto, helper
 
 from . import int_algebra as ia
 from .graph import Graph
-from .onnx_lower import (INT64_MAX, OPSET, PROBE_PREFIX, OnnxBuilder, _heads, _merge_heads, let_transform, lower_fp,
-                         ones_map, weight_only)
+from .onnx_lower import INT64_MAX, OnnxBuilder, _heads, _merge_heads, let_transform, lower_ir, ones_map, weight_only
 from .recipes import QAttentionRecipe, QLayerRecipe
 
 
@@ -222,50 +220,14 @@ def lower_qattention(b: OnnxBuilder, rec: QAttentionRecipe, q: str, k: str, v: s
 
 def lower_graph_qdq(g: Graph, input_shapes: dict[str, tuple] | None = None,
                     probes: list[str] | None = None) -> onnx.ModelProto:
-    """The explicit-quantization ONNX of IR graph `g`. `input_shapes`: the fixed shape of each
-    input (the artifact's tile; None in a dim leaves it dynamic, e.g. the batch); default: the
-    IR's traced shapes. `probes`: IR values exposed as extra outputs "probe:<value>"."""
-    b = OnnxBuilder()
-    env: dict[str, str] = {}
-    for name in g.inputs:
-        b._names.add(name)
-        env[name] = name
+    """The explicit-quantization ONNX of IR graph `g` (see onnx_lower.lower_ir). `input_shapes`:
+    the fixed shape of each input (the artifact's tile); default: the IR's traced shapes."""
 
-    def val(name: str) -> str:
-        if name not in env:
-            if name not in g.consts:
-                raise ValueError(f"IR value {name!r} is used before it is defined")
-            env[name] = b.init(name, g.consts[name])
-        return env[name]
-
-    for n in g.nodes:
+    def quantized(b: OnnxBuilder, n, rec, ins: list[str], g: Graph) -> str:
         if n.op == "qconv":
-            out = lower_qconv(b, g.recipes[n.attrs["recipe"]], val(n.inputs[0]))
-        elif n.op == "qlinear":
-            out = lower_qlinear(b, g.recipes[n.attrs["recipe"]], val(n.inputs[0]), g.shapes[n.inputs[0]])
-        elif n.op == "qattention":
-            kv = [i if i in g.consts else val(i) for i in n.inputs[1:]]
-            out = lower_qattention(b, g.recipes[n.attrs["recipe"]], val(n.inputs[0]), *kv, consts=g.consts)
-        elif n.op == "identity":
-            out = n.outputs[0]
-            b._names.add(out)
-            b.nodes.append(helper.make_node("Identity", [val(n.inputs[0])], [out], name=b.fresh("n.output." + out)))
-        else:
-            out = lower_fp(b, n, val, g)
-        env[n.outputs[0]] = out
-    shapes = dict(g.inputs)
-    shapes.update(input_shapes or {})
-    def dims(name: str, shape: tuple) -> list:
-        return [d if d is not None else ("batch" if i == 0 else f"{name}_{i}") for i, d in enumerate(shape)]
+            return lower_qconv(b, rec, ins[0])
+        if n.op == "qlinear":
+            return lower_qlinear(b, rec, ins[0], g.shapes[n.inputs[0]])
+        return lower_qattention(b, rec, *ins, consts=g.consts)
 
-    inputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, dims(k, shapes[k])) for k in g.inputs]
-    # output sizes follow from the inputs; leave them symbolic rather than restate them
-    outputs = [helper.make_tensor_value_info(k, TensorProto.FLOAT, dims(k, (None,) * len(s))) for k, s in g.outputs.items()]
-    for name in probes or []:
-        pname = PROBE_PREFIX + name
-        b.nodes.append(helper.make_node("Identity", [env[name]], [pname], name=b.fresh("n." + pname)))
-        outputs.append(onnx.ValueInfoProto(name=pname))
-    graph = helper.make_graph(b.nodes, g.name + "_qdq", inputs, outputs, b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="passion-deploy")
-    model.ir_version = 10
-    return model
+    return lower_ir(g, quantized, probes, input_shapes)

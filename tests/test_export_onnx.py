@@ -3,18 +3,14 @@ Runtime's CPU provider; the float graph against PyTorch; the tracer against the 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from passion_deploy.export import int_algebra as ia
 from passion_deploy.export.artifact import cpu_has_vnni
 from passion_deploy.export.irfile import load_ir, save_ir
 from passion_deploy.export.onnx_lower import lower_graph
-from passion_deploy.export.recipes import attention_recipe, layer_recipe
 from passion_deploy.export.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
-from passion_deploy.quant.layers import QuantConv, QuantLinear
-from passion_deploy.quant.quantizer import QuantSpec
-from calib_helpers import calibrated_layer, observed_attention
-from layer_graphs import BITS, CONVS, check, run_onnx, single
+from layer_graphs import (BITS, CONVS, attention_case, check, check_attention, conv_case, far_from_zero_case, linear_case,
+                          run_onnx, single, weight_only_case)
 
 def isas(wbits, abits):
     # int8 weights on 8x8 layers saturate without VNNI: only test that ISA where it is exact
@@ -25,15 +21,8 @@ def isas(wbits, abits):
 @pytest.mark.parametrize("bits", list(BITS))
 @pytest.mark.parametrize("split", [False, True])
 def test_qconv_onnx_matches_fake_quant(geom, bits, split):
-    torch.manual_seed(0)
+    layer, x, ref, rec = conv_case(geom, bits, split)
     wb, ab = BITS[bits]
-    layer = QuantConv(nn.Conv2d(8, 6, **CONVS[geom]), wspec=QuantSpec(wb), aspec=QuantSpec(ab), split=split, use_let=True,
-                      let_form="consistent", s_alpha=0.5, only_weight=False)
-    x = torch.randn(1, 8, 11, 9) * 2 + 0.3
-    calibrated_layer(layer, x)
-    with torch.no_grad():
-        ref = layer(x).numpy()
-    rec = layer_recipe("conv", layer)
     for isa in isas(wb, ab):
         y = run_onnx(lower_graph(single("qconv", rec, {"x": x}, ref.shape), isa), {"x": x.numpy()})
         check(y, ref)
@@ -47,47 +36,26 @@ def test_qconv_onnx_matches_fake_quant(geom, bits, split):
 @pytest.mark.parametrize("bits", list(BITS))
 @pytest.mark.parametrize("split", [False, True])
 def test_qlinear_onnx_matches_fake_quant(shape, bits, split):
-    torch.manual_seed(1)
+    layer, x, ref, rec = linear_case(shape, bits, split)
     wb, ab = BITS[bits]
-    layer = QuantLinear(nn.Linear(8, 12), wspec=QuantSpec(wb), aspec=QuantSpec(ab), split=split, use_let=True,
-                        let_form="consistent", s_alpha=0.5, only_weight=False)
-    x = torch.randn(*shape) * 2 - 0.2
-    if len(shape) == 3:
-        x[:, shape[1] // 2:] *= 4  # token halves with different ranges
-    calibrated_layer(layer, x)
-    with torch.no_grad():
-        ref = layer(x).numpy()
-    rec = layer_recipe("lin", layer)
     for isa in isas(wb, ab):
         check(run_onnx(lower_graph(single("qlinear", rec, {"x": x}, ref.shape), isa), {"x": x.numpy()}), ref)
 
 
 @pytest.mark.parametrize("geom", ["3x3s1", "1x1"])
 def test_residual_paths_one_signed_channel_and_positive_activations(geom):
-    torch.manual_seed(2)
-    layer = QuantConv(nn.Conv2d(6, 5, **CONVS[geom]), wspec=QuantSpec(8), aspec=QuantSpec(8), split=True, use_let=False,
-                      let_form="consistent", s_alpha=0.5, only_weight=False)
-    with torch.no_grad():
-        layer.weight[1] = layer.weight[1].abs() + 0.05
-    x = torch.rand(1, 6, 7, 8) + 1.0
-    calibrated_layer(layer, x, let=False)
-    rec = layer_recipe("c", layer)
+    layer, x, rec, g = far_from_zero_case(geom)
     assert ia.act_operand(rec.acts[0]).wide
     assert ia.weight_operand(rec.weights[0].codes, rec.weights[0].grid, "u8").has_residual
     with torch.no_grad():
-        check(run_onnx(lower_graph(single("qconv", rec, {"x": x}, (1, 5, 7, 8))), {"x": x.numpy()}), layer(x).numpy())
+        check(run_onnx(lower_graph(g), {"x": x.numpy()}), layer(x).numpy())
 
 
 def test_weight_only_layer():
-    torch.manual_seed(3)
-    layer = QuantConv(nn.Conv2d(6, 5, 3, padding=1), wspec=QuantSpec(6), aspec=QuantSpec(8), split=True, use_let=True,
-                      let_form="consistent", s_alpha=0.5, only_weight=True)
-    x = torch.randn(1, 6, 7, 8)
-    calibrated_layer(layer, x)
-    rec = layer_recipe("c", layer)
+    layer, x, rec, g = weight_only_case()
     assert rec.acts is None
     with torch.no_grad():
-        check(run_onnx(lower_graph(single("qconv", rec, {"x": x}, (1, 5, 7, 8))), {"x": x.numpy()}), layer(x).numpy(), 1e-5)
+        check(run_onnx(lower_graph(g), {"x": x.numpy()}), layer(x).numpy(), 1e-5)
 
 
 @pytest.mark.parametrize("bits", [8, 6])
@@ -95,28 +63,10 @@ def test_weight_only_layer():
 @pytest.mark.parametrize("const_kv", [False, True])
 @pytest.mark.parametrize("wide_p", [False, True])
 def test_qattention_onnx_matches_fake_quant(bits, cross, const_kv, wide_p):
-    attn, proc, hidden, ctx = observed_attention(bits, cross, tokens=12)
-    with torch.no_grad():  # P*s_vw range starting at 0, or well above it (near-uniform attention: zp > 0)
-        proc.p_quant.x_min.copy_(0.3 * proc.p_quant.x_max if wide_p else torch.zeros(()))
-    rec = attention_recipe("attn", attn, proc)
+    rec, g, feeds, ref, v = attention_case(bits, cross, const_kv, wide_p)
     assert (int(rec.p.zp) > 0) == wide_p and (ia.act_operand(rec.p).wide == (wide_p and bits == 8))
-    with torch.no_grad():
-        src = hidden if ctx is None else ctx
-        q, k, v = attn.to_q(hidden), attn.to_k(src), attn.to_v(src)
-        ref = attn.batch_to_head_dim(proc.attention(*(attn.head_to_batch_dim(t) for t in (q, k, v)), attn.scale)).numpy()
-    if const_kv:
-        g = single("qattention", rec, {"q": q}, ref.shape, consts={"k": k.numpy(), "v": v.numpy()})
-        feeds = {"q": q.numpy()}
-    else:
-        g = single("qattention", rec, {"q": q, "k": k, "v": v}, ref.shape)
-        feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
     for isa in isas(bits, bits):
-        y = run_onnx(lower_graph(g, isa), feeds)
-        # scores agree to float rounding; a P code may flip where P*s_vw/D sits within rounding
-        # of a half step, moving an output by at most one P step times |v|/s_vw
-        bound = 2 * float(rec.p.step) * float(v.abs().max() / torch.from_numpy(rec.s_vw).min())
-        assert np.abs(y - ref).max() <= max(bound, 3e-6 * np.abs(ref).max())
-        assert (np.abs(y - ref) > 3e-6 * np.abs(ref).max()).mean() < 0.05
+        check_attention(run_onnx(lower_graph(g, isa), feeds), ref, rec, v)
 
 
 # -- whole components on the tiny preset ------------------------------------------------------

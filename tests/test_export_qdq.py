@@ -11,13 +11,14 @@ from torch import nn
 from passion_deploy.export import int_algebra as ia
 from passion_deploy.export.qdq_lower import lower_graph_qdq
 from passion_deploy.export.qdq_rules import qdq_violations, quantized_op_count
-from passion_deploy.export.recipes import attention_recipe, layer_recipe
+from passion_deploy.export.recipes import layer_recipe
 from passion_deploy.export.runtime import session
 from passion_deploy.export.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
-from passion_deploy.quant.layers import QuantConv, QuantLinear
+from passion_deploy.quant.layers import QuantConv
 from passion_deploy.quant.quantizer import QuantSpec
-from calib_helpers import calibrated_layer, observed_attention
-from layer_graphs import BITS, CONVS, check, single
+from calib_helpers import calibrated_layer
+from layer_graphs import (BITS, CONVS, attention_case, check, check_attention, conv_case, far_from_zero_case, linear_case,
+                          single, weight_only_case)
 
 
 def run_qdq(model, feeds):
@@ -30,15 +31,7 @@ def run_qdq(model, feeds):
 @pytest.mark.parametrize("bits", list(BITS))
 @pytest.mark.parametrize("split", [False, True])
 def test_qconv_qdq_matches_fake_quant(geom, bits, split):
-    torch.manual_seed(0)
-    wb, ab = BITS[bits]
-    layer = QuantConv(nn.Conv2d(8, 6, **CONVS[geom]), wspec=QuantSpec(wb), aspec=QuantSpec(ab), split=split, use_let=True,
-                      let_form="consistent", s_alpha=0.5, only_weight=False)
-    x = torch.randn(1, 8, 11, 9) * 2 + 0.3
-    calibrated_layer(layer, x)
-    with torch.no_grad():
-        ref = layer(x).numpy()
-    rec = layer_recipe("conv", layer)
+    _, x, ref, rec = conv_case(geom, bits, split)
     model = lower_graph_qdq(single("qconv", rec, {"x": x}, ref.shape))
     check(run_qdq(model, {"x": x.numpy()}), ref)
     assert quantized_op_count(model) == len(rec.weights)  # one integer conv per split half
@@ -48,34 +41,18 @@ def test_qconv_qdq_matches_fake_quant(geom, bits, split):
 @pytest.mark.parametrize("bits", list(BITS))
 @pytest.mark.parametrize("split", [False, True])
 def test_qlinear_qdq_matches_fake_quant(shape, bits, split):
-    torch.manual_seed(1)
-    wb, ab = BITS[bits]
-    layer = QuantLinear(nn.Linear(8, 12), wspec=QuantSpec(wb), aspec=QuantSpec(ab), split=split, use_let=True,
-                        let_form="consistent", s_alpha=0.5, only_weight=False)
-    x = torch.randn(*shape) * 2 - 0.2
-    if len(shape) == 3:
-        x[:, shape[1] // 2:] *= 4  # token halves with different ranges
-    calibrated_layer(layer, x)
-    with torch.no_grad():
-        ref = layer(x).numpy()
-    model = lower_graph_qdq(single("qlinear", layer_recipe("lin", layer), {"x": x}, ref.shape))
+    _, x, ref, rec = linear_case(shape, bits, split)
+    model = lower_graph_qdq(single("qlinear", rec, {"x": x}, ref.shape))
     check(run_qdq(model, {"x": x.numpy()}), ref)
     assert all(n.op_type != "MatMul" for n in model.graph.node)  # linears are Gemm(transB=1): weight axis 0
 
 
 def test_shifts_are_exact_for_one_signed_channels_and_positive_activations():
     """Grids far from 0 (a one-signed weight channel, inputs in [1, 2]) need the largest shifts."""
-    torch.manual_seed(2)
-    layer = QuantConv(nn.Conv2d(6, 5, 3, padding=1), wspec=QuantSpec(8), aspec=QuantSpec(8), split=True, use_let=False,
-                      let_form="consistent", s_alpha=0.5, only_weight=False)
-    with torch.no_grad():
-        layer.weight[1] = layer.weight[1].abs() + 0.05
-    x = torch.rand(1, 6, 7, 8) + 1.0
-    calibrated_layer(layer, x, let=False)
-    rec = layer_recipe("c", layer)
+    layer, x, rec, g = far_from_zero_case()
     assert ia.sym_act(rec.acts[0]).shift > 128 and ia.sym_weight(rec.weights[0].codes, rec.weights[0].grid).has_shift
     with torch.no_grad():
-        check(run_qdq(lower_graph_qdq(single("qconv", rec, {"x": x}, (1, 5, 7, 8))), {"x": x.numpy()}), layer(x).numpy())
+        check(run_qdq(lower_graph_qdq(g), {"x": x.numpy()}), layer(x).numpy())
 
 
 def test_w6a6_layers_need_no_compensation():
@@ -95,12 +72,8 @@ def test_w6a6_layers_need_no_compensation():
 
 
 def test_weight_only_layer_keeps_float_weights():
-    torch.manual_seed(3)
-    layer = QuantConv(nn.Conv2d(6, 5, 3, padding=1), wspec=QuantSpec(6), aspec=QuantSpec(8), split=True, use_let=True,
-                      let_form="consistent", s_alpha=0.5, only_weight=True)
-    x = torch.randn(1, 6, 7, 8)
-    calibrated_layer(layer, x)
-    model = lower_graph_qdq(single("qconv", layer_recipe("c", layer), {"x": x}, (1, 5, 7, 8)))
+    layer, x, _, g = weight_only_case()
+    model = lower_graph_qdq(g)
     assert quantized_op_count(model) == 0
     with torch.no_grad():
         check(run_qdq(model, {"x": x.numpy()}), layer(x).numpy(), 1e-5)
@@ -111,27 +84,10 @@ def test_weight_only_layer_keeps_float_weights():
 @pytest.mark.parametrize("const_kv", [False, True])
 @pytest.mark.parametrize("wide_p", [False, True])
 def test_qattention_qdq_matches_fake_quant(bits, cross, const_kv, wide_p):
-    attn, proc, hidden, ctx = observed_attention(bits, cross, tokens=12)
-    with torch.no_grad():  # P*s_vw range starting at 0, or well above it
-        proc.p_quant.x_min.copy_(0.3 * proc.p_quant.x_max if wide_p else torch.zeros(()))
-    rec = attention_recipe("attn", attn, proc)
-    with torch.no_grad():
-        src = hidden if ctx is None else ctx
-        q, k, v = attn.to_q(hidden), attn.to_k(src), attn.to_v(src)
-        ref = attn.batch_to_head_dim(proc.attention(*(attn.head_to_batch_dim(t) for t in (q, k, v)), attn.scale)).numpy()
-    if const_kv:
-        g = single("qattention", rec, {"q": q}, ref.shape, consts={"k": k.numpy(), "v": v.numpy()})
-        feeds = {"q": q.numpy()}
-    else:
-        g = single("qattention", rec, {"q": q, "k": k, "v": v}, ref.shape)
-        feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
+    rec, g, feeds, ref, v = attention_case(bits, cross, const_kv, wide_p)
     model = lower_graph_qdq(g)
     assert quantized_op_count(model) == 2  # QK^T and PV
-    y = run_qdq(model, feeds)
-    # as for the onnx target: a P code may flip where P*s_vw/D sits within rounding of a half step
-    bound = 2 * float(rec.p.step) * float(v.abs().max() / torch.from_numpy(rec.s_vw).min())
-    assert np.abs(y - ref).max() <= max(bound, 3e-6 * np.abs(ref).max())
-    assert (np.abs(y - ref) > 3e-6 * np.abs(ref).max()).mean() < 0.05
+    check_attention(run_qdq(model, feeds), ref, rec, v)
 
 
 # -- the rules checker catches each kind of violation -----------------------------------------
