@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.max_batch < 1:
+        print(f"passion-export: --max-batch {args.max_batch}: an engine takes at least one tile per call", file=sys.stderr)
+        return 2
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..export.artifact import ArtifactError
