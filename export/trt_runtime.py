@@ -157,6 +157,12 @@ class TrtSR(OnnxSR):
         check_built_here(m, str(self.dir))
         self.kind = kind
         self.on_torch = torch.cuda.is_available()
+        if not self.on_torch:  # pycuda buffers, in the device's primary context (the one TensorRT uses)
+            import pycuda.driver as cuda
+
+            cuda.init()
+            self._cuda_context = cuda.Device(0).retain_primary_context()
+            self._cuda_context.push()
         self.sessions = {c: Engine(self.dir / e[kind]["engine"], m["tensorrt"]) for c, e in m["engines"].items()}
         self.fixed_vae_latent_tile = self.latent_tile
 
