@@ -61,21 +61,19 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             if n.op_type == "ConstantOfShape" and a.name == "value" and a.t.data_type == TensorProto.FLOAT:
                 a.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(a.t).astype(np.float16), a.t.name))
     # FP32 edges: cast each float input in, each float output out, under the original names
-    edge_nodes = []
-    for inp in g.input:
-        if inp.type.tensor_type.elem_type == TensorProto.FLOAT:
-            inner = inp.name + ".fp16"
-            for n in g.node:
-                n.input[:] = [inner if i == inp.name else i for i in n.input]
-            edge_nodes.append(helper.make_node("Cast", [inp.name], [inner], name="cast_in." + inp.name, to=TensorProto.FLOAT16))
-    tail = []
-    for out in g.output:
-        if out.type.tensor_type.elem_type == TensorProto.FLOAT:
-            inner = out.name + ".fp16"
-            for n in g.node:
-                n.output[:] = [inner if o == out.name else o for o in n.output]
-                n.input[:] = [inner if i == out.name else i for i in n.input]
-            tail.append(helper.make_node("Cast", [inner], [out.name], name="cast_out." + out.name, to=TensorProto.FLOAT))
+    edge_nodes, tail = [], []
+    for v, is_input in [(v, True) for v in g.input] + [(v, False) for v in g.output]:
+        if v.type.tensor_type.elem_type != TensorProto.FLOAT:
+            continue
+        inner = v.name + ".fp16"
+        for n in g.node:
+            n.input[:] = [inner if i == v.name else i for i in n.input]
+            if not is_input:
+                n.output[:] = [inner if o == v.name else o for o in n.output]
+        if is_input:
+            edge_nodes.append(helper.make_node("Cast", [v.name], [inner], name="cast_in." + v.name, to=TensorProto.FLOAT16))
+        else:
+            tail.append(helper.make_node("Cast", [inner], [v.name], name="cast_out." + v.name, to=TensorProto.FLOAT))
     nodes = edge_nodes + list(g.node) + tail
     del g.node[:]
     g.node.extend(nodes)
