@@ -7,12 +7,11 @@ from setuptools import find_packages, setup
 HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "passion_deploy" / "__init__.py").read_text()).group(1)
 
-# kernels/ and export/ are top-level folders in the repo but install inside the package, so
-# nothing generic lands in site-packages.
+# kernels/, export/ and benchmarks/ are top-level folders in the repo but install inside the
+# package, so nothing generic lands in site-packages: passion_deploy/<name> is a symbolic link to
+# each, which find_packages follows. Python, the installer and import-linter (whose contracts name
+# passion_deploy.export...) then all see one tree, the installed one.
 packages = ["passion_deploy"] + [f"passion_deploy.{p}" for p in find_packages("passion_deploy")]
-packages += ["passion_deploy.kernels"] + [f"passion_deploy.kernels.{p}" for p in find_packages("kernels")]
-packages += ["passion_deploy.export"] + [f"passion_deploy.export.{p}" for p in find_packages("export")]
-packages += ["passion_deploy.benchmarks"]
 
 setup(
     name="passion-deploy",
@@ -22,8 +21,6 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=packages,
-    package_dir={"passion_deploy.kernels": "kernels", "passion_deploy.export": "export",
-                 "passion_deploy.benchmarks": "benchmarks"},
     package_data={"passion_deploy": ["assets/*", "assets/*/*", "assets/*/*/*"]},
     install_requires=[
         "torch>=2.1",
@@ -36,7 +33,8 @@ setup(
     ],
     extras_require={
         # scikit-image: the tiny model's photos (training, held-out crops); triton: kernel tests in its interpreter
-        "test": ["pytest>=7", "onnx>=1.16", "onnxruntime>=1.17", "scikit-image>=0.22", "triton>=3.0", "matplotlib>=3.5"],
+        "test": ["pytest>=7", "onnx>=1.16", "onnxruntime>=1.17", "scikit-image>=0.22", "triton>=3.0", "matplotlib>=3.5",
+                 "import-linter>=2.1"],  # lint-imports: the layering contracts in .importlinter
         "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],  # the onnx export target and its runtime
         "train": ["scikit-image>=0.22"],
         "report": ["matplotlib>=3.5"],  # passion-bench --report charts
@@ -49,6 +47,7 @@ setup(
             "passion-calibrate=passion_deploy.cli.calibrate:main",
             "passion-export=passion_deploy.cli.export:main",
             "passion-bench=passion_deploy.cli.bench:main",
+            "passion-import=passion_deploy.cli.import_passionsr:main",
         ]
     },
 )

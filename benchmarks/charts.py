@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 import os
 
+from .labels import label
+
 # in pipeline order; any other component follows in the record's order
 PIPELINE_ORDER = ("vae_encoder", "unet", "vae_decoder")
 
@@ -54,8 +56,6 @@ def save_png(fig, path: str | os.PathLike) -> None:
 
 
 def variant_label(var: str) -> str:
-    from .report import label
-
     return label(var)
 
 

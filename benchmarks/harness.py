@@ -1,6 +1,9 @@
 """Latency and memory of an exported artifact against its float baselines, per component.
 
-Variants, all on the same input in one process. An onnx artifact:
+Variants, all on the same input in one process. The artifact's runtime supplies its own
+(`timing_variants`, export/runtime.py) and names the baselines that apply (`timing_baselines`),
+which this module builds from the fake-quant checkpoint the artifact was exported from.
+An onnx artifact:
     int_onnx    the artifact's integer ONNX model (ONNX Runtime, CPU provider)
     fp32_onnx   the same IR graph traced without quantization, lowered the same way
     torch_fp32  the FP model in PyTorch eager mode
@@ -19,8 +22,8 @@ of each, ...) so that load changes on a shared machine hit all of them alike; th
 >= 5 runs is reported with every sample. Memory: each ONNX model's peak resident set when loaded and run once in a fresh
 process (memprobe.py; in-process numbers cannot separate models, as freed pages are reused),
 and, sampled in-process, the resident-set increase while a variant is loaded and warmed up
-(for PyTorch its FP32 parameters + workspace) and the process's peak; weight bytes are the
-files a variant loads.
+(for PyTorch its FP32 parameters + workspace) and the process's peak, or on a GPU the
+allocator's peak over what was resident; weight bytes are the files a variant loads.
 """
 from __future__ import annotations
 
@@ -33,12 +36,18 @@ import threading
 import time
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-VARIANTS = ("int_onnx", "fp32_onnx", "torch_fp32")
+from passion_deploy.models.components import component
+
+if TYPE_CHECKING:
+    from passion_deploy.export.runtime import ArtifactRuntime, TimingVariant
+
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+TORCH_DTYPES = {"torch_fp32": torch.float32, "torch_fp16": torch.float16}  # the PyTorch baselines
 
 
 def rss_bytes() -> int:
@@ -57,7 +66,7 @@ class PeakRSS:
     """Highest resident set size seen while the block runs (sampled every 2 ms)."""
 
     def __enter__(self):
-        self.peak = rss_bytes()
+        self.start = self.peak = rss_bytes()
         self._stop = threading.Event()
         self._t = threading.Thread(target=self._sample, daemon=True)
         self._t.start()
@@ -73,8 +82,30 @@ class PeakRSS:
         self._t.join()
         self.peak = max(self.peak, rss_bytes())
 
+    @property
+    def increase(self) -> int:
+        return self.peak - self.start
 
-def machine_info() -> dict:
+
+class GpuPeak:
+    """The GPU allocator's peak while the block runs, over what was allocated when it began
+    (torch's tensors only: TensorRT's own memory is outside it)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        self.start = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
+        return self
+
+    def __exit__(self, *exc):
+        torch.cuda.synchronize(self.device)
+        self.increase = torch.cuda.max_memory_allocated(self.device) - self.start
+
+
+def machine_info(gpu: bool = False) -> dict:
+    from passion_deploy.devices import gpu_name
     from passion_deploy.export.artifact import cpu_flags, cpu_model
 
     flags = cpu_flags()
@@ -82,9 +113,12 @@ def machine_info() -> dict:
         load = os.getloadavg()
     except OSError:
         load = None
-    return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "cpu_flags": {f: f in flags for f in CPU_FLAGS},
+    info = {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "cpu_flags": {f: f in flags for f in CPU_FLAGS},
             "platform": platform.platform(), "python": sys.version.split()[0], "load_average": load,
             "torch_threads": torch.get_num_threads()}
+    if gpu:
+        info["gpu"] = gpu_name()
+    return info
 
 
 def versions() -> dict:
@@ -135,18 +169,24 @@ def speedups(rec: dict, artifact_variant: str) -> dict:
     return {f"vs_{v}": r["median_s"] / art for v, r in rec.items() if v != artifact_variant and "median_s" in r}
 
 
-def bench_inputs(manifest: dict, vae_px: int | None, seed: int = 0) -> dict[str, tuple[str, torch.Tensor]]:
+def bench_inputs(rt: ArtifactRuntime, vae_px: int | None, seed: int = 0) -> dict[str, tuple[str, torch.Tensor]]:
+    """Each component's input name and host float32 input: the UNet at the latent tile, the VAE
+    at a vae_px square image (default: the tile's); a runtime with a fixed VAE tile (TensorRT
+    engines) takes that tile, whatever vae_px says."""
+    f = rt.vae_factor
+    if rt.fixed_vae_latent_tile or not vae_px:
+        vae_tile = rt.latent_tile
+    elif vae_px % rt.size_multiple:
+        raise ValueError(f"--vae-size {vae_px} must be a multiple of {rt.size_multiple}")
+    else:
+        vae_tile = (vae_px // f, vae_px // f)
     g = torch.Generator().manual_seed(seed)
-    p = manifest["pipeline"]
-    th, tw = p["latent_tile"]
-    px = vae_px or th * p["vae_factor"]
-    if px % p["size_multiple"]:
-        raise ValueError(f"--vae-size {px} must be a multiple of {p['size_multiple']}")
-    lo = torch.rand(1, 3, max(px // 8, 2), max(px // 8, 2), generator=g)
-    image = torch.nn.functional.interpolate(lo, size=(px, px), mode="bicubic", align_corners=False).clamp(0, 1)
-    return {"unet": ("latent", torch.randn(1, 4, th, tw, generator=g)),
-            "vae_encoder": ("image", image),
-            "vae_decoder": ("latent", torch.randn(1, 4, px // p["vae_factor"], px // p["vae_factor"], generator=g) * 3)}
+    _, _, h, w = component("vae_encoder").input_shape(vae_tile, f)
+    lo = torch.rand(1, 3, max(h // 8, 2), max(w // 8, 2), generator=g)
+    latent = torch.randn(component("unet").input_shape(rt.latent_tile, f), generator=g)
+    image = torch.nn.functional.interpolate(lo, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
+    z0 = torch.randn(component("vae_decoder").input_shape(vae_tile, f), generator=g) * 3
+    return {"unet": ("latent", latent), "vae_encoder": ("image", image), "vae_decoder": ("latent", z0)}
 
 
 def probe_memory(model: Path, feeds: dict, threads: int | None, workdir: Path) -> dict:
@@ -163,249 +203,159 @@ def probe_memory(model: Path, feeds: dict, threads: int | None, workdir: Path) -
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _dir_bytes(d: Path, files: list[str]) -> int:
-    return sum((d / f).stat().st_size for f in files if f and (d / f).exists())
+def open_for_timing(model_dir: str | Path, threads: int | None, timing_only_isa: bool, log) -> ArtifactRuntime:
+    """The artifact's runtime as passion-bench times it (its target's `open_for_timing`; an
+    unknown target is refused by name)."""
+    from passion_deploy.export import artifact
+    from passion_deploy.export.targets import get_target
+
+    target = artifact.read_manifest(model_dir)["target"]
+    log(f"passion-bench: opening {model_dir} ({target} artifact)")
+    return get_target(target).open_for_timing(model_dir, threads=threads, timing_only_isa=timing_only_isa)
+
+
+class Baselines:
+    """The float baselines a runtime names, built from the fake-quant checkpoint its artifact was
+    exported from: fp32_onnx (the IR traced without quantization, lowered with lower_float, in
+    ONNX Runtime) and one PyTorch baseline, torch_fp32 or torch_fp16 (its float model on the
+    runtime's device; on a GPU captured in CUDA graphs at the runtime's tile shapes)."""
+
+    def __init__(self, rt: ArtifactRuntime, names: list[str], components: list[str], threads: int | None, workdir: Path, log):
+        from passion_deploy.export import artifact
+        from passion_deploy.export.fp_model import fp_copy
+
+        self.rt, self.names, self.threads, self.dir = rt, names, threads, workdir
+        self.fp = self.graphs = None
+        self.onnx_files: dict[str, list[str]] = {}
+        if not names:
+            return
+        m = rt.manifest
+        log(f"passion-bench: loading the fake-quant checkpoint for the baselines {', '.join(names)} "
+            f"({m['source_checkpoint']['name']})")
+        pipe = artifact.load_source_pipeline(m)
+        if "fp32_onnx" in names:
+            self.onnx_files = self.lower_float(pipe, components, log)
+        dtype = next((TORCH_DTYPES[n] for n in names if n in TORCH_DTYPES), None)
+        if dtype is not None:
+            self.fp = fp_copy(pipe, inplace=True).to(rt.device, dtype)  # the fake-quant model is done with
+            if rt.device.type == "cuda":
+                from passion_deploy.export.cuda_graphs import GraphCache
+
+                self.graphs = GraphCache(rt.tile_shapes())
+
+    def lower_float(self, pipe, components: list[str], log) -> dict[str, list[str]]:
+        from passion_deploy.export.exporter import trace_probes
+        from passion_deploy.export.ir.trace import trace_component
+        from passion_deploy.export.onnx_graph import lower_float, save_onnx
+
+        probes = trace_probes(pipe, self.rt.latent_tile)
+        files = {}
+        for comp in components:
+            log(f"passion-bench: building the FP32 ONNX baseline of {comp}")
+            fold = bool(self.rt.manifest["components"][comp].get("folded_constants", True))
+            with torch.no_grad():
+                g, _ = trace_component(pipe, comp, probes[comp], quantized=False, fold=fold)
+            files[comp] = save_onnx(lower_float(g), self.dir, comp)
+            del g
+        return files
+
+    def variants(self, comp: str, x: torch.Tensor) -> list[TimingVariant]:
+        build = {"fp32_onnx": self.fp32_onnx, "torch_fp32": self.pytorch, "torch_fp16": self.pytorch}
+        return [build[n](n, comp, x) for n in self.names]
+
+    def fp32_onnx(self, name: str, comp: str, x: torch.Tensor) -> TimingVariant:
+        from passion_deploy.export.ort_runtime import session_variant
+
+        weights = sum((self.dir / f).stat().st_size for f in self.onnx_files[comp])
+        return session_variant(name, self.dir / f"{comp}.onnx", self.rt.main_input(comp), self.rt.constant_feeds(comp),
+                               x, self.threads, {"weight_bytes_on_disk": weights})
+
+    def pytorch(self, name: str, comp: str, x: torch.Tensor) -> TimingVariant:
+        from passion_deploy.export.runtime import TimingVariant
+
+        dtype = TORCH_DTYPES[name]
+        fn = component(comp).fn(self.fp)
+        if self.graphs is not None:
+            fn = partial(self.graphs.run, comp, fn)
+        fp32_bytes = self.rt.manifest["components"][comp]["fp32_weight_bytes"]
+        return TimingVariant(name, lambda: fn, x.to(self.rt.device, dtype),
+                             {"weight_bytes_in_memory": fp32_bytes * dtype.itemsize // 4})
+
+
+def warm_up(v: TimingVariant, runs: int, rec: dict):
+    """Load variant v and run it `runs` times (at least once on a GPU: Triton compiles, CUDA graphs
+    are captured, TensorRT allocates), recording the memory this took; returns the call to time."""
+    if v.x.is_cuda:
+        meter, key, held = GpuPeak(v.x.device), "warmup_peak_gpu_bytes_over_resident", 0
+        runs = max(runs, 1)
+    else:  # a PyTorch model's weights were loaded before its warm-up: its increase counts them
+        meter, key, held = PeakRSS(), "load_and_warmup_rss_increase_bytes", v.fields.get("weight_bytes_in_memory", 0)
+    with torch.no_grad(), meter:
+        fn = v.load()
+        for _ in range(runs):
+            fn(v.x)
+    rec[key] = meter.increase + held
+    return partial(fn, v.x)
+
+
+def time_component(variants: list[TimingVariant], runs: int, warmup: int, progress: bool, desc: str) -> dict:
+    """{variant: its fields, memory and samples}: each warmed up, then all timed in alternation."""
+    rec = {v.name: dict(v.fields) for v in variants}
+    calls = {v.name: warm_up(v, warmup, rec[v.name]) for v in variants}
+    sync = torch.cuda.synchronize if any(v.x.is_cuda for v in variants) else None
+    time_alternating(calls, rec, runs, progress, desc, sync)
+    return rec
+
+
+def probe_onnx_files(rt: ArtifactRuntime, comp: str, x: torch.Tensor, variants: list[TimingVariant], rec: dict,
+                     threads: int | None, workdir: Path) -> None:
+    """After timing (its sessions closed): each ONNX model's memory, loaded and run alone in a fresh process."""
+    feeds = {rt.main_input(comp): x.numpy(), **rt.constant_feeds(comp)}
+    for v in variants:
+        if v.onnx_file is not None:
+            rec[v.name]["subprocess_memory"] = probe_memory(v.onnx_file, feeds, threads, workdir)
+
+
+def result_line(comp: str, rec: dict, speed: dict) -> str:
+    return (f"  {comp:12s} " + "   ".join(f"{v} {r['median_s'] * 1e3:9.2f} ms" for v, r in rec.items())
+            + "   -> " + ", ".join(f"{s:.2f}x vs {k.removeprefix('vs_')}" for k, s in speed.items()))
 
 
 def run_benchmark(model_dir: str | Path, components: list[str] | None = None, runs: int = 5, warmup: int = 1,
                   vae_px: int | None = None, threads: int | None = None, torch_eager: bool = True,
                   progress: bool = True, log=print, timing_only_isa: bool = False, memory: bool = True) -> dict:
-    from passion_deploy.export import artifact
-    from passion_deploy.export.exporter import save_onnx, trace_probes
-    from passion_deploy.export.fp_model import fp_copy
-    from passion_deploy.export.onnx_lower import lower_graph
-    from passion_deploy.export.runtime import OnnxSR, session
-    from passion_deploy.export.trace import trace_component
-
     if runs < 5:
         raise ValueError("--runs must be at least 5 (the median of fewer runs is not reported)")
-    model_dir = Path(model_dir)
-    target = artifact.read_manifest(model_dir)["target"]
-    if target == "triton":
-        return run_triton_benchmark(model_dir, components, runs, warmup, vae_px, threads, torch_eager, progress, log)
-    if target == "trt":
-        return run_trt_benchmark(model_dir, components, runs, warmup, torch_eager, progress, log)
-    # sessions are loaded below, measured; timing_only_isa times a --isa vnni artifact on a CPU
-    # without VNNI, where its int8 GEMMs saturate: the timing is meaningful, the outputs are not
-    rt = OnnxSR(model_dir, threads=threads, load_sessions=False, check_isa=not timing_only_isa)
+    if threads:
+        torch.set_num_threads(threads)
+    rt = open_for_timing(model_dir, threads, timing_only_isa, log)
     m = rt.manifest
     components = components or list(m["components"])
     missing = [c for c in components if c not in m["components"]]
     if missing:
         raise ValueError(f"{model_dir}: the artifact has no {missing[0]} component")
-    if threads:
-        torch.set_num_threads(threads)
-    inputs = bench_inputs(m, vae_px)
-    record = {"model_dir": str(model_dir), "target": "onnx", "artifact_variant": "int_onnx",
-              "source_checkpoint": m["source_checkpoint"], "quant_config": m["quant_config_name"],
-              "isa": m["isa"], "machine": machine_info(), "versions": versions(),
-              "settings": {"runs": runs, "warmup": warmup, "ort_intra_op_threads": threads or "default",
-                           "isa_check_skipped_outputs_invalid": bool(timing_only_isa and m["isa"] == "vnni"
-                                                                     and not artifact.cpu_has_vnni()),
-                           "order": "variants alternate within each run"}, "components": {}}
-    log(f"passion-bench: loading the fake-quant checkpoint for the FP32 baselines ({m['source_checkpoint']['name']})")
-    pipe = rt.fallback()
-    tmp = Path(tempfile.mkdtemp(prefix="passion-bench-"))
-    fp_files = {}
-    probes = trace_probes(pipe, tuple(m["pipeline"]["latent_tile"]))
-    try:
-        for comp in components:
-            log(f"passion-bench: building the FP32 ONNX baseline of {comp}")
-            with torch.no_grad():
-                g, _ = trace_component(pipe, comp, probes[comp], quantized=False, fold=bool(m["components"][comp].get("folded_constants", True)))
-            fp_files[comp] = save_onnx(lower_graph(g), tmp, comp)
-            del g
-        fp = fp_copy(pipe, inplace=True)  # the fake-quant model is not needed any more
-        rt._fallback = None
-        torch_fns = {"unet": fp.unet_eps, "vae_encoder": fp.encode, "vae_decoder": fp.decode}
+    # before any warm-up: importing ONNX Runtime (versions) is the process's cost, not the first variant's
+    machine, installed = machine_info(gpu=rt.device.type == "cuda"), versions()
+    inputs = bench_inputs(rt, vae_px)
+    names = [n for n in rt.timing_baselines if torch_eager or n not in TORCH_DTYPES]
+    results, art = {}, None
+    with tempfile.TemporaryDirectory(prefix="passion-bench-") as tmp:
+        baselines = Baselines(rt, names, components, threads, Path(tmp), log)
         for comp in components:
             name, x = inputs[comp]
-            feeds = {name: x.numpy(), **rt.extra_feeds(comp)}
-            c = m["components"][comp]
-            rec = {"int_onnx": {"weight_bytes_on_disk": _dir_bytes(model_dir, [c["onnx"], c.get("onnx_data")]),
-                                "ir_bytes_on_disk": c["ir_file_bytes"]},
-                   "fp32_onnx": {"weight_bytes_on_disk": _dir_bytes(tmp, fp_files[comp])}}
-            fns = {}
-            # load each session and warm it up while sampling memory: weights + workspace
-            for v, path in (("int_onnx", model_dir / c["onnx"]), ("fp32_onnx", tmp / f"{comp}.onnx")):
-                before = rss_bytes()
-                with PeakRSS() as mem:
-                    sess = session(path, threads)
-                    for _ in range(warmup):
-                        sess.run(None, feeds)
-                rec[v]["load_and_warmup_rss_increase_bytes"] = mem.peak - before
-                fns[v] = (lambda s=sess: s.run(None, feeds))
-            if torch_eager:
-                before = rss_bytes()
-                f = torch_fns[comp]
-                with torch.no_grad(), PeakRSS() as mem:
-                    for _ in range(warmup):
-                        f(x)
-                rec["torch_fp32"] = {"weight_bytes_in_memory": c["fp32_weight_bytes"],
-                                     "load_and_warmup_rss_increase_bytes": mem.peak - before + c["fp32_weight_bytes"]}
-                fns["torch_fp32"] = (lambda f=f: f(x))
-            time_alternating(fns, rec, runs, progress, f"bench {comp}")
-            del fns
+            variants = rt.timing_variants(comp, x) + baselines.variants(comp, x)
+            art = variants[0].name  # the artifact's own: speed-ups are against it
+            rec = time_component(variants, runs, warmup, progress, f"bench {comp}")
             if memory:
-                for v, path in (("int_onnx", model_dir / c["onnx"]), ("fp32_onnx", tmp / f"{comp}.onnx")):
-                    rec[v]["subprocess_memory"] = probe_memory(path, feeds, threads, tmp)
-            speed = speedups(rec, "int_onnx")
-            record["components"][comp] = {"input": {name: list(x.shape)}, "variants": rec, "speedup": speed,
-                                          "ir_vs_fp32_bytes": c["ir_vs_fp32"]}
-            log(f"  {comp:12s} int {rec['int_onnx']['median_s'] * 1e3:9.1f} ms   fp32 ORT {rec['fp32_onnx']['median_s'] * 1e3:9.1f} ms"
-                + (f"   torch {rec['torch_fp32']['median_s'] * 1e3:9.1f} ms" if "torch_fp32" in rec else "")
-                + f"   -> {speed['vs_fp32_onnx']:.2f}x vs FP32 ORT")
-    finally:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-    record["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return record
-
-
-def run_triton_benchmark(model_dir: Path, components: list[str] | None, runs: int, warmup: int, vae_px: int | None,
-                         threads: int | None, torch_eager: bool, progress: bool, log) -> dict:
-    """A triton artifact vs the FP model in PyTorch (FP16 with CUDA graphs on a GPU, FP32 on a CPU)."""
-    from passion_deploy.export import artifact
-    from passion_deploy.export.fp_model import fp_copy
-    from passion_deploy.export.triton_runtime import TritonSR
-
-    if threads:
-        torch.set_num_threads(threads)
-    log(f"passion-bench: loading {model_dir} (the integer layers onto the Triton kernels)")
-    rt = TritonSR(model_dir)
-    m = rt.manifest
-    components = components or list(m["components"])
-    missing = [c for c in components if c not in m["components"]]
-    if missing:
-        raise ValueError(f"{model_dir}: the artifact has no {missing[0]} component")
-    gpu = rt.device.type == "cuda"
-    dev, dtype = rt.device, rt.compute_dtype
-    baseline = "torch_fp16" if gpu else "torch_fp32"
-    machine = machine_info()
-    if gpu:
-        machine["gpu"] = torch.cuda.get_device_name(dev)
-    record = {"model_dir": str(model_dir), "target": "triton", "artifact_variant": "triton",
-              "source_checkpoint": m["source_checkpoint"], "quant_config": m["quant_config_name"],
-              "runtime": rt.description, "machine": machine, "versions": versions(),
-              "settings": {"runs": runs, "warmup": warmup, "device": str(dev), "compute_dtype": str(dtype).replace("torch.", ""),
-                           "cuda_graphs": rt.graphs is not None, "triton_interpreter": not gpu,
-                           "order": "variants alternate within each run"}, "components": {}}
-    if not gpu:
-        record["settings"]["note"] = ("no GPU: the kernels ran in Triton's CPU interpreter; these timings measure the "
-                                      "interpreter, not the kernels")
-    fns_of = {"unet": "unet_eps", "vae_encoder": "encode", "vae_decoder": "decode"}
-    fp = None
-    if torch_eager:
-        log(f"passion-bench: building the {baseline} baseline from {m['source_checkpoint']['name']}")
-        fp = fp_copy(artifact.load_source_pipeline(m), inplace=True).to(dev, dtype)
-        graphs = None
-        if gpu:
-            from passion_deploy.export.cuda_graphs import GraphCache
-
-            graphs = GraphCache(rt.tile_shapes())  # the baseline gets CUDA graphs at the same shapes
-    sync = torch.cuda.synchronize if gpu else None
-    inputs = bench_inputs(m, vae_px)
-    for comp in components:
-        name, x = inputs[comp]
-        x = x.to(dev, dtype)
-        c = m["components"][comp]
-        variants = {"triton": rt.component_fn(comp)}
-        rec = {"triton": {"weight_bytes_on_disk": c["ir_file_bytes"]}}
-        if fp is not None:
-            f = getattr(fp, fns_of[comp])
-            variants[baseline] = partial(graphs.run, comp, f) if graphs else f
-            rec[baseline] = {"weight_bytes_in_memory": c["fp32_weight_bytes"] * (2 if gpu else 4) // 4}
-        fns = {}
-        with rt.kernel_context(), torch.no_grad():
-            for v, f in variants.items():  # warm-up: Triton compiles, CUDA graphs are captured
-                before = torch.cuda.memory_allocated(dev) if gpu else rss_bytes()
-                if gpu:
-                    torch.cuda.reset_peak_memory_stats(dev)
-                with PeakRSS() as mem:
-                    for _ in range(max(warmup, 1)):
-                        f(x)
-                    if sync:
-                        sync()
-                if gpu:
-                    rec[v]["warmup_peak_gpu_bytes_over_resident"] = torch.cuda.max_memory_allocated(dev) - before
-                else:
-                    rec[v]["load_and_warmup_rss_increase_bytes"] = mem.peak - before
-                fns[v] = (lambda f=f: f(x))
-            time_alternating(fns, rec, runs, progress, f"bench {comp}", sync)
-        speed = speedups(rec, "triton")
-        record["components"][comp] = {"input": {name: list(x.shape)}, "variants": rec, "speedup": speed,
-                                      "ir_vs_fp32_bytes": c["ir_vs_fp32"]}
-        log(f"  {comp:12s} triton {rec['triton']['median_s'] * 1e3:9.1f} ms"
-            + (f"   {baseline} {rec[baseline]['median_s'] * 1e3:9.1f} ms   -> {speed['vs_' + baseline]:.2f}x vs {baseline}"
-               if baseline in rec else ""))
-    record["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return record
-
-
-def run_trt_benchmark(model_dir: Path, components: list[str] | None, runs: int, warmup: int, torch_eager: bool,
-                      progress: bool, log) -> dict:
-    """TensorRT INT8 vs TensorRT FP16 vs PyTorch FP16, all on the GPU at the artifact's tile."""
-    from passion_deploy.export import artifact
-    from passion_deploy.export.cuda_graphs import GraphCache
-    from passion_deploy.export.fp_model import fp_copy
-    from passion_deploy.export.trt_build import missing_for_engines
-    from passion_deploy.export.trt_runtime import TrtSR
-
-    m = artifact.read_manifest(model_dir)
-    missing = missing_for_engines()
-    if not m.get("engines") or missing or not torch.cuda.is_available():
-        why = ("it has no engines" if not m.get("engines") else
-               f"this machine lacks {' and '.join(missing) if missing else 'a CUDA build of torch'}")
-        raise ValueError(f"{model_dir}: a trt artifact is benchmarked through its engines, but {why}; its Q/DQ ONNX runs in "
-                         "ONNX Runtime only to check the graph (dequantized float ops), which says nothing about TensorRT's speed")
-    rts = {"trt_int8": TrtSR(model_dir, "int8"), "trt_fp16": TrtSR(model_dir, "fp16")}
-    components = components or list(m["components"])
-    missing_c = [c for c in components if c not in m["components"]]
-    if missing_c:
-        raise ValueError(f"{model_dir}: the artifact has no {missing_c[0]} component")
-    machine = machine_info()
-    machine["gpu"] = torch.cuda.get_device_name(0)
-    record = {"model_dir": str(model_dir), "target": "trt", "artifact_variant": "trt_int8",
-              "source_checkpoint": m["source_checkpoint"], "quant_config": m["quant_config_name"],
-              "runtime": rts["trt_int8"].description, "tensorrt": m["tensorrt"], "machine": machine,
-              "versions": versions(), "settings": {"runs": runs, "warmup": warmup, "device": "cuda",
-                                                   "order": "variants alternate within each run"}, "components": {}}
-    fp = graphs = None
-    if torch_eager:
-        log(f"passion-bench: building the torch_fp16 baseline from {m['source_checkpoint']['name']}")
-        fp = fp_copy(artifact.load_source_pipeline(m), inplace=True).to("cuda", torch.float16)
-        graphs = GraphCache({c: tuple(next(iter(m["components"][c]["fixed_input_shapes"].values()))) for c in components})
-    fns_of = {"unet": "unet_eps", "vae_encoder": "encode", "vae_decoder": "decode"}
-    for comp in components:
-        c = m["components"][comp]
-        name, shape = next(iter(c["fixed_input_shapes"].items()))
-        x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).cuda()
-        variants = {v: rt.component_fn(comp) for v, rt in rts.items()}
-        rec = {v: {"engine_bytes_on_disk": m["engines"][comp][v.split("_")[1]]["bytes"]} for v in rts}
-        if fp is not None:
-            variants["torch_fp16"] = partial(graphs.run, comp, getattr(fp, fns_of[comp]))
-            rec["torch_fp16"] = {"weight_bytes_in_memory": c["fp32_weight_bytes"] // 2}
-        fns = {}
-        with torch.no_grad():
-            for v, f in variants.items():
-                xin = x.half() if v == "torch_fp16" else x
-                before = torch.cuda.memory_allocated()
-                torch.cuda.reset_peak_memory_stats()
-                for _ in range(max(warmup, 1)):
-                    f(xin)
-                torch.cuda.synchronize()
-                rec[v]["warmup_peak_gpu_bytes_over_resident"] = torch.cuda.max_memory_allocated() - before
-                if v != "torch_fp16":  # TensorRT's own activation memory, outside torch's allocator
-                    eng = rts[v].sessions[comp].engine  # device_memory_size is gone in TensorRT 11
-                    size = getattr(eng, "device_memory_size_v2", None)
-                    rec[v]["engine_device_memory_bytes"] = int(size if size is not None else eng.device_memory_size)
-                fns[v] = (lambda f=f, xin=xin: f(xin))
-            time_alternating(fns, rec, runs, progress, f"bench {comp}", torch.cuda.synchronize)
-        speed = speedups(rec, "trt_int8")
-        record["components"][comp] = {"input": {name: list(shape)}, "variants": rec, "speedup": speed,
-                                      "ir_vs_fp32_bytes": c["ir_vs_fp32"]}
-        log(f"  {comp:12s} " + "   ".join(f"{v} {rec[v]['median_s'] * 1e3:8.2f} ms" for v in variants)
-            + "   -> " + ", ".join(f"{r:.2f}x {k}" for k, r in speed.items()))
-    record["machine"]["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
-    return record
+                probe_onnx_files(rt, comp, x, variants, rec, threads, Path(tmp))
+            speed = speedups(rec, art)
+            results[comp] = {"input": {name: list(x.shape)}, "variants": rec, "speedup": speed,
+                             "ir_vs_fp32_bytes": m["components"][comp]["ir_vs_fp32"]}
+            log(result_line(comp, rec, speed))
+    machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return {"model_dir": str(model_dir), "target": m["target"], "artifact_variant": art,
+            "source_checkpoint": m["source_checkpoint"], "quant_config": m["quant_config_name"], **rt.timing_record(),
+            "machine": machine, "versions": installed,
+            "settings": {"runs": runs, "warmup": warmup, **rt.timing_settings(),
+                         "order": "variants alternate within each run"},
+            "components": results}

@@ -10,16 +10,9 @@ import json
 import math
 from pathlib import Path
 
-LABELS = {"int_onnx": "integer ONNX (artifact)", "fp32_onnx": "FP32 ONNX Runtime", "torch_fp32": "PyTorch FP32 eager",
-          "triton": "Triton integer kernels (artifact)", "torch_fp16": "PyTorch FP16 (CUDA graphs)",
-          "trt_int8": "TensorRT INT8", "trt_fp16": "TensorRT FP16", "qdq_onnx": "Q/DQ ONNX"}
+from .labels import label
 
 CHARTS = ("latency", "memory", "layers")
-
-
-def label(variant: str) -> str:
-    """A variant's readable name; a variant this module does not know is shown by its key."""
-    return LABELS.get(variant, variant)
 
 
 def _mb(n) -> str:

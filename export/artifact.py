@@ -57,6 +57,13 @@ def file_record(path: Path) -> dict:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
+def onnx_file_fields(out_dir: Path, stem: str, files: list[str]) -> dict:
+    """A component's manifest fields for its `<stem>.onnx` (+ `.onnx.data`) among `files`."""
+    data = f"{stem}.onnx.data"
+    return {"onnx": f"{stem}.onnx", "onnx_data": data if data in files else None,
+            "onnx_bytes": sum((out_dir / f).stat().st_size for f in files if ".onnx" in f)}
+
+
 def write_manifest(out_dir: Path, manifest: dict, files: list[str]) -> dict:
     """Seal `files` (relative to out_dir) into the manifest and write it atomically, last."""
     manifest = dict(manifest)
@@ -118,7 +125,7 @@ def check_cpu(m: dict, where: str) -> None:
 def require_target(m: dict, target: str, where: str) -> None:
     if m["target"] != target:
         raise ArtifactError(f"{where}: is a {m['target']!r} artifact, not {target!r}; "
-                            "open it with passion_deploy.export.runtimes.open_artifact")
+                            "open it with passion_deploy.export.targets.open_artifact")
 
 
 def load_source_pipeline(m: dict):

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import torch
 
+from passion_deploy.devices import cuda_available
+
 WARMUP_RUNS = 2
 
 
 class GraphCache:
     def __init__(self, shapes: dict[str, tuple[int, ...]]):
-        if not torch.cuda.is_available():
+        if not cuda_available():
             raise RuntimeError("CUDA graphs need a CUDA GPU; run the triton artifact without cuda_graphs on this machine")
         self.shapes = {c: tuple(s) for c, s in shapes.items()}
         self.captured: dict[str, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}

@@ -1,26 +1,30 @@
-"""passion-export's work: checkpoint -> deploy IR -> target artifacts -> sealed directory."""
+"""passion-export's work: checkpoint -> deploy IR -> target files -> sealed directory.
+
+The exporter owns what every target shares: resolving the checkpoint and the tile, tracing
+each component to the deploy IR (`<component>.ir.safetensors`, written for every target),
+the stored context of a graph that keeps it as an input, the per-component sizes, and the
+manifest. What a target adds (lowered models, engines, its manifest fields) comes from its
+`Target` (targets/__init__.py); nothing here branches on the target's name.
+"""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import onnx
 import torch
 from tqdm import tqdm
 
 from passion_deploy.io_utils import sha256_file
+from passion_deploy.models.components import COMPONENTS, component
 
 from . import artifact
-from .irfile import save_ir, weight_bytes
-from .onnx_lower import lower_graph
-from .trace import COMPONENTS, ExportError, trace_component
+from .ir.irfile import save_ir, weight_bytes
+from .ir.trace import ExportError, trace_component
+from .runtime import pipeline_constants
+from .targets import Target, get_target
 
-TARGETS = ("onnx", "triton", "trt")
-BUILT_TARGETS = TARGETS
-EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin for the graph itself
 QUANT_PARAM_SUFFIXES = (".x_min", ".x_max", ".let_scale", ".let_offset", ".s_qk", ".s_vw")
 
 
@@ -32,14 +36,6 @@ def parse_tile(text: str) -> tuple[int, int]:
     if h <= 0 or w <= 0:
         raise ExportError(f"--tile {text!r}: sides must be positive")
     return h, w
-
-
-def resolve_isa(isa: str) -> str:
-    if isa == "auto":
-        return "vnni" if artifact.cpu_has_vnni() else "portable"
-    if isa not in ("portable", "vnni"):
-        raise ExportError(f"--isa {isa!r}: choose auto, portable or vnni")
-    return isa
 
 
 def probe_images(hw: tuple[int, int], count: int = 3, seed: int = 0) -> tuple[list[torch.Tensor], str]:
@@ -69,89 +65,89 @@ def trace_probes(pipe, tile: tuple[int, int]) -> dict[str, torch.Tensor]:
             "vae_decoder": torch.randn(1, 4, small // pipe.vae_factor, small // pipe.vae_factor, generator=g)}
 
 
-def component_modules(pipe, component: str) -> list[torch.nn.Module]:
-    vae = pipe.vae
-    if component == "unet":
-        return [pipe.unet]
-    if component == "vae_encoder":
-        return [m for m in (vae.encoder, vae.quant_conv) if m is not None]
-    return [m for m in (vae.post_quant_conv, vae.decoder) if m is not None]
-
-
-def fp32_bytes(pipe, component: str) -> int:
+def fp32_bytes(pipe, name: str) -> int:
     """Bytes of the component's FP32 weights (quantization parameters excluded)."""
     n = 0
-    for m in component_modules(pipe, component):
-        n += sum(p.numel() for name, p in m.named_parameters() if not name.endswith(QUANT_PARAM_SUFFIXES))
+    for m in component(name).modules(pipe):
+        n += sum(p.numel() for pname, p in m.named_parameters() if not pname.endswith(QUANT_PARAM_SUFFIXES))
     return 4 * n
 
 
-def save_onnx(model: onnx.ModelProto, out_dir: Path, stem: str) -> list[str]:
-    """Write <stem>.onnx (+ <stem>.onnx.data beyond 2 GB) atomically; returns the file names."""
-    big = sum(len(t.raw_data) for t in model.graph.initializer) > EXTERNAL_DATA_BYTES
-    name, data = f"{stem}.onnx", f"{stem}.onnx.data"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stem}.", dir=out_dir))
-    try:
-        if big:
-            onnx.save_model(model, str(tmp / name), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data, size_threshold=1024)
-        else:
-            onnx.save_model(model, str(tmp / name))
-        files = [data, name] if big else [name]
-        for f in files:  # data first: a model file never points at missing weights
-            (tmp / f).replace(out_dir / f)
-        if not big and (out_dir / data).exists():
-            (out_dir / data).unlink()
-        return files
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+@dataclass
+class ExportJob:
+    """What a target sees of one export: the pipeline, where to write, the tile, its options."""
+
+    pipe: object
+    out_dir: Path
+    tile: tuple[int, int]
+    fold: bool
+    progress: bool
+    options: dict
+    probes: dict = field(default_factory=dict)
+    status: object = None  # status(text): shown beside the progress bar
+
+    def trace(self, name: str, quantized: bool = True):
+        """The IR graph of component `name` (quantized, or the same graph with FP weights)."""
+        graph, _ = trace_component(self.pipe, name, self.probes[name], quantized=quantized, fold=self.fold)
+        return graph
+
+    def fixed_input_shapes(self, graph, name: str) -> dict[str, tuple]:
+        """The graph's input shapes with its main input at the tile (the component table's
+        fixed-tile rule; the VAE graphs were traced on a small image, their ops are size-generic)."""
+        shapes = {k: tuple(v) for k, v in graph.inputs.items()}
+        main = component(name).input
+        shapes[main] = component(name).input_shape(self.tile, self.pipe.vae_factor, latent_channels=shapes[main][1])
+        return shapes
 
 
-def fixed_input_shapes(graph, comp: str, tile: tuple[int, int], vae_factor: int) -> dict[str, tuple]:
-    """The trt target's fixed shapes: the latent tile for the UNet and decoder, its image for
-    the encoder (the VAE graphs were traced on a small image; their ops are size-generic)."""
-    shapes = {k: tuple(v) for k, v in graph.inputs.items()}
-    main = list(graph.inputs)[0]
-    side = tile if comp != "vae_encoder" else (tile[0] * vae_factor, tile[1] * vae_factor)
-    shapes[main] = (1, shapes[main][1]) + tuple(side)
-    return shapes
-
-
-def write_qdq_onnx(graph, shapes: dict, out_dir: Path, comp: str) -> tuple[onnx.ModelProto, list[str]]:
-    """The trt target's Q/DQ ONNX, refused unless it follows TensorRT's rules and onnx.checker's."""
-    from .qdq_lower import lower_graph_qdq
-    from .qdq_rules import qdq_violations
-
-    model = lower_graph_qdq(graph, shapes)
-    bad = qdq_violations(model)
-    if bad:
-        raise ExportError(f"{comp}: the Q/DQ graph breaks TensorRT's explicit-quantization rules: {bad[0]}"
-                          + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
-    files = save_onnx(model, out_dir, f"{comp}.qdq")
-    onnx.checker.check_model(str(out_dir / f"{comp}.qdq.onnx"))  # by path: works beyond 2 GB
-    return model, files
-
-
-def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", components: tuple[str, ...] = COMPONENTS,
-                    tile: tuple[int, int] | None = None, isa: str = "auto", fold: bool = True,
-                    progress: bool = True, pipe=None, trt: dict | None = None) -> dict:
-    """Export the calibrated checkpoint `ckpt` (path or bundled name) to `out_dir`; returns the manifest.
-
-    Every target writes the deploy IR of each component (`<component>.ir.safetensors`: packed
-    weight codes, per-layer integer recipes, the graph). `onnx` lowers it to integer ONNX
-    beside it; `triton` needs nothing else: its runtime (triton_runtime.py) builds the kernel
-    operands from the IR on load; `trt` writes the explicit-quantization ONNX (qdq_lower.py) at
-    the fixed tile and, where TensorRT and a GPU are present, builds the INT8 and FP16 engines
-    (trt_build.py; `trt`: {"float_precision", "max_batch", "timing_cache", "build_engines"})."""
-    from passion_deploy.checkpoint import load_checkpoint, resolve_checkpoint
-
-    if target not in BUILT_TARGETS:
-        raise ExportError(f"target {target!r} is not built yet; use --target {' or '.join(BUILT_TARGETS)}")
+def _check_components(components) -> None:
     unknown = [c for c in components if c not in COMPONENTS]
     if unknown or not components:
         raise ExportError(f"--components: unknown {unknown[0]!r}; choose from {', '.join(COMPONENTS)}" if unknown
                           else "--components: name at least one component")
-    isa = resolve_isa(isa) if target == "onnx" else None  # the ISA choice is the CPU int8 path's
+
+
+def _write_context(job: ExportJob) -> str:
+    """A graph exported with --dynamic-constants takes the context as an input: store it once."""
+    from safetensors.numpy import save_file
+
+    from passion_deploy.io_utils import atomic_path
+
+    with atomic_path(job.out_dir / "context.safetensors") as tmp:
+        save_file({"context": job.pipe.context.numpy().astype("float32")}, str(tmp))
+    return "context.safetensors"
+
+
+def component_record(job: ExportJob, name: str, graph, ir_name: str) -> dict:
+    """The manifest entry every target shares: inputs/outputs, layer counts, sizes."""
+    rec = {
+        "ir": ir_name,
+        "inputs": {k: list(v) for k, v in graph.inputs.items()},
+        "outputs": {k: list(v) for k, v in graph.outputs.items()},
+        "folded_constants": job.fold if name == "unet" else None,
+        "quantized_layers": sum(1 for n in graph.nodes if n.op in ("qconv", "qlinear")),
+        "quantized_attention": sum(1 for n in graph.nodes if n.op == "qattention"),
+        "ir_file_bytes": (job.out_dir / ir_name).stat().st_size,
+        "fp32_weight_bytes": fp32_bytes(job.pipe, name),
+        **weight_bytes(graph),
+    }
+    rec["ir_vs_fp32"] = round(rec["ir_file_bytes"] / rec["fp32_weight_bytes"], 4)
+    return rec
+
+
+def export_artifact(ckpt: str, out_dir: str | Path, target: str | Target = "onnx", components: tuple[str, ...] = COMPONENTS,
+                    tile: tuple[int, int] | None = None, fold: bool = True, progress: bool = True, pipe=None,
+                    **options) -> dict:
+    """Export the calibrated checkpoint `ckpt` (path or bundled name) to `out_dir`; returns the manifest.
+
+    Every target gets the deploy IR of each component; the target then writes its own files
+    from it (targets/<name>/). `options` are the target's (targets/<name>: `options_from_args`),
+    e.g. isa="portable" for onnx, build_engines=False for trt."""
+    from passion_deploy.checkpoint import load_checkpoint, resolve_checkpoint
+
+    tgt = get_target(target) if isinstance(target, str) else target
+    _check_components(components)
+    opts = tgt.resolve_options(options)
     t0 = time.perf_counter()
     ckpt_path = resolve_checkpoint(ckpt)
     if pipe is None:
@@ -167,93 +163,31 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str = "onnx", compon
     stale = out_dir / artifact.MANIFEST
     if stale.exists():
         stale.unlink()  # the directory is unsealed until the new manifest is written
-    probes = trace_probes(pipe, tile)
+    job = ExportJob(pipe, out_dir, tile, fold, progress, opts, trace_probes(pipe, tile))
     files, comps = [], {}
-    trt = dict(trt or {})
-    engines, engines_missing = {}, []
-    if target == "trt":
-        from .trt_build import missing_for_engines
-
-        engines_missing = missing_for_engines() if trt.get("build_engines", True) else []
     bar = tqdm(components, desc="export", unit="component", disable=not progress)
-    for comp in bar:
-        bar.set_postfix_str(f"{comp}: tracing")
-        graph, _ = trace_component(pipe, comp, probes[comp], quantized=True, fold=fold)
-        bar.set_postfix_str(f"{comp}: writing IR")
-        ir_name = f"{comp}.ir.safetensors"
+    for name in bar:
+        job.status = lambda text, name=name: bar.set_postfix_str(f"{name}: {text}")
+        job.status("tracing")
+        graph = job.trace(name)
+        job.status("writing IR")
+        ir_name = f"{name}.ir.safetensors"
         save_ir(graph, out_dir / ir_name)
-        onnx_files = []
-        if target == "onnx":
-            bar.set_postfix_str(f"{comp}: lowering to ONNX")
-            model = lower_graph(graph, isa)
-            onnx_files = save_onnx(model, out_dir, comp)
-            del model
-        if target == "trt":
-            bar.set_postfix_str(f"{comp}: Q/DQ ONNX")
-            shapes = fixed_input_shapes(graph, comp, tile, pipe.vae_factor)
-            qdq, onnx_files = write_qdq_onnx(graph, shapes, out_dir, comp)
-            if trt.get("build_engines", True) and not engines_missing:
-                from .trt_build import build_component_engines
-
-                bar.set_postfix_str(f"{comp}: TensorRT engines")
-                fp_graph, _ = trace_component(pipe, comp, probes[comp], quantized=False, fold=fold)
-                engines[comp] = build_component_engines(out_dir, comp, qdq, lower_graph(fp_graph), shapes,
-                                                        trt.get("float_precision", "fp32"), trt.get("max_batch", 1),
-                                                        trt.get("timing_cache"), progress)
-                onnx_files = onnx_files + [e["engine"] for e in engines[comp].values()]
-            del qdq
-        files += [ir_name] + onnx_files
-        if "context" in graph.inputs and target == "onnx":  # dynamic constants: the runtime feeds t=999 and this context
-            from safetensors.numpy import save_file
-
-            from passion_deploy.io_utils import atomic_path
-
-            with atomic_path(out_dir / "context.safetensors") as tmp:
-                save_file({"context": pipe.context.numpy().astype("float32")}, str(tmp))
-            files.append("context.safetensors")
-        wb = weight_bytes(graph)
-        comps[comp] = {
-            "ir": ir_name,
-            "inputs": {k: list(v) for k, v in graph.inputs.items()},
-            "outputs": {k: list(v) for k, v in graph.outputs.items()},
-            "folded_constants": fold if comp == "unet" else None,
-            "quantized_layers": sum(1 for n in graph.nodes if n.op in ("qconv", "qlinear")),
-            "quantized_attention": sum(1 for n in graph.nodes if n.op == "qattention"),
-            "ir_file_bytes": (out_dir / ir_name).stat().st_size,
-            "fp32_weight_bytes": fp32_bytes(pipe, comp),
-            **wb,
-        }
-        if target in ("onnx", "trt"):
-            stem = comp if target == "onnx" else f"{comp}.qdq"
-            data = f"{stem}.onnx.data"
-            comps[comp].update(onnx=f"{stem}.onnx", onnx_data=data if data in onnx_files else None,
-                               onnx_bytes=sum((out_dir / f).stat().st_size for f in onnx_files if ".onnx" in f))
-        if target == "trt":
-            comps[comp]["fixed_input_shapes"] = {k: list(v) for k, v in shapes.items()}
-        comps[comp]["ir_vs_fp32"] = round(comps[comp]["ir_file_bytes"] / comps[comp]["fp32_weight_bytes"], 4)
+        written, fields = tgt.write_component(job, name, graph)
+        files += [ir_name] + written
+        if "context" in graph.inputs:
+            files.append(_write_context(job))
+        comps[name] = {**component_record(job, name, graph, ir_name), **fields}
+        del graph
     manifest = {
-        "target": target,
+        "target": tgt.name,
         "source_checkpoint": {"name": str(ckpt), "path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path),
                               "preset": pipe.preset, "weights_source": getattr(pipe, "weights_source", "unknown")},
         "quant_config": json.loads(pipe.quant_config.to_json()),
         "quant_config_name": pipe.quant_config.name,
-        "pipeline": {"timestep": 999, "scaling_factor": pipe.scaling_factor, "sqrt_alpha": pipe.sqrt_a,
-                     "sqrt_one_minus_alpha": pipe.sqrt_1ma, "vae_factor": pipe.vae_factor,
-                     "size_multiple": pipe.size_multiple, "latent_tile": list(tile)},
+        "pipeline": {**pipeline_constants(pipe), "latent_tile": list(tile)},
         "components": comps,
         "export_seconds": round(time.perf_counter() - t0, 1),
+        **tgt.manifest_fields(job),
     }
-    if target == "onnx":
-        manifest["isa"] = isa
-    elif target == "trt":
-        from .trt_build import tensorrt_info
-
-        manifest["engines"] = engines or None
-        manifest["engines_missing"] = engines_missing
-        manifest["tensorrt"] = tensorrt_info(trt.get("float_precision", "fp32"), trt.get("max_batch", 1)) if engines else None
-    else:  # the runtime's kernel operand encodings (kernels/operands.py); the latent tile is the CUDA-graph shape
-        from passion_deploy.kernels.operands import WEIGHT_DTYPE
-
-        manifest["kernels"] = {"activation_operands": "u8", "weight_operands": WEIGHT_DTYPE,
-                               "cuda_graph_latent_tile": list(tile)}
     return artifact.write_manifest(out_dir, manifest, files)

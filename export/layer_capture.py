@@ -11,11 +11,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from passion_deploy.models.components import component as component_of
+
 
 @torch.no_grad()
 def capture_layers(pipe, component: str, names: list[str], run) -> dict[str, np.ndarray]:
     """Outputs of the named layers / attention cores of `component` during `run()`, float32 numpy."""
-    root = pipe.unet if component == "unet" else pipe.vae
+    root = getattr(pipe, component_of(component).root)
     got, hooks, patched = {}, [], []
     for name in names:
         mod = root.get_submodule(name)

@@ -1,104 +1,179 @@
-"""Run an exported ONNX artifact as a one-step SR pipeline (the interface of OneStepSR that
-the runner, verification and benchmarks use: encode, unet_eps, denoise, decode)."""
+"""The SR runtime contract: one-step SR, whatever runs its three components.
+
+    SRRuntime        encode -> unet_eps -> z0 -> decode on host tensors; the pipeline constants,
+                     device placement and the per-call conversions. A runtime supplies only
+                     `component_fn(name)`: the component as a function of a tensor already on
+                     its device in its compute dtype (what benchmarks time).
+    PipelineSR       a PyTorch OneStepSR (FP32, FP16 or fake-quant) behind the same contract.
+    ArtifactRuntime  an exported artifact directory: the manifest read and checked, its
+                     constants, the UNet's tile check, the fake-quant pipeline it was exported
+                     from (the reference --verify judges it against, and the fallback for
+                     components it does not contain). Each target's runtime derives from it.
+
+passion-sr (runner.super_resolve and models/tiling), --verify and passion-bench take any of
+them interchangeably.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-import numpy as np
 import torch
+
+from passion_deploy.models.components import COMPONENTS, component, tile_shapes
+from passion_deploy.models.pipeline import z0_from_eps
 
 from . import artifact
 
-
-def session(path_or_bytes, threads: int | None = None, plain_qdq: bool = False):
-    """An ONNX Runtime CPU session. `plain_qdq` runs DequantizeLinear -> Conv/Gemm/MatMul as
-    written (dequantize, then a float op) instead of fusing them into ONNX Runtime's int8
-    kernels, whose u8s8 products saturate at 16 bits on CPUs without VNNI (int_algebra): that
-    is how a TensorRT Q/DQ graph's meaning is checked on a CPU."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    if plain_qdq:
-        opts.add_session_config_entry("session.disable_quant_qdq", "1")
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+ComponentFn = Callable[[torch.Tensor], torch.Tensor]
 
 
-class OnnxSR:
-    """A OneStepSR-like pipeline backed by ONNX Runtime sessions of an artifact directory.
+@dataclass
+class TimingVariant:
+    """One way of computing a component, as passion-bench times it next to the others on the same
+    input (benchmarks/harness.py). `load` runs inside the warm-up's memory sampling, so what it
+    loads (an ONNX Runtime session) counts there; that memory is the GPU allocator's when x is on
+    a GPU, else the host's resident set."""
 
-    Components the artifact does not contain run on the fake-quant checkpoint it was exported
-    from (loaded on first use)."""
+    name: str  # the record's key: int_onnx, trt_int8, triton, torch_fp16, ...
+    load: Callable[[], ComponentFn]  # returns the function that is timed
+    x: torch.Tensor  # its input, on its device in its dtype
+    fields: dict = field(default_factory=dict)  # recorded as given: weight, IR or engine bytes
+    onnx_file: Path | None = None  # an ONNX model, also measured alone in a fresh process (memprobe)
 
-    backend = "onnx"
-    target = "onnx"
-    plain_qdq = False  # see session(): the trt target's Q/DQ graphs run unfused
 
-    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, load_sessions: bool = True,
-                 check_isa: bool = True):
-        self.dir = Path(model_dir)
-        self.manifest = artifact.read_manifest(self.dir)
-        artifact.require_target(self.manifest, self.target, str(self.dir))
-        if check_isa:
-            artifact.check_cpu(self.manifest, str(self.dir))
-        p = self.manifest["pipeline"]
-        self.scaling_factor = p["scaling_factor"]
-        self.sqrt_a, self.sqrt_1ma = p["sqrt_alpha"], p["sqrt_one_minus_alpha"]
-        self.vae_factor, self.size_multiple = p["vae_factor"], p["size_multiple"]
-        self.latent_tile = tuple(p["latent_tile"])
-        self.threads = threads
-        self.sessions = {c: session(self.dir / info["onnx"], threads, self.plain_qdq)
-                         for c, info in self.manifest["components"].items()} if load_sessions else {}
-        self._fallback = None
+class SRRuntime:
+    """One-step SR on host tensors. Subclasses set `backend` and implement `component_fn`."""
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32
+    backend = ""
+    layer_tables = True  # whether run_with_layers can give per-layer values (--verify's tables)
+    fixed_vae_latent_tile: tuple[int, int] | None = None  # VAE tiles of exactly this size (fixed engines)
+
+    def __init__(self, constants: dict, latent_tile, device: torch.device | str = "cpu",
+                 compute_dtype: torch.dtype = torch.float32, dtype: torch.dtype = torch.float32):
+        self.scaling_factor = constants["scaling_factor"]
+        self.sqrt_a, self.sqrt_1ma = constants["sqrt_alpha"], constants["sqrt_one_minus_alpha"]
+        self.vae_factor, self.size_multiple = constants["vae_factor"], constants["size_multiple"]
+        self.latent_tile = (int(latent_tile[0]), int(latent_tile[1]))
+        self.device = torch.device(device)
+        self.compute_dtype = compute_dtype  # what the components compute in
+        self.dtype = dtype  # what encode/unet_eps/decode return (on the host)
 
     @property
     def description(self) -> str:
-        m = self.manifest
-        parts = ", ".join(sorted(self.sessions))
-        return f"ONNX Runtime {m['quant_config_name']} ({m['isa']}) from {self.dir} [{parts}]"
+        return self.backend
 
-    def fallback(self):
-        if self._fallback is None:
-            self._fallback = artifact.load_source_pipeline(self.manifest)
-        return self._fallback
+    def component_fn(self, name: str) -> ComponentFn:
+        raise NotImplementedError
+
+    def tile_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each component's input shape at one latent tile (fixed-shape engines, CUDA graphs)."""
+        return tile_shapes(self.latent_tile, self.vae_factor)
+
+    def check_input(self, name: str, x: torch.Tensor) -> None:
+        """Refuse an input this runtime cannot take, in one sentence (nothing to check by default)."""
+
+    @torch.no_grad()
+    def run(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Component `name` on host tensor x, its result back on the host in `dtype`."""
+        self.check_input(name, x)
+        out = self.component_fn(name)(x.to(self.device, self.compute_dtype))
+        return out.to("cpu", self.dtype)
+
+    def encode(self, lr_up: torch.Tensor) -> torch.Tensor:
+        return self.run("vae_encoder", lr_up)
+
+    def unet_eps(self, z: torch.Tensor) -> torch.Tensor:
+        return self.run("unet", z)
+
+    def z0_from_eps(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return z0_from_eps(z, eps, self.sqrt_a, self.sqrt_1ma)
+
+    def denoise(self, z: torch.Tensor) -> torch.Tensor:
+        return self.z0_from_eps(z, self.unet_eps(z))
+
+    def decode(self, z0: torch.Tensor) -> torch.Tensor:
+        return self.run("vae_decoder", z0)
+
+    def __call__(self, lr_up: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.denoise(self.encode(lr_up)))
+
+
+def pipeline_constants(pipe) -> dict:
+    """A OneStepSR's constants, keyed as an artifact manifest's "pipeline" records them."""
+    return {"timestep": 999, "scaling_factor": pipe.scaling_factor, "sqrt_alpha": pipe.sqrt_a,
+            "sqrt_one_minus_alpha": pipe.sqrt_1ma, "vae_factor": pipe.vae_factor, "size_multiple": pipe.size_multiple}
+
+
+class PipelineSR(SRRuntime):
+    """A PyTorch OneStepSR (FP32, FP16 or fake-quant) as a runtime: it computes and returns in
+    its own dtype, on its own device."""
+
+    def __init__(self, pipe, backend: str, latent_tile, description: str = ""):
+        p = next(pipe.parameters())
+        super().__init__(pipeline_constants(pipe), latent_tile, p.device, p.dtype, p.dtype)
+        self.pipe, self.backend = pipe, backend
+        self._description = description or backend
+
+    @property
+    def description(self) -> str:
+        return self._description
 
     def reference_pipeline(self):
-        """The fake-quant model --verify compares against (the fallback: these sessions do not modify it)."""
-        return self.fallback()
+        return self.pipe
 
-    def run_with_layers(self, component: str, x: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        """The component's output on x (this artifact's session) and the outputs of the named
-        quantized layers / attention cores: the IR lowered again with those values as extra
-        graph outputs (the same lowering, but a separate model, so the artifact runs unchanged)."""
-        from .irfile import load_ir
-        from .onnx_lower import PROBE_PREFIX
+    def component_fn(self, name: str) -> ComponentFn:
+        return component(name).fn(self.pipe)
 
-        g = load_ir(self.dir / self.manifest["components"][component]["ir"])
-        value = {n.name: n.outputs[0] for n in g.nodes if n.name in names}
-        model = self.lower(g, [value[n] for n in names])
-        sess = session(model.SerializeToString(), plain_qdq=self.plain_qdq)
-        del model
-        outs = sess.run([PROBE_PREFIX + value[n] for n in names], {list(g.inputs)[0]: x.numpy(), **self.extra_feeds(component)})
-        return self._run(component, list(g.inputs)[0], x), dict(zip(names, outs))
 
-    def lower(self, g, probes: list[str]):
-        """The artifact's lowering of IR graph g, with `probes` as extra outputs."""
-        from .onnx_lower import lower_graph
+class ArtifactRuntime(SRRuntime):
+    """An artifact directory of one target (the class's `target`). Subclasses implement
+    `artifact_fn(name)` for the components the artifact holds; the others run on the fake-quant
+    checkpoint it was exported from."""
 
-        return lower_graph(g, self.manifest["isa"], probes=probes)
+    target = ""
 
-    def extra_feeds(self, comp: str) -> dict:
-        """Inputs of a UNet exported with --dynamic-constants: t = 999 and the stored context."""
-        inputs = self.manifest["components"][comp]["inputs"]
+    def __init__(self, model_dir: str | os.PathLike, device: torch.device | str = "cpu",
+                 compute_dtype: torch.dtype = torch.float32):
+        self.dir = Path(model_dir)
+        self.manifest = artifact.read_manifest(self.dir)
+        artifact.require_target(self.manifest, self.target, str(self.dir))
+        p = self.manifest["pipeline"]
+        super().__init__(p, p["latent_tile"], device, compute_dtype, torch.float32)
+        self._source = None
+
+    @property
+    def components(self) -> list[str]:
+        """The components the artifact itself holds, in export order."""
+        return [c for c in COMPONENTS if c in self.manifest["components"]]
+
+    def source_pipeline(self):
+        """The fake-quant checkpoint the artifact was exported from (loaded once, on first use)."""
+        if self._source is None:
+            self._source = artifact.load_source_pipeline(self.manifest)
+        return self._source
+
+    def reference_pipeline(self):
+        """The fake-quant model --verify compares against (an unmodified source pipeline)."""
+        return self.source_pipeline()
+
+    def artifact_fn(self, name: str) -> ComponentFn:
+        raise NotImplementedError
+
+    def component_fn(self, name: str) -> ComponentFn:
+        if name in self.manifest["components"]:
+            return self.artifact_fn(name)
+        pipe = self.source_pipeline().to(self.device)
+        fn = component(name).fn(pipe)
+        return lambda x: fn(x.float())
+
+    def constant_feeds(self, name: str) -> dict:
+        """Inputs of a UNet exported with --dynamic-constants: t = 999 and the stored context (numpy)."""
+        import numpy as np
+
+        inputs = self.manifest["components"][name]["inputs"]
         feeds = {}
         if "timestep" in inputs:
             feeds["timestep"] = np.array([self.manifest["pipeline"]["timestep"]], np.float32)
@@ -108,38 +183,31 @@ class OnnxSR:
             feeds["context"] = load_file(str(self.dir / "context.safetensors"))["context"]
         return feeds
 
-    def _run(self, comp: str, name: str, x: torch.Tensor) -> torch.Tensor:
-        sess = self.sessions[comp]
-        extra = self.extra_feeds(comp)
-        outs = [sess.run(None, {name: x[i:i + 1].detach().float().cpu().numpy(), **extra})[0] for i in range(x.shape[0])]
-        return torch.from_numpy(np.concatenate(outs, axis=0))
+    def main_input(self, name: str) -> str:
+        return component(name).input
 
-    def encode(self, lr_up: torch.Tensor) -> torch.Tensor:
-        if "vae_encoder" not in self.sessions:
-            with torch.no_grad():
-                return self.fallback().encode(lr_up)
-        return self._run("vae_encoder", "image", lr_up)
+    def check_input(self, name: str, x: torch.Tensor) -> None:
+        if name == "unet" and tuple(x.shape[-2:]) != self.latent_tile:
+            raise ValueError(f"{self.dir}: the UNet runs on {self.latent_tile[0]}x{self.latent_tile[1]} latent tiles, "
+                             f"got {tuple(x.shape[-2:])}")
 
-    def unet_eps(self, z: torch.Tensor) -> torch.Tensor:
-        if "unet" not in self.sessions:
-            with torch.no_grad():
-                return self.fallback().unet_eps(z)
-        if tuple(z.shape[-2:]) != self.latent_tile:
-            raise ValueError(f"{self.dir}: the UNet runs on {self.latent_tile[0]}x{self.latent_tile[1]} latent tiles, got {tuple(z.shape[-2:])}")
-        return self._run("unet", "latent", z)
+    def run_with_layers(self, name: str, x: torch.Tensor, layers: list[str]):
+        """(component output on x, {layer: its output}) for --verify's per-layer table."""
+        raise NotImplementedError(f"{self.dir}: the {self.target} runtime has no per-layer values")
 
-    def z0_from_eps(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        # the reference computes this step in float64 (pipeline.OneStepSR.z0_from_eps)
-        return ((z.double() - self.sqrt_1ma * eps.double()) / self.sqrt_a).to(z.dtype)
+    # -- passion-bench (benchmarks/harness.py); each target's runtime module also has
+    #    open_for_timing(model_dir, threads=..., timing_only_isa=...), the harness's way in ------
+    timing_baselines: tuple[str, ...] = ()  # the float baselines timed next to the artifact (record keys)
 
-    def denoise(self, z: torch.Tensor) -> torch.Tensor:
-        return self.z0_from_eps(z, self.unet_eps(z))
+    def timing_variants(self, name: str, x: torch.Tensor) -> list[TimingVariant]:
+        """Component `name` as the artifact runs it, on host input x: the artifact's own variant
+        first (speed-ups are against it), then any other build the artifact holds."""
+        raise NotImplementedError(f"{self.dir}: the {self.target} runtime cannot be timed")
 
-    def decode(self, z0: torch.Tensor) -> torch.Tensor:
-        if "vae_decoder" not in self.sessions:
-            with torch.no_grad():
-                return self.fallback().decode(z0)
-        return self._run("vae_decoder", "latent", z0)
+    def timing_record(self) -> dict:
+        """Top-level fields of a benchmark record about this runtime."""
+        return {"runtime": self.description}
 
-    def __call__(self, lr_up: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.denoise(self.encode(lr_up)))
+    def timing_settings(self) -> dict:
+        """How this runtime ran, for the record's settings."""
+        return {"device": str(self.device)}

@@ -1,6 +1,6 @@
 """--verify: run the artifact and the fake-quant reference on the same real-photo probes.
 
-Any artifact: the runtime comes from the manifest's target (runtimes.open_artifact), and
+Any artifact: the runtime comes from the manifest's target (targets.open_artifact), and
 each runtime supplies the fake-quant reference it is judged against and its per-layer values
 (`run_with_layers`). Writes DIR/verify.json with, per component (each fed the reference's own
 input, so errors do not compound) and end to end: max_abs_err, psnr_vs_fakequant_db,
@@ -31,12 +31,13 @@ import torch
 from tqdm import tqdm
 
 from passion_deploy.io_utils import atomic_write_text
+from passion_deploy.models.components import component as component_of
 
 from .exporter import probe_images
 from .fp_model import fp_copy
-from .irfile import load_ir
+from .ir.irfile import load_ir
 from .layer_capture import capture_layers
-from .runtimes import open_artifact
+from .targets import open_artifact
 
 DEFAULT_MIN_PSNR = 45.0
 SENSITIVITY_MARGIN_DB = 1.0
@@ -105,7 +106,7 @@ class ComponentCheck:
 
     def __init__(self, rt, pipe, component: str, tables: bool):
         self.rt, self.pipe, self.component = rt, pipe, component
-        self.tally = Tally(image=(component == "vae_decoder"))
+        self.tally = Tally(image=component_of(component).output_is_image)
         self.rows = None
         self.nodes = None
         if tables:
@@ -118,7 +119,7 @@ class ComponentCheck:
             out, outs = self.rt.run_with_layers(self.component, x, names)
             self.rows = layer_rows(self.g, self.nodes, outs, capture_layers(self.pipe, self.component, names, run_ref))
         else:
-            out = {"vae_encoder": self.rt.encode, "unet": self.rt.unet_eps, "vae_decoder": self.rt.decode}[self.component](x)
+            out = self.rt.run(self.component, x)
         self.tally.add(out, ref, fp)
         return out
 

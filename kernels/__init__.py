@@ -1,9 +1,12 @@
 """Triton integer kernels, each beside a plain integer reference (GPU; tests run in the interpreter).
 
-Modules: `operands` (IR -> kernel operands, no Triton), `reference` (int64 references),
-`act_quant`, `norm_quant` (GroupNorm+SiLU+quantize), `gemm` (linear + implicit-GEMM conv),
-`attention`, `layers` (a recipe run by the kernels). The kernel modules need Triton and say
-so when it is missing; import them directly.
+The kernels take tensors, scalars and the containers of `operands` only, never the deploy IR:
+building those operands from a recipe is the triton export target's job.
+
+Modules: `operands` (ActOperand, PackedWeights, Epilogue; no Triton), `reference` (int64
+references), `act_quant` (pre-op + quantize), `gemm` (linear + implicit-GEMM conv),
+`attention` (the quantized attention core). The kernel modules need Triton and say so when
+it is missing; import them directly.
 """
 import os
 import sys
@@ -17,12 +20,9 @@ def use_interpreter_without_gpu() -> bool:
     Triton with the switch off; its Python modules are then dropped from sys.modules so that
     the kernel modules, imported after this call, get an interpreter-mode Triton. Objects
     already holding the old modules keep them (they never run kernels on a CPU machine)."""
-    try:
-        import torch
+    from passion_deploy.devices import cuda_available
 
-        gpu = torch.cuda.is_available()
-    except ImportError:  # pragma: no cover
-        gpu = False
+    gpu = cuda_available()
     if not gpu:
         os.environ.setdefault("TRITON_INTERPRET", "1")
     on = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

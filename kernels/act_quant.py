@@ -6,8 +6,9 @@ asymmetric quantization to 8-bit operands, in one pass over the float input.
                mul     x' = x * s                   (attention q * s_qk, P * s_vw per key)
     quantize   operand = clamp(R(x' / D) + zero, lo, hi),  R = round half away from zero
 
-`zero`, `lo`, `hi`, `D` are those of `int_algebra.act_operand` (its `act_operand_values` is the
-reference); two grids may split the channel axis at C_SPLIT (split layers' channel halves).
+`zero`, `lo`, `hi`, `D` are an `operands.ActOperand`'s (quant_zero, lo, hi, step: the deploy IR's
+integer algebra, copied in by the triton target; `reference.act_quant_ref` is the reference);
+two operands may split the channel axis at C_SPLIT (split layers' channel halves).
 The input is read through strides as (B, P, C) and codes are written contiguous (B, P, C):
 an NCHW conv input comes out channels-last, the layout the implicit-GEMM conv reads.
 
@@ -20,9 +21,8 @@ from __future__ import annotations
 
 import torch
 
-from passion_deploy.export import int_algebra as ia
-
 from ._triton import check_device, tl, triton
+from .operands import ActOperand
 
 PRE_OPS = ("none", "let", "div", "mul")
 TORCH_OF = {"u8": torch.uint8, "s8": torch.int8}
@@ -69,7 +69,7 @@ def act_quant_kernel(x_ptr, sxb, sxp, sxc, vs_ptr, vo_ptr, q_ptr, P, C, C_SPLIT,
     tl.store(q_ptr + b * P * C + rp[:, None] * C + rc[None, :], q.to(q_ptr.dtype.element_ty), mask=mask)
 
 
-def act_quant(x: torch.Tensor, ops: list[ia.ActOperand], c_split: int | None = None, pre: str = "none",
+def act_quant(x: torch.Tensor, ops: list[ActOperand], c_split: int | None = None, pre: str = "none",
               scale: torch.Tensor | None = None, offset: torch.Tensor | None = None, vec_on_rows: bool = False,
               block: tuple[int, int] = (32, 32)) -> torch.Tensor:
     """x (B, P, C), any strides, float -> contiguous (B, P, C) operands of `ops[0].dtype`.
@@ -100,7 +100,7 @@ def act_quant(x: torch.Tensor, ops: list[ia.ActOperand], c_split: int | None = N
     grid = (triton.cdiv(p, bp), triton.cdiv(c, bc), bsz)
     act_quant_kernel[grid](x, x.stride(0), x.stride(1), x.stride(2), f32(scale), f32(offset), out, p, c,
                            c if c_split is None else c_split,
-                           float(o0.step), float(o0.ql_zero), float(o0.lo), float(o0.hi),
-                           float(o1.step), float(o1.ql_zero), float(o1.lo), float(o1.hi),
+                           float(o0.step), float(o0.quant_zero), float(o0.lo), float(o0.hi),
+                           float(o1.step), float(o1.quant_zero), float(o1.lo), float(o1.hi),
                            PRE=PRE_OPS.index(pre), VEC_ON_ROWS=vec_on_rows, BP=bp, BC=bc)
     return out

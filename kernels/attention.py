@@ -16,11 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from passion_deploy.export import int_algebra as ia
-from passion_deploy.export.recipes import QAttentionRecipe
-
 from ._triton import check_device, tl, triton
 from .act_quant import TORCH_OF, act_quant, quantize_operand
+from .operands import ActOperand
 
 
 @triton.jit
@@ -67,7 +65,7 @@ def act_matmul_kernel(a_ptr, s_az, s_am, s_ak, b_ptr, s_bz, s_bk, s_bn, out_ptr,
     tl.store(out_ptr + z * M * N + rm[:, None] * N + rn[None, :], y * unit, mask=mask)
 
 
-def act_matmul(a: torch.Tensor, aop: ia.ActOperand, b: torch.Tensor, bop: ia.ActOperand, scale: float = 1.0,
+def act_matmul(a: torch.Tensor, aop: ActOperand, b: torch.Tensor, bop: ActOperand, scale: float = 1.0,
                store_int: bool = False, block: tuple[int, int, int] = (64, 64, 32)):
     """Da Db scale * sum_k ja jb for operands a (Z, M, K) and b (Z, K, N) (any strides) ->
     float32 (Z, M, N); with `store_int` also the int32 sum_k (a - za)(b - zb)."""
@@ -117,7 +115,7 @@ def softmax_quant_kernel(s_ptr, vw_ptr, q_ptr, R, N, step, zero, lo, hi, BR: tl.
                  mask=mask)
 
 
-def softmax_quant(scores: torch.Tensor, s_vw: torch.Tensor, pop: ia.ActOperand,
+def softmax_quant(scores: torch.Tensor, s_vw: torch.Tensor, pop: ActOperand,
                   block: tuple[int, int] = (16, 128)) -> torch.Tensor:
     """Operands of Q(softmax(scores, -1) * s_vw) for float32 scores (..., N), s_vw (N,)."""
     if scores.dtype != torch.float32 or s_vw.shape != scores.shape[-1:]:
@@ -129,22 +127,24 @@ def softmax_quant(scores: torch.Tensor, s_vw: torch.Tensor, pop: ia.ActOperand,
     out = torch.empty((r, n), dtype=TORCH_OF[pop.dtype], device=scores.device)
     br, bc = block
     softmax_quant_kernel[(triton.cdiv(r, br),)](s2, s_vw.float().contiguous(), out, r, n, float(pop.step),
-                                                float(pop.ql_zero), float(pop.lo), float(pop.hi), BR=br, BC=bc)
+                                                float(pop.quant_zero), float(pop.lo), float(pop.hi), BR=br, BC=bc)
     return out.view(scores.shape)
 
 
 class KernelAttention:
-    """The attention core of one recipe, run by the kernels above. q, k, v: (B*heads, N, d)."""
+    """One quantized attention core run by the kernels above. q, k, v: (B*heads, N, d).
 
-    def __init__(self, rec: QAttentionRecipe, a_dtype: str = "u8", b_dtype: str = "s8",
-                 block: tuple[int, int, int] = (64, 64, 32), act_block: tuple[int, int] = (32, 32),
-                 softmax_block: tuple[int, int] = (16, 128)):
-        self.rec = rec
-        # Triton's dot is int8 x int8 after the load path's shift, so any encoding is exact here
-        # (the x86 saturation rule of int_algebra.choose_act_b_dtype does not apply)
-        self.q, self.p = ia.act_operand(rec.q, a_dtype), ia.act_operand(rec.p, a_dtype)
-        self.k, self.v = ia.act_operand(rec.k, b_dtype), ia.act_operand(rec.v, b_dtype)
-        self.s_qk, self.s_vw = torch.from_numpy(rec.s_qk), torch.from_numpy(rec.s_vw)
+    q, k, v, p: the operand encodings of the four grids (q and P are the A sides of the two
+    matmuls, k and v the B sides); s_qk (d,) and s_vw (N_keys,): the scales moved between q and
+    k and between P and v; scale: the scores' d^-0.5. (The triton target builds one from a
+    deploy-IR attention recipe.)"""
+
+    def __init__(self, q: ActOperand, k: ActOperand, v: ActOperand, p: ActOperand, s_qk: torch.Tensor,
+                 s_vw: torch.Tensor, scale: float, name: str = "attention", block: tuple[int, int, int] = (64, 64, 32),
+                 act_block: tuple[int, int] = (32, 32), softmax_block: tuple[int, int] = (16, 128)):
+        self.name, self.scale = name, scale
+        self.q, self.k, self.v, self.p = q, k, v, p
+        self.s_qk, self.s_vw = s_qk, s_vw
         self.block, self.act_block, self.softmax_block = block, act_block, softmax_block
 
     def to(self, device) -> "KernelAttention":
@@ -156,11 +156,11 @@ class KernelAttention:
         if q.dim() != 3 or k.shape != v.shape or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2]:
             raise ValueError(f"q, k, v must be (B*heads, N, d), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
         if v.shape[1] != self.s_vw.numel():
-            raise ValueError(f"{self.rec.name}: calibrated for {self.s_vw.numel()} key tokens, got {v.shape[1]}")
+            raise ValueError(f"{self.name}: calibrated for {self.s_vw.numel()} key tokens, got {v.shape[1]}")
         s_qk, s_vw = self.s_qk.to(q.device), self.s_vw.to(q.device)
         cq = act_quant(q.float(), [self.q], pre="mul", scale=s_qk, block=self.act_block)
         ck = act_quant(k.float(), [self.k], pre="div", scale=s_qk, block=self.act_block)
-        scores = act_matmul(cq, self.q, ck.transpose(1, 2), self.k, self.rec.scale, store_int, self.block)
+        scores = act_matmul(cq, self.q, ck.transpose(1, 2), self.k, self.scale, store_int, self.block)
         cp = softmax_quant(scores[0] if store_int else scores, s_vw, self.p, self.softmax_block)
         cv = act_quant(v.float(), [self.v], pre="div", scale=s_vw, vec_on_rows=True, block=self.act_block)
         out = act_matmul(cp, self.p, cv, self.v, 1.0, store_int, self.block)

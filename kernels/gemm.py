@@ -4,17 +4,17 @@
                + sum_g  B'_gn Da_g Dw_gn * sum_k (a_k - za_g)                one-signed weight columns
                + bias[n] + map[m, n]                                         LET / activation residual
 
-A is the activation operand (uint8 or int8, the encoding of `int_algebra.act_operand`), read
+A is the activation operand (uint8 or int8, as `operands.ActOperand` encodes it), read
 channels-last as (B, H*W, C); a linear layer is the 1x1 case with H = 1, W = M. K is ordered
 (tap, channel) and never materialised: each tap loads the input pixels it sees, and taps that
 fall in the padding take the activation zero point, so (a - za) = 0 there, exactly the zero
 grid value the fake-quant pads with. Split layers have two K-groups (channel halves) with their
 own activation and weight scales: one int32 accumulator per group, summed in float.
 
-Weights arrive as `packing` containers (N, taps, row_bytes): one byte per 8-bit code, or 4
-6-bit codes in 3 bytes, unpacked in the load path (each code is read from the two bytes it
-can straddle). Operand value = container code + W_OFFSET (= -2^(b-1), int_algebra's signed
-encoding), so both widths give int8 operands for the tensor-core dot.
+Weights arrive as the deploy IR's packed containers (N, taps, row_bytes): one byte per 8-bit
+code, or 4 6-bit codes in 3 bytes, unpacked in the load path (each code is read from the two
+bytes it can straddle). Operand value = container code + W_OFFSET (= -2^(b-1), the integer
+algebra's signed encoding), so both widths give int8 operands for the tensor-core dot.
 
 Zero-point algebra (spec section 6) instead of subtracting before the dot, because (a - za)
 does not fit int8:  sum (a-za)(b-zb) = sum ab - zb sum a - za sum b + K za zb,  with sum a
@@ -25,11 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from passion_deploy.export import int_algebra as ia
-from passion_deploy.export.packing import container_bits
-
 from ._triton import check_device, tl, triton
-from .operands import Epilogue, PackedWeights
+from .operands import ActOperand, Epilogue, PackedWeights
 
 
 @triton.jit
@@ -123,7 +120,7 @@ def qgemm_kernel(a_ptr, s_ab, s_ap, s_ac,
              mask=mmask[:, None] & nmask[None, :])
 
 
-def qgemm(a: torch.Tensor, a_ops: list[ia.ActOperand], w: PackedWeights, ep: Epilogue,
+def qgemm(a: torch.Tensor, a_ops: list[ActOperand], w: PackedWeights, ep: Epilogue,
           spatial: tuple[int, int] | None = None, kernel: tuple[int, int] = (1, 1), stride: int = 1, padding: int = 0,
           out_dtype: torch.dtype = torch.float32, store_int: bool = False,
           block: tuple[int, int, int] = (64, 64, 32), out: torch.Tensor | None = None):
@@ -180,7 +177,7 @@ def qgemm(a: torch.Tensor, a_ops: list[ia.ActOperand], w: PackedWeights, ep: Epi
                        dummy if ep.map is None else ep.map,
                        out, out.stride(0), out.stride(1), out.stride(2), acc, rs,
                        n, h, wd, ho, wo, c, w.channels[0],
-                       KH=kh, KW=kw, STRIDE=stride, PAD=padding, G=g, W_BITS=container_bits(w.bits),
+                       KH=kh, KW=kw, STRIDE=stride, PAD=padding, G=g, W_BITS=w.container_bits,
                        W_OFFSET=w.offset, A_U8=dt == "u8", HAS_RES=ep.res_coef is not None,
                        HAS_BIAS=ep.bias is not None, HAS_MAP=ep.map is not None, STORE_INT=store_int,
                        BM=bm, BN=bn, BK=bk)

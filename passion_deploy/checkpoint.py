@@ -2,8 +2,12 @@
 
 Tensors: every quantization tensor of the fake-quant model (quantizer boundaries, LET scales
 and offsets, attention scales, init flags) under `unet.` / `vae.` prefixes, plus optionally
-the FP weights under their usual diffusers names. Metadata (JSON strings): format and version,
-model preset, quantization config, the FP weights' source, tool version.
+the FP weights under their usual diffusers names and the cross-attention context
+(`pipeline.context`, written for imported models whose context is not the bundled one).
+Metadata (JSON strings): format and version, model preset, quantization config (with each
+part's LET form), the FP weights' source, tool version; for a model whose architecture is no
+preset (preset "custom", e.g. imported from an ldm config), `architecture`: the diffusers
+configs of its UNet and VAE.
 
 Loading validates everything before touching a model: format, preset, config, the exact set
 of tensor names and every shape. A bad file fails with one sentence that names the problem.
@@ -23,6 +27,8 @@ FORMAT = "passion-deploy/calibrated-checkpoint"
 FORMAT_VERSION = 1
 COMPONENTS = ("unet", "vae")
 BUNDLED = {"tiny-w8a8": "tiny/tiny-w8a8.safetensors", "tiny-w6a6": "tiny/tiny-w6a6.safetensors"}
+CUSTOM_PRESET = "custom"  # the preset name of a model built from recorded diffusers configs
+CONTEXT_TENSOR = "pipeline.context"
 
 
 class CheckpointError(ValueError):
@@ -66,6 +72,7 @@ def checkpoint_metadata(pipe, include_fp_weights: bool = False, extra: dict | No
         "includes_fp_weights": json.dumps(include_fp_weights),
         "latent_tile": json.dumps(list(pipe.latent_tile)),
         "extra": json.dumps(extra or {}),
+        **({"architecture": json.dumps(pipe.architecture)} if getattr(pipe, "architecture", None) else {}),
     }
 
 
@@ -155,6 +162,45 @@ def apply_tensors(pipe, tensors: dict[str, torch.Tensor], path, includes_fp: boo
                 {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=includes_fp)
 
 
+def pipeline_from_architecture(architecture: dict, context: torch.Tensor, seed: int = 0):
+    """A float32 OneStepSR (preset "custom") with seeded random weights, from the diffusers configs
+    {"unet": ..., "vae": ...} of a model that is no preset (e.g. one imported from an ldm config)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from .models import OneStepSR
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet = UNet2DConditionModel(**architecture["unet"])
+        vae = AutoencoderKL(**architecture["vae"])
+    pipe = OneStepSR(unet, vae, context, CUSTOM_PRESET).eval()
+    pipe.architecture = architecture
+    pipe.weights_source = f"random:{seed}"
+    for prm in pipe.parameters():
+        prm.requires_grad_(False)
+    return pipe
+
+
+def _build_custom(path: Path, meta: dict, context: torch.Tensor | None, includes_fp: bool, weights):
+    """The pipeline of a checkpoint whose metadata records its architecture."""
+    from .models import WeightsError, loading
+
+    if context is None:
+        raise CheckpointError(f"{path}: a {CUSTOM_PRESET!r} checkpoint must hold its context tensor {CONTEXT_TENSOR!r}")
+    try:
+        pipe = pipeline_from_architecture(json.loads(meta["architecture"]), context)
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: bad architecture in metadata ({e.__class__.__name__}: {e})") from None
+    if not includes_fp:
+        if weights is None:
+            raise CheckpointError(f"{path}: holds no FP weights; give the SD checkpoint it was made from (--weights)")
+        try:
+            pipe.weights_source = loading.load_weights(pipe.unet, pipe.vae, weights, preset=CUSTOM_PRESET)
+        except WeightsError as e:
+            raise CheckpointError(f"{path}: cannot build its model ({e})") from None
+    return pipe
+
+
 def load_checkpoint(name_or_path: str | Path, preset: str | None = None, weights: str | Path | None = None):
     """Build the fake-quant pipeline a checkpoint describes. Nothing is half-loaded: the model
     is built and every tensor name and shape checked before any value is copied in."""
@@ -163,6 +209,7 @@ def load_checkpoint(name_or_path: str | Path, preset: str | None = None, weights
 
     path = resolve_checkpoint(name_or_path)
     meta, tensors = read_checkpoint(path)
+    context = tensors.pop(CONTEXT_TENSOR, None)
     if preset is not None and preset != meta["preset"]:
         raise CheckpointError(f"{path}: calibrated for preset {meta['preset']!r}, not {preset!r}")
     try:
@@ -170,13 +217,18 @@ def load_checkpoint(name_or_path: str | Path, preset: str | None = None, weights
     except (json.JSONDecodeError, ConfigError) as e:
         raise CheckpointError(f"{path}: bad quantization config in metadata ({e})") from None
     includes_fp = json.loads(meta["includes_fp_weights"])
-    try:
-        if includes_fp:
-            pipe = build_pipeline(meta["preset"], random_weights=0)
-        else:
-            pipe = build_pipeline(meta["preset"], weights=weights)
-    except (WeightsError, ValueError) as e:
-        raise CheckpointError(f"{path}: cannot build its model ({e})") from None
+    if "architecture" in meta:
+        pipe = _build_custom(path, meta, context, includes_fp, weights)
+    else:
+        try:
+            if includes_fp:
+                pipe = build_pipeline(meta["preset"], random_weights=0)
+            else:
+                pipe = build_pipeline(meta["preset"], weights=weights)
+        except (WeightsError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot build its model ({e})") from None
+        if context is not None:
+            pipe.context = context.float()
     recorded = meta.get("weights_source", "unknown")
     if not includes_fp and recorded != "unknown" and recorded != pipe.weights_source:
         raise CheckpointError(f"{path}: calibrated on FP weights {recorded!r} but the weights given are {pipe.weights_source!r}")

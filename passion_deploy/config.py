@@ -43,6 +43,9 @@ class ComponentConfig:
     let: bool = True  # False: plain MinMax/LBQ layers without the equivalent transformation
     let_form: str = "consistent"  # "reference": PassionSR's public code, x' = (x + o)/s for linear
     quant_attention: bool = True  # quantize the attention matmuls (spec section 4)
+    # per-tensor quantizers derive step and zero point in float64, as PassionSR's float64 bounds
+    # do; set for parameters imported from PassionSR (passion_deploy.importers), whose model it reproduces
+    per_tensor_float64: bool = False
 
     def __post_init__(self):
         QuantSpec(self.weight_bits)
@@ -110,7 +113,9 @@ def _component_from_dict(block: dict, where: str) -> ComponentConfig:
 
 
 # PassionSR's per-component keys -> ours. Keys that select its code paths (quantype, method,
-# layer_type) or point at its files (quant_ckpt) are accepted and checked, not mapped.
+# layer_type) are accepted and checked, not mapped. `quant_ckpt` points at PassionSR's calibrated
+# parameters: only the importer (passion_deploy.importers) reads it, and every other reader
+# refuses a block that has one rather than run a model calibrated from scratch in its place.
 _PASSION_KEYS = {
     "weight_quant_bits": "weight_bits",
     "weight_sym": "weight_sym",
@@ -122,19 +127,40 @@ _PASSION_KEYS = {
     "s_alpha": "s_alpha",
     "only_weight": "only_weight",
 }
-_PASSION_IGNORED = {"quantype", "method", "layer_type", "quant_ckpt"}
+_PASSION_IGNORED = {"quantype", "method", "layer_type"}
+QUANT_CKPT = "quant_ckpt"
+PASSION_BLOCKS = {"unet": "Unet", "vae": "Vae"}
 _PASSION_TOP = {"quantize", "only_Unet", "Unet", "Vae", "output_modelpath", "cali_batch_size",
                 "cali_learning_rate", "cali_epochs", "loss_function", "scheduler", "save_interval",
                 "encoder_train", "Unet_train", "decoder_train"}
 
 
-def from_passion_block(qc: dict, source: str = "config") -> QuantConfig:
-    """PassionSR's `quantize_config` block -> QuantConfig (calibration keys are left to the caller)."""
+def quant_ckpt_paths(qc: dict) -> dict[str, str]:
+    """{"unet"/"vae": path} of the blocks PassionSR uses that name a `quant_ckpt` (the Vae block
+    only counts with only_Unet False, as in PassionSR); empty when quantization is off."""
+    if not isinstance(qc, dict) or qc.get("quantize", True) is False:
+        return {}
+    used = ["unet"] if qc.get("only_Unet", True) else ["unet", "vae"]
+    return {comp: str(qc[PASSION_BLOCKS[comp]][QUANT_CKPT]) for comp in used
+            if isinstance(qc.get(PASSION_BLOCKS[comp]), dict) and qc[PASSION_BLOCKS[comp]].get(QUANT_CKPT) is not None}
+
+
+def from_passion_block(qc: dict, source: str = "config", allow_quant_ckpt: bool = False) -> QuantConfig:
+    """PassionSR's `quantize_config` block -> QuantConfig (calibration keys are left to the caller).
+
+    A block naming a `quant_ckpt` is refused unless the caller is the importer (allow_quant_ckpt),
+    which loads that file itself.
+    """
     if not isinstance(qc, dict):
         raise ConfigError(f"{source}: quantize_config must be a mapping")
     unknown = set(qc) - _PASSION_TOP
     if unknown:
         raise ConfigError(f"{source}: unknown key {'quantize_config.' + sorted(unknown)[0]!r}")
+    if not allow_quant_ckpt:
+        for comp, ckpt in quant_ckpt_paths(qc).items():
+            raise ConfigError(
+                f"{source}: key 'quantize_config.{PASSION_BLOCKS[comp]}.{QUANT_CKPT}' names PassionSR's calibrated "
+                f"parameters ({ckpt}), which this command cannot load; import them with passion-import --config {source}")
     if qc.get("quantize", True) is False:
         return QuantConfig(unet=None, vae=None)
     if "Unet" not in qc:
@@ -153,7 +179,7 @@ def from_passion_block(qc: dict, source: str = "config") -> QuantConfig:
 def _passion_component(block: dict, where: str, quant_attention: bool) -> ComponentConfig:
     if not isinstance(block, dict):
         raise ConfigError(f"{where} must be a mapping")
-    unknown = set(block) - set(_PASSION_KEYS) - _PASSION_IGNORED
+    unknown = set(block) - set(_PASSION_KEYS) - _PASSION_IGNORED - {QUANT_CKPT}
     if unknown:
         raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r}")
     for key in ("weight_quant_bits", "act_quant_bits"):

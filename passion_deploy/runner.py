@@ -62,7 +62,10 @@ def vae_tiles(pipe, latent_tile: tuple[int, int], setting) -> tuple[tuple[int, i
 
 @dataclass
 class SRModel:
-    pipe: torch.nn.Module
+    """A model for super_resolve: `pipe` is an SR runtime (export/runtime.py's contract: FP32,
+    FP16 and fake-quant PyTorch pipelines and every artifact alike)."""
+
+    pipe: object
     backend: str
     latent_tile: tuple[int, int]
     description: str
@@ -73,7 +76,15 @@ class SRModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.float16 if self.backend == "fp16" else torch.float32
+        return getattr(self.pipe, "dtype", torch.float32)
+
+
+def pipeline_model(pipe, backend: str, latent_tile, description: str, label: str = "") -> SRModel:
+    """An SRModel running a PyTorch OneStepSR through the runtime contract."""
+    from .export.runtime import PipelineSR
+
+    latent_tile = tuple(latent_tile)
+    return SRModel(PipelineSR(pipe, backend, latent_tile, description), backend, latent_tile, description, label)
 
 
 def calibrate_on_photos(pipe, latent_tile: int | None = None, progress: bool = True, exclude: tuple[str, ...] = ()):
@@ -98,7 +109,7 @@ def load_model(preset: str = "tiny", backend: str = "fp32", weights=None, lora=N
     from .quant import quantize_pipeline
 
     if model_dir is not None:  # an exported artifact (passion-export): its manifest names the runtime
-        from .export.runtimes import open_artifact
+        from .export.targets import open_artifact
 
         rt = open_artifact(model_dir)
         qname = getattr(rt, "manifest", {}).get("quant_config_name", "")
@@ -115,12 +126,12 @@ def load_model(preset: str = "tiny", backend: str = "fp32", weights=None, lora=N
             pipe = quantize_pipeline(build_pipeline(preset, weights, lora, random_weights), cfg)
             used = calibrate_on_photos(pipe, progress=progress, exclude=calib_exclude)
             desc = f"fake-quant {cfg.name}, statistics-calibrated on bundled photos ({', '.join(used)})"
-        return SRModel(pipe, backend, tuple(pipe.latent_tile), desc, f"fake-quant {short_quant_name(pipe.quant_config.name)}")
+        return pipeline_model(pipe, backend, pipe.latent_tile, desc, f"fake-quant {short_quant_name(pipe.quant_config.name)}")
     pipe = build_pipeline(preset, weights, lora, random_weights)
     if backend == "fp16":
         pipe = pipe.half()
     tile = get_preset(preset).latent_tile
-    return SRModel(pipe, backend, (tile, tile), f"{backend} ({pipe.weights_source})", backend.upper())
+    return pipeline_model(pipe, backend, (tile, tile), f"{backend} ({pipe.weights_source})", backend.upper())
 
 
 def short_quant_name(name: str) -> str:

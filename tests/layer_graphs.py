@@ -4,8 +4,8 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from passion_deploy.export.graph import Graph, Node
-from passion_deploy.export.recipes import attention_recipe, layer_recipe
+from passion_deploy.export.ir.graph import Graph, Node
+from passion_deploy.export.ir.recipes import attention_recipe, layer_recipe
 from passion_deploy.quant.layers import QuantConv, QuantLinear
 from passion_deploy.quant.quantizer import QuantSpec
 from calib_helpers import calibrated_layer, observed_attention
@@ -36,29 +36,29 @@ CONVS = {"3x3s1": dict(kernel_size=3, padding=1), "3x3s2": dict(kernel_size=3, s
          "1x1": dict(kernel_size=1), "3x3s2pad0": dict(kernel_size=3, stride=2)}
 
 
-def conv_case(geom: str, bits: str, split: bool):
-    """A calibrated LET conv, its input, its fake-quant output and its recipe."""
+def conv_case(geom: str, bits: str, split: bool, let: bool = True):
+    """A calibrated conv (LET on unless `let` is False), its input, its fake-quant output and its recipe."""
     torch.manual_seed(0)
     wb, ab = BITS[bits]
-    layer = QuantConv(nn.Conv2d(8, 6, **CONVS[geom]), wspec=QuantSpec(wb), aspec=QuantSpec(ab), split=split, use_let=True,
+    layer = QuantConv(nn.Conv2d(8, 6, **CONVS[geom]), wspec=QuantSpec(wb), aspec=QuantSpec(ab), split=split, use_let=let,
                       let_form="consistent", s_alpha=0.5, only_weight=False)
     x = torch.randn(1, 8, 11, 9) * 2 + 0.3
-    calibrated_layer(layer, x)
+    calibrated_layer(layer, x, let=let)
     with torch.no_grad():
         ref = layer(x).numpy()
     return layer, x, ref, layer_recipe("conv", layer)
 
 
-def linear_case(shape: tuple, bits: str, split: bool):
-    """A calibrated LET linear (token halves with different ranges for 3-D inputs)."""
+def linear_case(shape: tuple, bits: str, split: bool, let: bool = True):
+    """A calibrated linear, LET on unless `let` is False (token halves with different ranges for 3-D inputs)."""
     torch.manual_seed(1)
     wb, ab = BITS[bits]
-    layer = QuantLinear(nn.Linear(8, 12), wspec=QuantSpec(wb), aspec=QuantSpec(ab), split=split, use_let=True,
+    layer = QuantLinear(nn.Linear(8, 12), wspec=QuantSpec(wb), aspec=QuantSpec(ab), split=split, use_let=let,
                         let_form="consistent", s_alpha=0.5, only_weight=False)
     x = torch.randn(*shape) * 2 - 0.2
     if len(shape) == 3:
         x[:, shape[1] // 2:] *= 4
-    calibrated_layer(layer, x)
+    calibrated_layer(layer, x, let=let)
     with torch.no_grad():
         ref = layer(x).numpy()
     return layer, x, ref, layer_recipe("lin", layer)

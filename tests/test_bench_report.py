@@ -306,3 +306,86 @@ def test_end_to_end_bench_report_on_a_tiny_artifact(tmp_path, capsys):
     fig = charts.latency_figure(rec)
     (cont,) = [c for c in fig.get_axes()[0].containers if hasattr(c, "errorbar")]
     assert len(cont.patches) == 3
+
+
+def _timed(name: str, seconds: float, fields: dict, calls: list):
+    """A variant that logs its load and each run, and takes `seconds` per run."""
+    import time
+
+    import torch
+
+    from passion_deploy.export.runtime import TimingVariant
+
+    def load():
+        calls.append(("load", name))
+
+        def fn(x):
+            calls.append(("run", name))
+            time.sleep(seconds)
+            return x
+        return fn
+    return TimingVariant(name, load, torch.zeros(1, 4, 2, 2), fields)
+
+
+def test_one_loop_loads_in_the_warm_up_then_alternates_the_variants():
+    from passion_deploy.benchmarks import harness
+
+    calls = []
+    variants = [_timed("artifact", 0.002, {"weight_bytes_on_disk": 10}, calls),
+                _timed("baseline", 0.008, {"weight_bytes_in_memory": 1_000_000}, calls)]
+    rec = harness.time_component(variants, runs=5, warmup=2, progress=False, desc="t")
+    # each loads inside its own warm-up (so loading counts in its memory), then the runs alternate
+    assert calls[:6] == [("load", "artifact"), ("run", "artifact"), ("run", "artifact"),
+                         ("load", "baseline"), ("run", "baseline"), ("run", "baseline")]
+    assert calls[6:] == [("run", "artifact"), ("run", "baseline")] * 5
+    assert rec["artifact"]["weight_bytes_on_disk"] == 10
+    assert rec["baseline"]["load_and_warmup_rss_increase_bytes"] >= 1_000_000  # weights held before the warm-up count
+    for r in rec.values():
+        assert len(r["samples_s"]) == 5 and r["min_s"] <= r["median_s"] <= r["max_s"] and r["peak_rss_bytes"] > 0
+    speed = harness.speedups(rec, "artifact")
+    assert list(speed) == ["vs_baseline"] and speed["vs_baseline"] > 1
+    line = harness.result_line("unet", rec, speed)
+    assert line.startswith("  unet         artifact ") and line.endswith(f"-> {speed['vs_baseline']:.2f}x vs baseline")
+
+
+def _decoder_artifact(tmp_path: Path, *args: str) -> Path:
+    from passion_deploy.cli import export as export_cli
+
+    d = tmp_path / "art"
+    assert export_cli.main(["--ckpt", "tiny-w8a8", "--out", str(d), "--components", "vae_decoder", "--no-progress",
+                            *args]) in (0, 3)  # 3: a trt artifact without engines
+    return d
+
+
+def test_a_trt_artifact_without_engines_is_refused_in_one_sentence(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from passion_deploy.export.targets.trt import build as trt_build
+
+    monkeypatch.setattr(trt_build, "missing_for_engines", lambda: ["TensorRT"])
+    d = _decoder_artifact(tmp_path, "--target", "trt")
+    capsys.readouterr()
+    assert bench_cli.main(["--model", str(d), "--runs", "5", "--no-progress"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"passion-bench: {d}: a trt artifact is benchmarked through its engines, but it has no engines; its Q/DQ ONNX "
+        "runs in ONNX Runtime only to check the graph (dequantized float ops), which says nothing about TensorRT's speed"]
+
+
+def test_timing_only_times_a_vnni_artifact_on_a_cpu_without_vnni(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from passion_deploy.export import artifact
+
+    d = _decoder_artifact(tmp_path, "--target", "onnx", "--isa", "vnni")
+    monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: False)
+    capsys.readouterr()
+    assert bench_cli.main(["--model", str(d), "--runs", "5", "--no-progress", "--no-memory"]) == 2
+    assert "saturate on this CPU without VNNI" in capsys.readouterr().err
+    rec_path = tmp_path / "rec.json"
+    assert bench_cli.main(["--model", str(d), "--runs", "5", "--no-progress", "--no-memory", "--no-torch", "--timing-only",
+                           "--vae-size", "16", "--threads", "1", "--json", str(rec_path)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^  vae_decoder  int_onnx .* ms   fp32_onnx .* ms   -> \d+\.\d\dx vs fp32_onnx$", out, re.M)
+    assert "**timing only**" in out
+    rec = json.loads(rec_path.read_text())
+    assert rec["artifact_variant"] == "int_onnx" and rec["isa"] == "vnni" and "runtime" not in rec
+    assert rec["settings"]["isa_check_skipped_outputs_invalid"] is True and rec["settings"]["ort_intra_op_threads"] == 1
+    assert list(rec["components"]["vae_decoder"]["variants"]) == ["int_onnx", "fp32_onnx"]  # --no-torch

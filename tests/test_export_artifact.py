@@ -12,8 +12,8 @@ from passion_deploy.cli import export as export_cli
 from passion_deploy.export import artifact
 from passion_deploy.export.artifact import ArtifactError
 from passion_deploy.export.exporter import export_artifact
-from passion_deploy.export.irfile import load_ir
-from passion_deploy.export.runtime import OnnxSR
+from passion_deploy.export.ir.irfile import load_ir
+from passion_deploy.export.targets.onnx.runtime import OnnxSR
 from passion_deploy.export.verify import psnr, verify_artifact
 
 

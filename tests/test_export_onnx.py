@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from passion_deploy.export import int_algebra as ia
+from passion_deploy.export.ir import int_algebra as ia
 from passion_deploy.export.artifact import cpu_has_vnni
-from passion_deploy.export.irfile import load_ir, save_ir
-from passion_deploy.export.onnx_lower import lower_graph
-from passion_deploy.export.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
+from passion_deploy.export.ir.irfile import load_ir, save_ir
+from passion_deploy.export.targets.onnx.lower import lower_graph
+from passion_deploy.export.ir.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
 from layer_graphs import (BITS, CONVS, attention_case, check, check_attention, conv_case, far_from_zero_case, linear_case,
                           run_onnx, single, weight_only_case)
 

@@ -1,6 +1,6 @@
 """The trt target's explicit-quantization ONNX: TensorRT's graph rules on every emitted graph,
 and its meaning checked without TensorRT: ONNX Runtime runs it with DequantizeLinear -> op
-unfused (export.runtime.session(plain_qdq=True)), against the fake-quant layers and components."""
+unfused (export.onnx_graph.session(plain_qdq=True)), against the fake-quant layers and components."""
 import numpy as np
 import onnx
 import pytest
@@ -8,12 +8,12 @@ import torch
 from onnx import helper, numpy_helper
 from torch import nn
 
-from passion_deploy.export import int_algebra as ia
-from passion_deploy.export.qdq_lower import lower_graph_qdq
-from passion_deploy.export.qdq_rules import qdq_violations, quantized_op_count
-from passion_deploy.export.recipes import layer_recipe
-from passion_deploy.export.runtime import session
-from passion_deploy.export.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
+from passion_deploy.export.ir import int_algebra as ia
+from passion_deploy.export.targets.trt.lower import lower_graph_qdq
+from passion_deploy.export.targets.trt.rules import qdq_violations, quantized_op_count
+from passion_deploy.export.ir.recipes import layer_recipe
+from passion_deploy.export.onnx_graph import session
+from passion_deploy.export.ir.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
 from passion_deploy.quant.layers import QuantConv
 from passion_deploy.quant.quantizer import QuantSpec
 from calib_helpers import calibrated_layer

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from passion_deploy.export import int_algebra as ia
-from passion_deploy.export.recipes import attention_recipe, layer_recipe, run_attention, run_layer
+from passion_deploy.export.ir import int_algebra as ia
+from passion_deploy.export.ir.recipes import attention_recipe, layer_recipe, run_attention, run_layer
 from passion_deploy.quant.layers import QuantConv, QuantLinear
 from passion_deploy.quant.quantizer import QuantSpec
 from calib_helpers import calibrated_layer, head_qkv, observed_attention

@@ -27,9 +27,10 @@ from passion_deploy.cli import sr as sr_cli  # noqa: E402
 from passion_deploy.export import artifact  # noqa: E402
 from passion_deploy.export.artifact import ArtifactError  # noqa: E402
 from passion_deploy.export.exporter import export_artifact, probe_images  # noqa: E402
-from passion_deploy.export.runtime import OnnxSR  # noqa: E402
-from passion_deploy.export.runtimes import open_artifact  # noqa: E402
-from passion_deploy.export.triton_runtime import DequantModule, TritonSR  # noqa: E402
+from passion_deploy.export.targets.onnx.runtime import OnnxSR  # noqa: E402
+from passion_deploy.export.targets import open_artifact  # noqa: E402
+from passion_deploy.export.targets.triton.modules import DequantModule  # noqa: E402
+from passion_deploy.export.targets.triton.runtime import TritonSR  # noqa: E402
 from passion_deploy.export.verify import psnr  # noqa: E402
 from passion_deploy.quant.attention import QuantAttnProcessor  # noqa: E402
 from passion_deploy.quant.layers import QuantLayer  # noqa: E402
@@ -227,7 +228,7 @@ def test_weight_only_layers_run_dequantized(kind):
     op on the IR's dequantized weights, which is what the fake-quant layer computes."""
     from torch import nn
 
-    from passion_deploy.export.recipes import layer_recipe
+    from passion_deploy.export.ir.recipes import layer_recipe
     from passion_deploy.quant.layers import QuantConv, QuantLinear
     from passion_deploy.quant.quantizer import QuantSpec
     from calib_helpers import calibrated_layer

@@ -13,12 +13,13 @@ import torch
 from onnx import TensorProto, numpy_helper
 
 from passion_deploy.cli import export as export_cli
-from passion_deploy.export import artifact, trt_build
-from passion_deploy.export.onnx_fp16 import to_fp16
-from passion_deploy.export.qdq_rules import qdq_violations
-from passion_deploy.export.runtime import session
-from passion_deploy.export.runtimes import open_artifact
-from passion_deploy.export.trt_runtime import QdqOnnxSR
+from passion_deploy.export import artifact
+from passion_deploy.export.targets.trt import build as trt_build
+from passion_deploy.export.targets.trt.fp16 import to_fp16
+from passion_deploy.export.targets.trt.rules import qdq_violations
+from passion_deploy.export.onnx_graph import session
+from passion_deploy.export.targets import open_artifact
+from passion_deploy.export.targets.trt.runtime import QdqOnnxSR
 
 HAVE_ENGINES = not trt_build.missing_for_engines()
 
@@ -95,8 +96,8 @@ def test_engines_built_elsewhere_are_refused_with_what_differs(trt_dir, tmp_path
 def test_fp16_copy_types_every_float_but_resize_scales_and_keeps_fp32_io():
     """The FP16 baseline engine's graph: tiny-w8a8's VAE decoder traced without quantization."""
     from passion_deploy.checkpoint import load_checkpoint
-    from passion_deploy.export.onnx_lower import lower_graph
-    from passion_deploy.export.trace import trace_vae_decoder
+    from passion_deploy.export.targets.onnx.lower import lower_graph
+    from passion_deploy.export.ir.trace import trace_vae_decoder
 
     z = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -132,7 +133,7 @@ def test_fp16_copy_refuses_values_beyond_fp16():
 
 @pytest.mark.skipif(not HAVE_ENGINES, reason="needs TensorRT and a CUDA GPU: " + ", ".join(trt_build.missing_for_engines()))
 def test_engines_build_and_match_the_qdq_graph(tmp_path):
-    from passion_deploy.export.trt_runtime import TrtSR
+    from passion_deploy.export.targets.trt.runtime import TrtSR
 
     out = tmp_path / "eng"
     rc = export_cli.main(["--ckpt", "tiny-w8a8", "--target", "trt", "--out", str(out), "--components", "vae_decoder",

@@ -10,18 +10,20 @@ from passion_deploy.kernels import use_interpreter_without_gpu
 use_interpreter_without_gpu()
 pytest.importorskip("triton", reason="the kernels need triton (pip install triton)")
 
-from passion_deploy.export import int_algebra as ia  # noqa: E402
-from passion_deploy.export.recipes import attention_recipe, run_attention  # noqa: E402
+from passion_deploy.export.ir import int_algebra as ia  # noqa: E402
+from passion_deploy.export.ir.recipes import attention_recipe, run_attention  # noqa: E402
+from passion_deploy.export.targets.triton.layers import kernel_attention  # noqa: E402
+from passion_deploy.export.targets.triton.operands import kernel_act  # noqa: E402
 from passion_deploy.kernels import reference as ref  # noqa: E402
-from passion_deploy.kernels.attention import KernelAttention, act_matmul, softmax_quant  # noqa: E402
+from passion_deploy.kernels.attention import act_matmul, softmax_quant  # noqa: E402
 from calib_helpers import head_qkv, observed_attention  # noqa: E402
 
 SMALL = (16, 16, 16)
 
 
 def operand(lo_j, bits, step, dtype):
-    """Activation operand of an unsigned grid whose values start at lo_j (zp = lo_j)."""
-    return ia.act_operand(ia.Grid(np.float32(step), np.int64(lo_j), bits, False), dtype)
+    """Kernel operand of an unsigned grid whose values start at lo_j (zp = lo_j)."""
+    return kernel_act(ia.act_operand(ia.Grid(np.float32(step), np.int64(lo_j), bits, False), dtype))
 
 
 @pytest.mark.parametrize("grids", ["in-range", "residuals"])
@@ -48,7 +50,7 @@ def test_softmax_quant_is_the_normalised_softmax():
     g = torch.Generator().manual_seed(0)
     scores = torch.randn(3, 5, 150, generator=g) * 4  # two column blocks of 128, odd row count
     s_vw = torch.rand(150, generator=g) + 0.5
-    pop = ia.act_operand(ia.Grid(np.float32(1.5 / 255), np.int64(0), 8, False), "u8")
+    pop = operand(0, 8, 1.5 / 255, "u8")
     codes = softmax_quant(scores, s_vw, pop)
     want = ref.softmax_quant_ref(scores, s_vw, pop)
     diff = (codes.long() - want).abs()
@@ -61,7 +63,7 @@ def test_softmax_quant_is_the_normalised_softmax():
 
 
 def test_softmax_quant_checks_shapes():
-    pop = ia.act_operand(ia.Grid(np.float32(0.01), np.int64(0), 8, False), "u8")
+    pop = operand(0, 8, 0.01, "u8")
     with pytest.raises(ValueError, match="s_vw"):
         softmax_quant(torch.zeros(2, 5), torch.ones(4), pop)
 
@@ -74,7 +76,7 @@ def test_attention_kernels_match_fake_quant(bits, cross):
     q, k, v = head_qkv(attn, hidden, ctx)
     with torch.no_grad():
         fq = proc.attention(q, k, v, attn.scale)
-    ka = KernelAttention(rec, block=SMALL, act_block=(32, 16), softmax_block=(16, 16))
+    ka = kernel_attention(rec, block=SMALL, act_block=(32, 16), softmax_block=(16, 16))
     out, parts = ka(q, k, v, store_int=True)
     s_qk, s_vw = torch.from_numpy(rec.s_qk), torch.from_numpy(rec.s_vw)
     # operands: bit-exact against the IR's operand reference

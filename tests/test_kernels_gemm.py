@@ -14,14 +14,16 @@ from passion_deploy.kernels import use_interpreter_without_gpu
 use_interpreter_without_gpu()
 pytest.importorskip("triton", reason="the kernels need triton (pip install triton)")
 
-from passion_deploy.export import int_algebra as ia  # noqa: E402
-from passion_deploy.export import packing  # noqa: E402
-from passion_deploy.export.recipes import layer_recipe, run_layer  # noqa: E402
+from passion_deploy.export.ir import int_algebra as ia  # noqa: E402
+from passion_deploy.export.ir import packing  # noqa: E402
+from passion_deploy.export.ir.plan import layer_plan  # noqa: E402
+from passion_deploy.export.ir.recipes import layer_recipe, run_layer  # noqa: E402
+from passion_deploy.export.targets.triton.layers import KernelLayer  # noqa: E402
+from passion_deploy.export.targets.triton.operands import encoding, kernel_act, pack_weights, taps_last  # noqa: E402
 from passion_deploy.kernels import reference as ref  # noqa: E402
 from passion_deploy.kernels.act_quant import act_quant  # noqa: E402
-from passion_deploy.kernels.layers import KernelLayer  # noqa: E402
 from passion_deploy.kernels.gemm import qgemm  # noqa: E402
-from passion_deploy.kernels.operands import linear_epilogue, pack_weights, taps_last  # noqa: E402
+from passion_deploy.kernels.operands import WEIGHT_DTYPE  # noqa: E402
 from passion_deploy.quant.layers import QuantConv, QuantLinear  # noqa: E402
 from passion_deploy.quant.quantizer import LBQuantizer, QuantSpec  # noqa: E402
 from calib_helpers import calibrated_layer  # noqa: E402
@@ -49,10 +51,20 @@ def assert_close(y, want, rel):
     assert err <= rel * want.abs().max().item(), f"max abs err {err} vs scale {want.abs().max().item()}"
 
 
+def ref_weights(rec):
+    """The reference's weights: int_algebra's operands of the recipe's codes, in the layer's own
+    layout (never through the packed bytes the kernel reads)."""
+    out = []
+    for g in rec.weights:
+        op = ia.weight_operand(np.asarray(g.codes).astype(np.int64), g.grid, WEIGHT_DTYPE)
+        out.append(ref.RefWeights(g.k0, g.k1, op.values, op.zero, op.residual, op.step))
+    return out
+
+
 def check_ints(codes, a_ops, rec, acc, rs, spatial=None):
     """Kernel int32 parts == int64 reference; returns the reference's float64 output."""
     kw = {} if spatial is None else dict(spatial=spatial, stride=rec.stride[0], padding=rec.padding[0])
-    ex, sums, y = ref.qgemm_ref(codes, a_ops, rec.weights, **kw)
+    ex, sums, y = ref.qgemm_ref(codes, a_ops, ref_weights(rec), **kw)
     assert torch.equal(acc.long(), ex), "int32 accumulators differ from the int64 reference"
     assert torch.equal(rs.long(), sums), "row sums differ from the int64 reference"
     return y
@@ -86,23 +98,26 @@ def test_act_quant_matches_reference_and_fake_quant(dtype, case):
     else:  # a range that excludes 0: the operand zero point does not fit 8 bits
         x = torch.rand(2, 23, 13, generator=g) * 9 + 39  # some values clamp on both sides
         grids = [grid(40.0, 47.0, spec)]
-    ops = [ia.act_operand(gr, dtype) for gr in grids]
-    assert ops[0].wide == (case == "wide")
+    ir_ops = [ia.act_operand(gr, dtype) for gr in grids]
+    assert ir_ops[0].wide == (case == "wide")
+    ops = [kernel_act(op) for op in ir_ops]
     xt = x.transpose(1, 2).contiguous().transpose(1, 2)  # strided input (channel stride != 1)
     codes = act_quant(xt, ops, c_split=6 if len(ops) == 2 else None, block=(16, 8), **kw)
     assert codes.dtype == (torch.uint8 if dtype == "u8" else torch.int8)
     want = ref.act_quant_ref(x, ops, 6, **kw)
     assert torch.equal(codes.long(), want)
-    # grid values j = operand - zero + residual are the fake-quant's codes q + zp, per half
+    # grid values j = operand - zero + residual are the fake-quant's codes q + zp, per half,
+    # and the kernels' reference operands are int_algebra's
     xs = ref.pre_op(x, kw.get("pre", "none"), kw.get("scale"), kw.get("offset"), kw.get("vec_on_rows", False))
     bounds = [(0, 6), (6, 13)] if len(ops) == 2 else [(0, 13)]
-    for (c0, c1), op, gr in zip(bounds, ops, grids):
+    for (c0, c1), op, ir_op, gr in zip(bounds, ops, ir_ops, grids):
         j = ia.quant_codes(xs[..., c0:c1], gr) + float(gr.zp)
         assert torch.equal(codes[..., c0:c1].long() - op.kernel_zero + op.residual, j.long())
+        assert torch.equal(want[..., c0:c1], ia.act_operand_values(xs[..., c0:c1], ir_op).long())
 
 
 def test_act_quant_rejects_bad_shapes():
-    op = ia.act_operand(grid(-1.0, 1.0, QuantSpec(8)))
+    op = kernel_act(ia.act_operand(grid(-1.0, 1.0, QuantSpec(8))))
     with pytest.raises(ValueError, match=r"\(B, P, C\)"):
         act_quant(torch.zeros(3, 4), [op])
     with pytest.raises(ValueError, match="split point"):
@@ -118,7 +133,7 @@ def test_packed_weights_unpack_to_the_int_algebra_operands(spec):
     layer = make("conv", spec, True, 7, kernel_size=3, padding=1)
     calibrated_layer(layer, torch.randn(1, 7, 5, 5))
     rec = layer_recipe("c", layer)
-    pw = pack_weights(rec.weights)
+    pw = pack_weights(layer_plan(rec, 4, encoding()))
     for gi, g in enumerate(rec.weights):
         codes = taps_last(g.codes.astype(np.int64))
         n, taps, cg = codes.shape
@@ -154,24 +169,25 @@ def test_linear_kernel(case):
     calibrated_layer(layer, x, let=special != "residuals")
     rec = layer_recipe("lin", layer)
     kl = KernelLayer(rec, act_dtype=dtype, block=block, act_block=(64, 32))
+    acts = [kernel_act(ia.act_operand(g, dtype)) for g in rec.acts]
     if special == "residuals":
-        assert kl.acts[0].residual != 0 and kl.weights.has_residual
+        assert acts[0].residual != 0 and kl.weights.has_residual
     out_dtype = torch.float16 if special == "fp16" else torch.float32
     y, parts = kl(x, out_dtype, store_int=True)
     assert y.dtype == out_dtype and y.shape == shape[:-1] + (19,)
     x3 = x.reshape(1, -1, shape[-1]) if x.dim() != 3 else x
     if rec.act_split_on_tokens(x.dim()):
         h = shape[1] // 2
-        halves = [((0, h), [kl.acts[0]]), ((h, shape[1]), [kl.acts[1]])]
+        halves = [((0, h), [0]), ((h, shape[1]), [1])]  # indices of the activation operands
     else:
-        halves = [((0, x3.shape[1]), kl.acts)]
+        halves = [((0, x3.shape[1]), list(range(len(acts))))]
     y_ref = []
-    for ((r0, r1), ops), (codes, acc, rs) in zip(halves, parts):
+    rows = kl.plan(x.dim()).rows
+    for ((r0, r1), idx), (codes, acc, rs), row in zip(halves, parts, rows, strict=True):
         xs = ref.pre_op(x3[:, r0:r1], "let", torch.from_numpy(rec.let_scale), torch.from_numpy(rec.let_input_offset))
-        assert torch.equal(codes.long(), ref.act_quant_ref(xs, ops, rec.weights[0].k1))
-        gemm_ops = ops if len(ops) == len(rec.weights) else ops * len(rec.weights)
-        ep = linear_epilogue(rec, kl.weights, gemm_ops)
-        y_ref.append(check_ints(codes, gemm_ops, rec, acc, rs) + ep.bias.double())
+        assert torch.equal(codes.long(), ref.act_quant_ref(xs, [acts[i] for i in idx], rec.weights[0].k1))
+        gemm_idx = idx if len(idx) == len(rec.weights) else idx * len(rec.weights)
+        y_ref.append(check_ints(codes, [acts[i] for i in gemm_idx], rec, acc, rs) + torch.from_numpy(row.bias))
     y_ref = torch.cat(y_ref, dim=1).reshape(*shape[:-1], -1)
     rel = 1e-3 if out_dtype == torch.float16 else 2e-6
     assert_close(y, y_ref, rel)
@@ -184,13 +200,13 @@ def test_linear_kernel_checks_shapes():
     layer = make("linear", "w8a8", False, 8)
     calibrated_layer(layer, torch.randn(3, 8))
     kl = KernelLayer(layer_recipe("lin", layer))
-    ep = linear_epilogue(kl.rec, kl.weights, kl.acts)
+    (row,) = kl.launches[False]
     with pytest.raises(ValueError, match="input channels"):
-        qgemm(torch.zeros(1, 3, 9, dtype=torch.uint8), kl.acts, kl.weights, ep)
+        qgemm(torch.zeros(1, 3, 9, dtype=torch.uint8), row.gemm, kl.weights, row.epilogue)
     with pytest.raises(ValueError, match="uint8/int8"):
-        qgemm(torch.zeros(1, 3, 8), kl.acts, kl.weights, ep)
+        qgemm(torch.zeros(1, 3, 8), row.gemm, kl.weights, row.epilogue)
     with pytest.raises(ValueError, match="one s8 activation operand"):
-        qgemm(torch.zeros(1, 3, 8, dtype=torch.int8), kl.acts, kl.weights, ep)
+        qgemm(torch.zeros(1, 3, 8, dtype=torch.int8), row.gemm, kl.weights, row.epilogue)
 
 
 # -- convolutions ---------------------------------------------------------------------------------
@@ -216,15 +232,16 @@ def test_conv_kernel(case):
     calibrated_layer(layer, x, let=special != "residuals")
     rec = layer_recipe("conv", layer)
     kl = KernelLayer(rec, act_dtype=dtype, block=BLOCK, act_block=(64, 32))
+    acts = [kernel_act(ia.act_operand(g, dtype)) for g in rec.acts]
     if special == "residuals":
-        assert all(a.residual != 0 for a in kl.acts) and kl.weights.has_residual
+        assert all(a.residual != 0 for a in acts) and kl.weights.has_residual
     out_dtype = torch.float16 if case.endswith("fp16") else torch.float32
     y, codes, acc, rs = kl(x, out_dtype, store_int=True)
     with torch.no_grad():
         fq = layer(x)
     assert y.shape == fq.shape and y.dtype == out_dtype
     spatial = tuple(shape[2:])
-    ops = kl.acts if len(kl.acts) == len(rec.weights) else kl.acts * len(rec.weights)
+    ops = acts if len(acts) == len(rec.weights) else acts * len(rec.weights)
     ep = kl._conv_epilogues[spatial]
     y_ref = check_ints(codes, ops, rec, acc, rs, spatial)
     y_ref = y_ref + (0 if ep.bias is None else ep.bias.double()) + (0 if ep.map is None else ep.map.double())

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from passion_deploy.export.packing import container_bits, pack, packed_nbytes, unpack
+from passion_deploy.export.ir.packing import container_bits, pack, packed_nbytes, unpack
 
 
 def grid(bits, signed):

@@ -1,4 +1,4 @@
-"""Reproduce the bundled tiny checkpoints: `python -m passion_deploy.calibrate.bundled [w8a8|w6a6|all]`.
+"""The calibration set of the bundled tiny checkpoints (`python -m passion_deploy.cli.bundled` replays them).
 
 Calibration images are HR crops of the tiny model's *training* photos (scikit-image, `train`
 extra), never the held-out photos the reports evaluate on. Each checkpoint is calibrated by
@@ -7,8 +7,6 @@ the ablation.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -39,26 +37,3 @@ def write_calibration_set(folder: Path = CALI_DIR, seed: int = 0) -> list[Path]:
                 Image.fromarray(photo[y:y + CROP, x:x + CROP], "RGB").save(tmp, format="PNG")
             out.append(path)
     return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ..cli.calibrate import main as calibrate
-
-    p = argparse.ArgumentParser(prog="python -m passion_deploy.calibrate.bundled", description=__doc__)
-    p.add_argument("which", nargs="?", default="all", choices=["w8a8", "w6a6", "all"])
-    args = p.parse_args(argv)
-    files = write_calibration_set()
-    print(f"calibration set: {len(files)} crops of {CROP} px in {CALI_DIR}")
-    for cfg in (["w8a8", "w6a6"] if args.which == "all" else [args.which]):
-        cmd = ["--config", str(assets.path(f"configs/tiny-{cfg}.yaml")), "--preset", "tiny",
-               "--out", str(assets.path(f"tiny/tiny-{cfg}.safetensors"))]
-        if cfg == "w6a6":
-            cmd.append("--ablation")
-        rc = calibrate(cmd)
-        if rc:
-            return rc
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

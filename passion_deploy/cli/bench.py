@@ -1,4 +1,5 @@
-"""passion-bench: latency and memory of an exported artifact vs FP32 ONNX Runtime and PyTorch;
+"""passion-bench: latency and memory of an exported artifact vs its float baselines (FP32 ONNX
+Runtime and PyTorch; on a GPU PyTorch FP16 and, for a trt artifact, its FP16 engines);
 --report writes Markdown with PNG charts (also from a saved record: --from-json)."""
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--vae-size", type=int, metavar="PX", help="image side for the VAE components (default: the UNet tile's image size)")
     p.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime and PyTorch (default: all cores)")
-    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch eager baseline")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline (FP32 eager; FP16 in CUDA graphs on a GPU)")
     p.add_argument("--timing-only", action="store_true",
                    help="time an --isa vnni artifact on a CPU without VNNI (its int8 GEMMs saturate there: timings "
                         "only, outputs invalid; recorded in the JSON)")

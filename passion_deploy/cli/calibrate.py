@@ -19,7 +19,8 @@ ABLATION = (  # (name, use LET layers, train LET, train LBQ): the shape of Passi
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="passion-calibrate", description=__doc__)
-    p.add_argument("--config", required=True, help="PassionSR PTQ YAML (seed README schema)")
+    p.add_argument("--config", required=True, help="PassionSR PTQ YAML (seed README schema); a YAML whose blocks name "
+                                                   "quant_ckpt (PassionSR's calibrated parameters) is imported instead")
     p.add_argument("--out", help="checkpoint path (default: quantize_config.output_modelpath/<config name>.safetensors)")
     p.add_argument("--preset", choices=["tiny", "sd21"], help="model preset; replaces the config's SD paths")
     p.add_argument("--weights", help="FP weights (replaces basic_config's SD paths)")
@@ -32,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str) -> str:
-    import torch
+    from ..devices import cuda_available
 
-    if name.startswith("cuda") and not torch.cuda.is_available():
+    if name.startswith("cuda") and not cuda_available():
         raise ValueError(f"the config asks for device {name!r} but no CUDA GPU is available here; pass --device cpu")
     return name
 
@@ -58,8 +59,42 @@ def calibrate_one(job, fp, pairs, plan, out, eval_fn, progress):
     return q, state, (eval_fn(q) if eval_fn else None)
 
 
+def import_instead(args, key: str) -> int:
+    """The config's blocks name PassionSR's calibrated parameters (`quant_ckpt`): nothing is left to
+    calibrate, so they are loaded through the importer and written where the calibration would go."""
+    from ..checkpoint import CheckpointError
+    from ..config import ConfigError, load_yaml
+    from ..importers import ImportRefused, import_passionsr, job_from_yaml, write_checkpoint
+    from ..models import WeightsError
+
+    try:
+        for flag in ("preset", "weights", "random_weights", "stats_only", "ablation"):
+            if getattr(args, flag) not in (None, False):
+                raise ImportRefused(f"{args.config}: {key} names PassionSR's calibrated parameters, which are imported "
+                                    f"as they are; --{flag.replace('_', '-')} does not apply")
+        job = job_from_yaml(args.config)
+        out_dir = (load_yaml(args.config).get("quantize_config") or {}).get("output_modelpath")
+        if not args.out and not out_dir:
+            raise ImportRefused(f"{args.config}: give --out or quantize_config.output_modelpath")
+        out = Path(args.out) if args.out else Path(out_dir) / f"{job.quant.name}.safetensors"
+        result = import_passionsr(job, progress=not args.no_progress)
+        write_checkpoint(result, out)
+    except (ImportRefused, ConfigError, WeightsError, CheckpointError) as e:
+        print(f"passion-calibrate: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(result.lines))
+    print(f"passion-calibrate: {args.config}: {key} names PassionSR's calibrated parameters, so they were imported "
+          f"(passion-import), not calibrated; wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..importers import names_quant_ckpt
+
+    key = names_quant_ckpt(args.config)
+    if key:
+        return import_instead(args, key)
     from ..calibrate.data import CalibrationDataError, load_calibration_pairs
     from ..calibrate.job import load_job
     from ..calibrate.report import build_report, make_heldout_eval, markdown_summary, write_report

@@ -29,13 +29,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder for the 4x PNGs")
     m = p.add_argument_group("model")
     m.add_argument("--preset", default="tiny", choices=["tiny", "sd21"])
-    m.add_argument("--backend", default="fp32", choices=BACKENDS)
+    m.add_argument("--backend", choices=BACKENDS,
+                   help="default fp32; fakequant when --config names PassionSR's calibrated parameters")
     m.add_argument("--weights", help="FP weights: project .safetensors, diffusers folder or SD single-file checkpoint")
     m.add_argument("--lora", help="OSEDiff LoRA file to merge into the weights")
     m.add_argument("--random-weights", type=int, metavar="SEED", help="seeded random weights (benchmarking only)")
     m.add_argument("--ckpt", help="calibrated checkpoint (path, or bundled name such as tiny-w8a8) for --backend fakequant")
     m.add_argument("--config", default="w8a8",
-                   help="quantization config when no --ckpt is given: w8a8, w6a6, w8a8-unet, w6a6-unet or a YAML file")
+                   help="quantization config when no --ckpt is given: w8a8, w6a6, w8a8-unet, w6a6-unet or a YAML file; "
+                        "a PassionSR inference YAML whose blocks name quant_ckpt runs PassionSR's model, imported")
     m.add_argument("--model", metavar="DIR", help="an artifact directory written by passion-export (replaces --backend)")
     t = p.add_argument_group("tiling and colour")
     t.add_argument("--tile-overlap", type=int, metavar="N",
@@ -118,19 +120,27 @@ class Models:
             a = self.args
             from ..runner import load_model
 
-            self._main = load_model(a.preset, a.backend, a.weights, a.lora, a.random_weights, a.ckpt, a.config,
-                                    model_dir=a.model)
+            if a.import_key:
+                self._main = imported_model(a.config)
+            else:
+                self._main = load_model(a.preset, a.backend, a.weights, a.lora, a.random_weights, a.ckpt, a.config,
+                                        model_dir=a.model)
         return self._main
 
     def fp32(self):
         """FP32 reference: the main model if it is FP32; for a checkpoint or an artifact, the same
         weights with every quantizer off (equal to the FP32 model up to float rounding)."""
         if self._fp32 is None:
-            from ..runner import SRModel, load_model
+            from ..runner import load_model, pipeline_model
 
             main, a = self.main(), self.args
             if main.backend == "fp32":
                 self._fp32 = main
+            elif a.import_key:  # PassionSR's merged FP model (its reference-form LET is no identity with quantizers off)
+                from ..importers import build_fp_pipeline, job_from_yaml
+
+                fp = build_fp_pipeline(job_from_yaml(a.config)).pipe
+                self._fp32 = pipeline_model(fp, "fp32", main.latent_tile, f"fp32 (PassionSR's FP weights, {Path(a.config).name})", "FP32")
             elif a.model or (main.backend == "fakequant" and a.ckpt):
                 from ..checkpoint import load_checkpoint
                 from ..quant.wrap import set_quant_state
@@ -142,7 +152,7 @@ class Models:
                 else:
                     pipe = load_checkpoint(a.ckpt, preset=a.preset, weights=a.weights)
                 set_quant_state(pipe, weight=False, act=False)
-                self._fp32 = SRModel(pipe, "fp32", tuple(pipe.latent_tile),
+                self._fp32 = pipeline_model(pipe, "fp32", pipe.latent_tile,
                                      f"fp32 ({Path(str(pipe.checkpoint_path)).name} with quantizers off)", "FP32")
             else:
                 self._fp32 = load_model(a.preset, "fp32", a.weights, a.lora, a.random_weights)
@@ -152,6 +162,7 @@ class Models:
         """(label, model) per --compare-with column, the main model first when it is not FP32."""
         if self._extra is None:
             from ..checkpoint import BUNDLED
+            from ..importers import names_quant_ckpt
             from ..runner import load_model
 
             a = self.args
@@ -163,7 +174,9 @@ class Models:
                 if s.spec == "fp16":
                     m = load_model(a.preset, "fp16", a.weights, a.lora, a.random_weights)
                 elif kind == "fakequant":
-                    if arg and (arg in BUNDLED or Path(arg).is_file() and not arg.endswith((".yaml", ".yml"))):
+                    if names_quant_ckpt(arg or a.config):
+                        m = imported_model(arg or a.config)
+                    elif arg and (arg in BUNDLED or Path(arg).is_file() and not arg.endswith((".yaml", ".yml"))):
                         m = load_model(a.preset, "fakequant", a.weights, ckpt=arg)
                         m.label = f"{m.label} ({Path(arg).stem})"
                     elif arg:
@@ -179,6 +192,35 @@ class Models:
                 cols.append((m.label, m))
             self._extra = cols
         return self._extra
+
+
+def imported_model(config: str):
+    """The fake-quant model of a PassionSR inference YAML whose blocks name quant_ckpt, imported."""
+    from ..importers import import_passionsr, job_from_yaml
+    from ..runner import pipeline_model, short_quant_name
+
+    pipe = import_passionsr(job_from_yaml(config)).pipe
+    name = pipe.quant_config.name
+    return pipeline_model(pipe, "fakequant", pipe.latent_tile, f"fake-quant {name}, PassionSR's parameters from {config}",
+                          f"fake-quant {short_quant_name(name)}")
+
+
+def resolve_model_args(args) -> None:
+    """--config naming PassionSR's calibrated parameters (quantize_config.<block>.quant_ckpt) selects
+    that model, imported; it is never dropped in favour of another model."""
+    from ..importers import names_quant_ckpt
+
+    args.import_key = names_quant_ckpt(args.config) if args.config else None
+    if args.import_key:
+        for flag, value in (("--ckpt", args.ckpt), ("--model", args.model)):
+            if value:
+                raise UsageError(f"--config {args.config} names PassionSR's calibrated parameters ({args.import_key}) "
+                                 f"and {flag} names another model; give one of them")
+        if args.backend not in (None, "fakequant"):
+            raise UsageError(f"--config {args.config} names PassionSR's calibrated parameters ({args.import_key}), "
+                             f"which run with --backend fakequant, not {args.backend}")
+        args.backend = "fakequant"
+    args.backend = args.backend or "fp32"
 
 
 def check_tiling(model, tiling) -> None:
@@ -198,6 +240,7 @@ def check_tiling(model, tiling) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        resolve_model_args(args)
         return _run(args)
     except UsageError as e:
         print(f"passion-sr: {e}", file=sys.stderr)

@@ -7,12 +7,9 @@ import torch
 from safetensors.torch import load_file
 
 from .. import assets
+from .loading import WeightsError
 from .pipeline import OneStepSR
 from .presets import get_preset
-
-
-class WeightsError(ValueError):
-    """Weights that cannot be used; the message names the file and the problem."""
 
 
 def load_context(path: str | Path | None = None) -> torch.Tensor:

@@ -37,9 +37,11 @@ PEFT_DEFAULT_LORA_ALPHA = 8.0
 LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 
 
-def _error(path: Path, problem: str) -> Exception:
-    from .build import WeightsError  # build imports this module lazily, so import back lazily too
+class WeightsError(ValueError):
+    """Weights that cannot be used; the message names the file and the problem."""
 
+
+def _error(path: Path, problem: str) -> Exception:
     return WeightsError(f"{path}: {problem}")
 
 
@@ -61,6 +63,14 @@ def _read_torch(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises EOFError, UnpicklingError, RuntimeError, KeyError...
         raise _error(path, f"is not a PyTorch checkpoint readable with weights_only=True ({_reason(e)})") from None
+
+
+def read_torch_file(path: str | Path) -> object:
+    """A pickled torch file from another project, read without executing code: refused by name
+    if it needs more than tensors and plain containers."""
+    path = Path(path)
+    _require_file(path)
+    return _read_torch(path)
 
 
 def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -187,18 +197,34 @@ def ldm_to_diffusers(checkpoint: dict, unet_config: dict, vae_config: dict, path
     return unet_sd, vae_sd
 
 
-def _read_single_file(path: Path, unet: nn.Module, vae: nn.Module, preset: str) -> tuple[dict, dict]:
-    checkpoint = _read_tensor_file(path)
+def read_single_file(path: str | Path) -> dict:
+    """The flat tensor dict of a single-file original-SD checkpoint (read without running code)."""
+    path = Path(path)
+    _require_file(path)
+    return _read_tensor_file(path)
+
+
+def convert_single_file(checkpoint: dict, unet: nn.Module, vae: nn.Module, path: Path, preset: str) -> tuple[dict, dict]:
+    """An original-SD checkpoint's UNet and VAE state dicts for these models, checked tensor by tensor."""
     unet_sd, vae_sd = ldm_to_diffusers(checkpoint, unet.config, vae.config, path)
     _check_state_dict(path, unet_sd, unet, "unet", preset)
     _check_state_dict(path, vae_sd, vae, "vae", preset)
     return unet_sd, vae_sd
 
 
-def load_weights(unet: nn.Module, vae: nn.Module, path: str | Path, preset: str) -> str:
-    """Load SD weights from a diffusers folder or a single-file ldm checkpoint; returns a source id."""
+def single_file_source(path: Path) -> str:
+    """How a pipeline records single-file weights (checkpoints compare it on load)."""
     from ..io_utils import sha256_file
 
+    return f"single-file:{path.name}:sha256:{sha256_file(path)[:16]}"
+
+
+def _read_single_file(path: Path, unet: nn.Module, vae: nn.Module, preset: str) -> tuple[dict, dict]:
+    return convert_single_file(_read_tensor_file(path), unet, vae, path, preset)
+
+
+def load_weights(unet: nn.Module, vae: nn.Module, path: str | Path, preset: str) -> str:
+    """Load SD weights from a diffusers folder or a single-file ldm checkpoint; returns a source id."""
     path = Path(path)
     if not path.exists():
         raise _error(path, "does not exist")
@@ -207,7 +233,7 @@ def load_weights(unet: nn.Module, vae: nn.Module, path: str | Path, preset: str)
         source = f"diffusers:{path.resolve().name}"
     else:
         unet_sd, vae_sd = _read_single_file(path, unet, vae, preset)
-        source = f"single-file:{path.name}:sha256:{sha256_file(path)[:16]}"
+        source = single_file_source(path)
     # load_state_dict copies into the existing float32 tensors, casting fp16 files on the way
     unet.load_state_dict(unet_sd)
     vae.load_state_dict(vae_sd)
@@ -215,6 +241,11 @@ def load_weights(unet: nn.Module, vae: nn.Module, path: str | Path, preset: str)
 
 
 # ----------------------------------------------------------------------------- OSEDiff LoRA
+
+
+# The VAE adapter OSEDiff (and PassionSR after it) runs: its VAE also carries a decoder adapter
+# that inference never activates, so those tensors are dropped rather than merged.
+VAE_INACTIVE_ADAPTER = "default_decoder"
 
 
 @dataclass
@@ -225,22 +256,42 @@ class LoraPart:
     rank: int | None
 
 
-def _read_osediff_pkl(path: Path) -> tuple[dict[str, LoraPart], float | None]:
+@dataclass
+class LoraMerge:
+    """What merge_osediff_lora did, for summaries."""
+
+    file_format: str  # "osediff.pkl", "osediff.ckpt" (PassionSR's) or "safetensors"
+    pairs: dict  # part -> LoRA pairs merged
+    ranks: dict  # part -> rank (None: no LoRA for the part)
+    replaced: dict  # part -> base tensors replaced outright (OSEDiff's conv_in)
+    dropped: int  # VAE decoder-adapter tensors left out
+    scale: dict  # part -> alpha / rank
+
+
+# The two pickled layouts: OSEDiff's osediff.pkl and PassionSR's osediff.ckpt name the dicts differently.
+OSEDIFF_DICT_KEYS = {"osediff.pkl": "state_dict_{}", "osediff.ckpt": "{}_state_dict"}
+
+
+def _read_osediff_pkl(path: Path) -> tuple[dict[str, LoraPart], float | None, str]:
     data = _read_torch(path)
-    if not isinstance(data, dict) or not ("state_dict_unet" in data or "state_dict_vae" in data):
-        raise _error(path, "is not an OSEDiff LoRA file (no state_dict_unet or state_dict_vae)")
+    layout = next((fmt for fmt, key in OSEDIFF_DICT_KEYS.items()
+                   if isinstance(data, dict) and (key.format("unet") in data or key.format("vae") in data)), None)
+    if layout is None:
+        raise _error(path, "is not an OSEDiff LoRA file (no state_dict_unet/state_dict_vae as OSEDiff writes, "
+                           "nor unet_state_dict/vae_state_dict as PassionSR writes)")
     parts = {}
     for name in ("unet", "vae"):
-        tensors, rank = data.get(f"state_dict_{name}", {}), data.get(f"rank_{name}")
+        key = OSEDIFF_DICT_KEYS[layout].format(name)
+        tensors, rank = data.get(key, {}), data.get(f"rank_{name}")
         if not isinstance(tensors, dict):
-            raise _error(path, f"state_dict_{name} is a {type(tensors).__name__}, not a dict of tensors")
+            raise _error(path, f"{key} is a {type(tensors).__name__}, not a dict of tensors")
         if not (rank is None or isinstance(rank, int)):
             raise _error(path, f"rank_{name} is a {type(rank).__name__}, not an int")
         parts[name] = LoraPart(tensors, rank)
-    return parts, None
+    return parts, None, layout
 
 
-def _read_lora_safetensors(path: Path) -> tuple[dict[str, LoraPart], float | None]:
+def _read_lora_safetensors(path: Path) -> tuple[dict[str, LoraPart], float | None, str]:
     """Keys `unet.<peft key>` / `vae.<peft key>`; optional metadata `rank` and `lora_alpha`."""
     tensors, meta = _read_safetensors(path)
     try:
@@ -254,7 +305,7 @@ def _read_lora_safetensors(path: Path) -> tuple[dict[str, LoraPart], float | Non
         if name not in parts:
             raise _error(path, f"has tensor {key!r} that starts with neither 'unet.' nor 'vae.'")
         parts[name].tensors[rest] = t
-    return parts, alpha
+    return parts, alpha, "safetensors"
 
 
 def _lora_delta(path: Path, name: str, weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -272,8 +323,9 @@ def _lora_delta(path: Path, name: str, weight: torch.Tensor, a: torch.Tensor, b:
     return (b.float().flatten(1) @ a.float().flatten(1)).view(weight.shape)
 
 
-def _merged_weights(path: Path, what: str, module: nn.Module, part: LoraPart, alpha: float) -> tuple[dict, int]:
-    """New values for every parameter the file touches, and how many LoRA pairs it merged.
+def _merged_weights(path: Path, what: str, module: nn.Module, part: LoraPart, alpha: float) -> tuple[dict, int, int]:
+    """New values for every parameter the file touches, how many LoRA pairs it merged and how
+    many base tensors it replaced.
 
     Non-LoRA tensors replace base weights first (OSEDiff trains and saves conv_in outright, as
     `conv_in.base_layer.*` under peft), then each pair adds (alpha / rank) * B @ A, exactly what
@@ -306,27 +358,37 @@ def _merged_weights(path: Path, what: str, module: nn.Module, part: LoraPart, al
         weight = new.get(name, params[name].detach())
         delta = _lora_delta(path, mod, weight, ab["A"], ab["B"])
         new[name] = (weight.float() + (alpha / rank) * delta).to(weight.dtype)
-    return new, len(pairs)
+    ranks = {ab["A"].shape[0] for ab in pairs.values()}
+    return new, len(pairs), len(part.tensors) - 2 * len(pairs), (ranks.pop() if len(ranks) == 1 else part.rank)
 
 
-def merge_osediff_lora(unet: nn.Module, vae: nn.Module, path: str | Path, lora_alpha: float | None = None) -> None:
-    """Merge an OSEDiff LoRA (osediff.pkl, or a safetensors with `unet.`/`vae.` peft keys) in place.
+def merge_osediff_lora(unet: nn.Module, vae: nn.Module, path: str | Path, lora_alpha: float | None = None) -> LoraMerge:
+    """Merge an OSEDiff LoRA in place: OSEDiff's osediff.pkl, PassionSR's osediff.ckpt, or a
+    safetensors with `unet.`/`vae.` peft keys. Returns what was merged.
 
     lora_alpha: the peft alpha the LoRA was trained with; default the file's metadata, else
-    peft's default 8 that OSEDiff relies on. The merge scale is lora_alpha / rank.
+    peft's default 8 that OSEDiff relies on. The merge scale is lora_alpha / rank. The VAE's
+    decoder adapter is dropped (VAE_INACTIVE_ADAPTER).
     """
     path = Path(path)
     _require_file(path)
-    parts, file_alpha = _read_lora_safetensors(path) if path.suffix == ".safetensors" else _read_osediff_pkl(path)
+    parts, file_alpha, layout = _read_lora_safetensors(path) if path.suffix == ".safetensors" else _read_osediff_pkl(path)
     alpha = float(lora_alpha if lora_alpha is not None else file_alpha if file_alpha is not None else PEFT_DEFAULT_LORA_ALPHA)
-    updates, n_pairs = [], 0
+    vae_tensors = parts["vae"].tensors
+    dropped = [k for k in vae_tensors if VAE_INACTIVE_ADAPTER in k]
+    parts["vae"] = LoraPart({k: v for k, v in vae_tensors.items() if k not in dropped}, parts["vae"].rank)
+    updates = []
+    summary = LoraMerge(layout, {}, {}, {}, len(dropped), {})
     for what, module in (("unet", unet), ("vae", vae)):
-        new, n = _merged_weights(path, what, module, parts[what], alpha)
+        new, n, replaced, rank = _merged_weights(path, what, module, parts[what], alpha)
         params = dict(module.named_parameters())
         updates += [(params[name], value) for name, value in new.items()]
-        n_pairs += n
-    if n_pairs == 0:
+        summary.pairs[what], summary.replaced[what] = n, replaced
+        summary.ranks[what] = rank if n else None
+        summary.scale[what] = alpha / rank if n and rank else None
+    if sum(summary.pairs.values()) == 0:
         raise _error(path, "holds no LoRA weights (no lora_A/lora_B tensors)")
     with torch.no_grad():
         for param, value in updates:
             param.copy_(value)
+    return summary

@@ -31,6 +31,12 @@ def alpha_cumprod_at(timestep: int = TIMESTEP) -> float:
     return float(sched.alphas_cumprod[timestep])
 
 
+def z0_from_eps(z: torch.Tensor, eps: torch.Tensor, sqrt_a: float, sqrt_1ma: float) -> torch.Tensor:
+    """z0 = (z - sqrt(1-a) * eps) / sqrt(a), in float64 (the one place every runtime takes it from)."""
+    z0 = (z.double() - sqrt_1ma * eps.double().to(z.device)) / sqrt_a
+    return z0.to(z.dtype)
+
+
 class OneStepSR(nn.Module):
     def __init__(self, unet: nn.Module, vae: nn.Module, context: torch.Tensor, preset: str):
         super().__init__()
@@ -62,8 +68,7 @@ class OneStepSR(nn.Module):
         return self.unet(z, t, encoder_hidden_states=ctx).sample
 
     def z0_from_eps(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        z0 = (z.double() - self.sqrt_1ma * eps.double()) / self.sqrt_a
-        return z0.to(z.dtype)
+        return z0_from_eps(z, eps, self.sqrt_a, self.sqrt_1ma)
 
     def denoise(self, z: torch.Tensor) -> torch.Tensor:
         return self.z0_from_eps(z, self.unet_eps(z))

@@ -11,6 +11,11 @@ are derived from them on every call:
 
 R rounds half away from zero; in training its gradient is the identity (straight-through),
 also through the zero point, so the boundaries learn through D and zp.
+
+Precision of D and zp: the project derives them in the activation's dtype. PassionSR creates its
+per-tensor bounds as float64, so its D and zp of a per-tensor quantizer are float64, rounded to
+float32 only when they meet the tensor (spec passionsr-checkpoints 5.2); a quantizer with
+`per_tensor_float64` set (models imported from PassionSR) does the same.
 """
 from __future__ import annotations
 
@@ -80,8 +85,15 @@ def quantize_codes(x: torch.Tensor, d: torch.Tensor, zp: torch.Tensor, spec: Qua
     return torch.clamp(round_ste(x / d) - zp, spec.qmin, spec.qmax)
 
 
-def fake_quantize(x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    d, zp = step_and_zero_point(x_min, x_max, spec)
+def fake_quantize(x: torch.Tensor, x_min: torch.Tensor, x_max: torch.Tensor, spec: QuantSpec,
+                  step_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x^ = (q + zp) * D. step_dtype: derive D and zp from the bounds in that dtype, then round
+    them to x's dtype (PassionSR's float64 per-tensor bounds); default: in the bounds' dtype."""
+    if step_dtype is not None:
+        d, zp = step_and_zero_point(x_min.to(step_dtype), x_max.to(step_dtype), spec)
+        d, zp = d.to(x.dtype), zp.to(x.dtype)
+    else:
+        d, zp = step_and_zero_point(x_min, x_max, spec)
     return (quantize_codes(x, d, zp, spec) + zp) * d
 
 
@@ -102,6 +114,8 @@ class LBQuantizer(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
         self.enabled = True
         self.observer: str | None = None
+        # PassionSR's per-tensor bounds are float64: set for imported models (see the module doc)
+        self.per_tensor_float64 = False
 
     def extra_repr(self) -> str:
         s = self.spec
@@ -140,9 +154,17 @@ class LBQuantizer(nn.Module):
         elif not bool(self.initialized):
             raise RuntimeError("quantizer used before calibration: run a statistics pass or load a calibrated checkpoint")
         lo, hi = self._bounds(x)
+        if self._step_dtype() is not None:
+            return fake_quantize(x, lo, hi, self.spec, step_dtype=torch.float64)
         return fake_quantize(x, lo.to(x.dtype), hi.to(x.dtype), self.spec)
 
+    def _step_dtype(self) -> torch.dtype | None:
+        return torch.float64 if self.per_tensor_float64 and not self.channels else None
+
     def step_and_zero_point(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(D, zp) as float64-free tensors shaped like the boundaries (for exporters)."""
+        """(D, zp) as float32 tensors shaped like the boundaries, derived as forward derives them (for exporters)."""
         with torch.no_grad():
+            if self._step_dtype() is not None:
+                d, zp = step_and_zero_point(self.x_min.to(torch.float64), self.x_max.to(torch.float64), self.spec)
+                return d.to(self.x_min.dtype), zp.to(self.x_min.dtype)
             return step_and_zero_point(self.x_min, self.x_max, self.spec)

@@ -55,6 +55,8 @@ def quantize_component(module: nn.Module, cfg: ComponentConfig, component: str) 
             if isinstance(m, Attention) and _attention_is_quantized(name, component):
                 proc = QuantAttnProcessor(cfg.act_spec(), head_dim=m.inner_dim // m.heads, s_alpha=cfg.s_alpha)
                 m.set_processor(proc)
+    for _, q in quantizers(module):
+        q.per_tensor_float64 = cfg.per_tensor_float64
 
 
 def _attention_is_quantized(name: str, component: str) -> bool:

@@ -30,12 +30,12 @@ from torch import nn
 
 from passion_deploy.quant.attention import QuantAttnProcessor
 from passion_deploy.quant.layers import QuantConv, QuantLayer, QuantLinear
+from passion_deploy.models.components import COMPONENTS
 from passion_deploy.quant.wrap import EIGHT_BIT_LAYERS
 
 from .graph import Graph, Node
 from .recipes import attention_recipe, layer_recipe
 
-COMPONENTS = ("unet", "vae_encoder", "vae_decoder")
 
 
 class ExportError(ValueError):
@@ -450,11 +450,14 @@ def trace_vae_decoder(pipe, z0: torch.Tensor, quantized: bool = True) -> tuple[G
     return t.g, h.ref
 
 
+TRACERS = {"unet": lambda pipe, probe, quantized, fold: trace_unet(pipe, probe, quantized, fold),
+           "vae_encoder": lambda pipe, probe, quantized, fold: trace_vae_encoder(pipe, probe, quantized),
+           "vae_decoder": lambda pipe, probe, quantized, fold: trace_vae_decoder(pipe, probe, quantized)}
+
+
 def trace_component(pipe, component: str, probe: torch.Tensor, quantized: bool = True, fold: bool = True):
-    if component == "unet":
-        return trace_unet(pipe, probe, quantized, fold)
-    if component == "vae_encoder":
-        return trace_vae_encoder(pipe, probe, quantized)
-    if component == "vae_decoder":
-        return trace_vae_decoder(pipe, probe, quantized)
-    raise ExportError(f"unknown component {component!r}; choose from {', '.join(COMPONENTS)}")
+    """The IR graph and reference output of one component of the component table (the VAE
+    graphs have no time or context inputs, so `fold` concerns the UNet only)."""
+    if component not in TRACERS:
+        raise ExportError(f"unknown component {component!r}; choose from {', '.join(COMPONENTS)}")
+    return TRACERS[component](pipe, probe, quantized, fold)

@@ -32,7 +32,8 @@ The symmetric shift (spec section 2): TensorRT takes only int8 with zero point 0
 j = q + zp maps exactly onto it as m = j - c for any integer c with [jmin - c, jmax - c] inside
 [-128, 127]; `signed_shift` picks the c closest to 0 (0 for 6-bit grids that contain 0, so
 W6A6 needs no compensation at all; zp + 2^(b-1) for a full 8-bit grid). `sym_act` and
-`sym_weight` give the int8 operands; the constants c*D are compensated downstream (qdq_lower).
+`sym_weight` give the int8 operands; `act_shift_taps` gives the per-tap constant c*D*sum(w^)
+that a shifted activation leaves, and the layer plan (ir/plan.py) folds it like a residual.
 """
 from __future__ import annotations
 
@@ -300,3 +301,11 @@ def act_residual_taps(a: ActOperand, wq: torch.Tensor) -> torch.Tensor | None:
     if a.residual == 0:
         return None
     return float(a.residual) * float(a.step) * wq.sum(dim=1)
+
+
+def act_shift_taps(op: SymAct, wq: torch.Tensor) -> torch.Tensor | None:
+    """Per-tap kernel of the symmetric shift: c * Da * sum_c w^[o, c, tap] (None if c = 0), the
+    SymAct counterpart of `act_residual_taps` (j = m + c: the c part the int8 operand drops)."""
+    if op.shift == 0:
+        return None
+    return float(op.shift) * float(op.step) * wq.sum(dim=1)

@@ -5,7 +5,7 @@
                 only with the TensorRT version and GPU model it was built with: loading
                 checks both against the manifest and says what to rebuild.
     QdqOnnxSR   the same artifact's `<component>.qdq.onnx` in ONNX Runtime's CPU provider,
-                DequantizeLinear -> Conv/Gemm/MatMul unfused (runtime.session): the meaning
+                DequantizeLinear -> Conv/Gemm/MatMul unfused (onnx_graph.session): the meaning
                 of the graph TensorRT compiles, for --verify and passion-sr on machines
                 without TensorRT. Not a speed path.
 
@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import os
 import sys
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import artifact
-from .runtime import OnnxSR
+from passion_deploy.devices import cuda_available
+
+from ... import artifact
+from ...ort_runtime import OrtRuntime
+from ...runtime import ArtifactRuntime, TimingVariant
 
 _noted = False
 
@@ -34,13 +38,13 @@ def _note_once(text: str) -> None:
         _noted = True
 
 
-class QdqOnnxSR(OnnxSR):
+class QdqOnnxSR(OrtRuntime):
     backend = "trt-qdq-onnx"
     target = "trt"
     plain_qdq = True
 
     def __init__(self, model_dir, threads: int | None = None, load_sessions: bool = True, **_):
-        super().__init__(model_dir, threads, load_sessions, check_isa=False)
+        super().__init__(model_dir, threads, load_sessions)
         self.fixed_vae_latent_tile = self.latent_tile
 
     @property
@@ -49,19 +53,26 @@ class QdqOnnxSR(OnnxSR):
         return (f"TensorRT Q/DQ graph of {self.manifest['quant_config_name']} in ONNX Runtime (CPU, dequantized float ops: "
                 f"a check of the graph, not a speed path) from {self.dir} [{parts}]")
 
-    def _run(self, comp: str, name: str, x: torch.Tensor) -> torch.Tensor:
-        want = tuple(self.manifest["components"][comp]["fixed_input_shapes"][name][2:])
-        if tuple(x.shape[2:]) != want:
-            raise ValueError(f"{self.dir}: the trt artifact's {comp} runs on fixed {want[0]}x{want[1]} inputs "
-                             f"(the engines' tile), got {tuple(x.shape[2:])}; tile the input to that size")
-        return super()._run(comp, name, x)
+    def check_input(self, name: str, x: torch.Tensor) -> None:
+        check_fixed_shape(self, name, x)
 
     def lower(self, g, probes: list[str]):
-        from .qdq_lower import lower_graph_qdq
+        from .lower import lower_graph_qdq
 
         comp = self.manifest["components"].get(g.name, {})
         shapes = {k: tuple(v) for k, v in comp["fixed_input_shapes"].items()} if "fixed_input_shapes" in comp else None
         return lower_graph_qdq(g, shapes, probes=probes)
+
+
+def check_fixed_shape(rt: ArtifactRuntime, name: str, x: torch.Tensor) -> None:
+    """Every component of a trt artifact runs at its fixed tile (the engines' shapes)."""
+    comp = rt.manifest["components"].get(name)
+    if comp is None:
+        return
+    want = tuple(comp["fixed_input_shapes"][rt.main_input(name)][2:])
+    if tuple(x.shape[2:]) != want:
+        raise ValueError(f"{rt.dir}: the trt artifact's {name} runs on fixed {want[0]}x{want[1]} inputs "
+                         f"(the engines' tile), got {tuple(x.shape[2:])}; tile the input to that size")
 
 
 class Engine:
@@ -131,7 +142,7 @@ def check_built_here(m: dict, where: str) -> None:
     """Engines are specific to the TensorRT version and GPU model that built them."""
     import tensorrt as trt
 
-    from .trt_build import gpu_name
+    from .build import gpu_name
 
     built = m["tensorrt"]
     here = {"version": trt.__version__, "gpu": gpu_name()}
@@ -141,7 +152,7 @@ def check_built_here(m: dict, where: str) -> None:
                                      f"only where it was built; rebuild them here with passion-export --target trt")
 
 
-class TrtSR(OnnxSR):
+class TrtSR(ArtifactRuntime):
     """The artifact's INT8 engines (or its FP16 baseline engines with kind="fp16")."""
 
     backend = "trt"
@@ -149,14 +160,14 @@ class TrtSR(OnnxSR):
     layer_tables = False  # per-layer values live inside fused TensorRT kernels
 
     def __init__(self, model_dir, kind: str = "int8", **_):
-        super().__init__(model_dir, load_sessions=False, check_isa=False)
+        self.on_torch = cuda_available()  # else pycuda buffers, host tensors in and out
+        super().__init__(model_dir, device="cuda" if self.on_torch else "cpu")
         m = self.manifest
         if not m.get("engines"):
             raise artifact.ArtifactError(f"{self.dir}: has no TensorRT engines (exported where TensorRT or a GPU was missing); "
                                          "rerun passion-export --target trt on a GPU machine with TensorRT")
         check_built_here(m, str(self.dir))
         self.kind = kind
-        self.on_torch = torch.cuda.is_available()
         if not self.on_torch:  # pycuda buffers, in the device's primary context (the one TensorRT uses)
             import pycuda.driver as cuda
 
@@ -172,24 +183,44 @@ class TrtSR(OnnxSR):
         return (f"TensorRT {t['version']} {self.kind.upper()} engines of {self.manifest['quant_config_name']} on {t['gpu']} "
                 f"(float ops {t['float_precision'].upper()}) from {self.dir} [{', '.join(sorted(self.sessions))}]")
 
-    def component_fn(self, comp: str):
-        """A CUDA-tensor-in, CUDA-tensor-out callable (benchmarks time this, without host copies)."""
-        engine, name = self.sessions[comp], list(self.manifest["components"][comp]["inputs"])[0]
-        extra = {k: torch.from_numpy(np.asarray(v)).cuda() for k, v in self.extra_feeds(comp).items()}
-        return lambda x: engine({name: x, **extra})
+    def check_input(self, name: str, x: torch.Tensor) -> None:
+        check_fixed_shape(self, name, x)
 
-    def _run(self, comp: str, name: str, x: torch.Tensor) -> torch.Tensor:
-        engine = self.sessions[comp]
+    def artifact_fn(self, name: str):
+        """With CUDA torch: a CUDA-tensor-in, CUDA-tensor-out callable (benchmarks time this, without
+        host copies); otherwise host tensors through pycuda buffers."""
+        engine, main, feeds = self.sessions[name], self.main_input(name), self.constant_feeds(name)
         if self.on_torch:
-            with torch.no_grad():
-                return self.component_fn(comp)(x).float().cpu()
-        feeds = {name: x.detach().float().cpu().numpy(), **self.extra_feeds(comp)}
-        return torch.from_numpy(engine.run_host(feeds))
+            extra = {k: torch.from_numpy(np.asarray(v)).cuda() for k, v in feeds.items()}
+            return lambda x: engine({main: x, **extra})
+        return lambda x: torch.from_numpy(engine.run_host({main: x.detach().float().cpu().numpy(), **feeds}))
+
+    timing_baselines = ("torch_fp16",)
+
+    @cached_property
+    def timing_twin(self) -> TrtSR:
+        """The artifact's other engines (the FP16 baseline's next to the INT8 ones), timed beside these."""
+        return TrtSR(self.dir, "fp16" if self.kind == "int8" else "int8")
+
+    def timing_variants(self, name: str, x: torch.Tensor) -> list[TimingVariant]:
+        x = x.to(self.device, torch.float32)
+        return [rt.engine_variant(name, x) for rt in (self, self.timing_twin)]
+
+    def engine_variant(self, name: str, x: torch.Tensor) -> TimingVariant:
+        engine = self.sessions[name].engine
+        size = getattr(engine, "device_memory_size_v2", None)  # device_memory_size is gone in TensorRT 11
+        return TimingVariant(f"trt_{self.kind}", lambda: self.component_fn(name), x, {
+            "engine_bytes_on_disk": self.manifest["engines"][name][self.kind]["bytes"],
+            # TensorRT's own activation memory, outside torch's allocator
+            "engine_device_memory_bytes": int(size if size is not None else engine.device_memory_size)})
+
+    def timing_record(self) -> dict:
+        return {"runtime": self.description, "tensorrt": self.manifest["tensorrt"]}
 
 
 def open_trt(model_dir: str | os.PathLike, **kwargs):
     """TrtSR where this machine can run the engines, else QdqOnnxSR (and a note saying so)."""
-    from .trt_build import missing_for_engines
+    from .build import missing_for_engines
 
     m = artifact.read_manifest(model_dir)
     missing = missing_for_engines()
@@ -199,3 +230,17 @@ def open_trt(model_dir: str | os.PathLike, **kwargs):
     _note_once(f"passion-deploy: {model_dir}: {why}, so its TensorRT Q/DQ graph runs in ONNX Runtime on the CPU "
                "(exact semantics, no TensorRT speed)")
     return QdqOnnxSR(model_dir, **{k: v for k, v in kwargs.items() if k == "threads"})
+
+
+def open_for_timing(model_dir: str | os.PathLike, **_) -> TrtSR:
+    """passion-bench's way in: the INT8 engines on torch's CUDA tensors, or a refusal in one sentence."""
+    from .build import missing_for_engines
+
+    m = artifact.read_manifest(model_dir)
+    missing = missing_for_engines()
+    if not m.get("engines") or missing or not cuda_available():
+        why = ("it has no engines" if not m.get("engines") else
+               f"this machine lacks {' and '.join(missing) if missing else 'a CUDA build of torch'}")
+        raise ValueError(f"{model_dir}: a trt artifact is benchmarked through its engines, but {why}; its Q/DQ ONNX runs in "
+                         "ONNX Runtime only to check the graph (dequantized float ops), which says nothing about TensorRT's speed")
+    return TrtSR(model_dir, "int8")

@@ -1,39 +1,34 @@
-"""Run a `triton` artifact: the checkpoint's diffusers pipeline with its integer layers on the kernels.
+"""The modules a triton artifact puts into the diffusers pipeline, built from the deploy IR.
 
-Loading rebuilds the pipeline from the source checkpoint (as the onnx runtime's fallback
-does), then, for every exported component, reads the deploy IR and replaces
-
-- each quantized conv/linear with a `KernelModule` (kernels/layers.py: activation
-  quantization + integer implicit GEMM with the fused epilogue, from the layer's recipe),
-- each quantized attention processor with a `KernelAttnProcessor` (kernels/attention.py),
+- each quantized conv/linear becomes a `KernelModule` (layers.py: activation quantization +
+  integer implicit GEMM with the fused epilogue, from the layer's recipe),
+- each quantized attention processor a `KernelAttnProcessor` (layers.kernel_attention: the
+  kernels of kernels/attention.py with the recipe's operands),
 - each layer the IR folded (t = 999 and the fixed context: time projections, cross-attention
-  K/V) with the IR's constant; the time embedding MLP that fed only those returns zeros.
+  K/V) its constant; the time embedding MLP that fed only those returns zeros.
 
-Everything else (norms, SiLU, GEGLU, up/down-sampling, residual adds) stays the diffusers
-PyTorch code: FP16 on a GPU, FP32 on a CPU, where the kernels run in Triton's interpreter
-(slow, but the same integer arithmetic). On a GPU each component is captured in a CUDA graph
-at the artifact's fixed tile on its first call at that shape (cuda_graphs.py).
-
-Components the artifact does not contain keep the checkpoint's fake-quant modules.
+`install_kernels` does the replacement for one component and checks that nothing quantized
+is left. Also here: Triton's interpreter settings (block caps, overflow checks) for CPUs.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from passion_deploy.devices import cuda_available
+from passion_deploy.models.components import component as component_of
 from passion_deploy.quant.attention import QuantAttnProcessor
 from passion_deploy.quant.layers import QuantLayer
 
-from . import artifact
-from .irfile import load_ir
-from .recipes import QAttentionRecipe, QLayerRecipe
+from ... import artifact
+from ...ir.irfile import load_ir
+from ...ir.recipes import QAttentionRecipe, QLayerRecipe
 
 INTERPRETER_NOTE = ("passion-deploy: no CUDA GPU here, so the Triton kernels run in Triton's CPU interpreter: "
                     "the same integer arithmetic, but far slower than any other backend (use it to verify, not to time)")
@@ -46,7 +41,7 @@ def kernels_device() -> torch.device:
     from passion_deploy.kernels import use_interpreter_without_gpu
 
     interpreting = use_interpreter_without_gpu()
-    if torch.cuda.is_available() and not interpreting:
+    if cuda_available() and not interpreting:
         return torch.device("cuda")
     if not _noted:
         print(INTERPRETER_NOTE, file=sys.stderr)
@@ -95,7 +90,7 @@ class KernelModule(nn.Module):
     def __init__(self, rec: QLayerRecipe, device: torch.device):
         super().__init__()
         from passion_deploy.kernels._triton import interpreting
-        from passion_deploy.kernels.layers import KernelLayer
+        from .layers import KernelLayer
 
         self.name = rec.name
         self.kernel = KernelLayer(rec).to(device)  # plain attribute: nn.Module.to() must not touch its int8 data
@@ -133,7 +128,7 @@ class DequantModule(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
-        from .recipes import let_correction
+        from ...ir.recipes import let_correction
 
         rec = self.rec
         conv = rec.kind == "conv"
@@ -184,10 +179,10 @@ class KernelAttnProcessor(nn.Module):
     def __init__(self, rec: QAttentionRecipe, device: torch.device):
         super().__init__()
         from passion_deploy.kernels._triton import interpreting
-        from passion_deploy.kernels.attention import KernelAttention
+        from .layers import kernel_attention
 
         self.name = rec.name
-        self.core = KernelAttention(rec).to(device)
+        self.core = kernel_attention(rec).to(device)
         self.interpreting = interpreting()
 
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
@@ -199,15 +194,6 @@ class KernelAttnProcessor(nn.Module):
         return self.core(q, k, v).to(q.dtype)  # the recipe carries the scale d^-0.5
 
 
-def component_scope(component: str):
-    """(root attribute of the pipeline, predicate on module paths inside it) of a component."""
-    if component == "unet":
-        return "unet", lambda name: True
-    if component == "vae_encoder":
-        return "vae", lambda name: name == "quant_conv" or name.startswith("encoder.")
-    return "vae", lambda name: name == "post_quant_conv" or name.startswith("decoder.")
-
-
 def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, new)
@@ -216,7 +202,8 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 def install_kernels(pipe, component: str, ir_path: Path, device: torch.device, dtype: torch.dtype) -> dict:
     """Replace the component's quantized layers by kernel modules from the IR; returns counts."""
     g = load_ir(ir_path)
-    attr, inside = component_scope(component)
+    comp = component_of(component)
+    attr, inside = comp.root, comp.owns
     root = getattr(pipe, attr)
     counts = {"kernel_layers": 0, "dequant_layers": 0, "kernel_attention": 0, "folded_layers": 0}
     for name, rec in g.recipes.items():
@@ -248,112 +235,3 @@ def install_kernels(pipe, component: str, ir_path: Path, device: torch.device, d
         raise artifact.ArtifactError(f"{ir_path}: has no recipe for {len(left)} quantized layer(s) of the checkpoint "
                                      f"(first: {left[0]}); the IR and the checkpoint do not belong together, re-export")
     return counts
-
-
-class TritonSR:
-    """A OneStepSR-like pipeline (encode, unet_eps, denoise, decode) whose integer layers run on
-    the Triton kernels. Inputs may be on any device; outputs are float32 on the CPU, like the
-    onnx runtime's. `cuda_graphs=False` runs eagerly on a GPU too."""
-
-    backend = "triton"
-
-    def __init__(self, model_dir: str | os.PathLike, cuda_graphs: bool = True, fp16: bool | None = None,
-                 overflow_checks: bool = False):
-        self.dir = Path(model_dir)
-        self.manifest = artifact.read_manifest(self.dir)
-        artifact.require_target(self.manifest, "triton", str(self.dir))
-        p = self.manifest["pipeline"]
-        self.scaling_factor = p["scaling_factor"]
-        self.sqrt_a, self.sqrt_1ma = p["sqrt_alpha"], p["sqrt_one_minus_alpha"]
-        self.vae_factor, self.size_multiple = p["vae_factor"], p["size_multiple"]
-        self.latent_tile = tuple(p["latent_tile"])
-        self.device = kernels_device()
-        gpu = self.device.type == "cuda"
-        self.compute_dtype = torch.float16 if (gpu if fp16 is None else fp16) else torch.float32
-        pipe = artifact.load_source_pipeline(self.manifest)
-        pipe.to(self.device, self.compute_dtype).eval()
-        self.pipe = pipe
-        self.installed = {c: install_kernels(pipe, c, self.dir / info["ir"], self.device, self.compute_dtype)
-                          for c, info in self.manifest["components"].items()}
-        self.overflow_checks = overflow_checks  # in Triton's interpreter only (see interpreter_overflow_checks)
-        self.graphs = None
-        if gpu and cuda_graphs:
-            from .cuda_graphs import GraphCache
-
-            self.graphs = GraphCache(self.tile_shapes())
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float32  # of the interface; the graph around the kernels runs in compute_dtype
-
-    @property
-    def description(self) -> str:
-        m = self.manifest
-        where = (f"CUDA ({torch.cuda.get_device_name(self.device)}), {str(self.compute_dtype).replace('torch.', '')}"
-                 + (", CUDA graphs" if self.graphs else "")) if self.device.type == "cuda" else "Triton CPU interpreter, float32"
-        return f"Triton kernels {m['quant_config_name']} on {where} from {self.dir} [{', '.join(sorted(self.installed))}]"
-
-    def tile_shapes(self) -> dict[str, tuple[int, ...]]:
-        """The fixed input shape of each component (one tile, batch 1): what CUDA graphs capture."""
-        th, tw = self.latent_tile
-        f = self.vae_factor
-        return {"unet": (1, 4, th, tw), "vae_encoder": (1, 3, th * f, tw * f), "vae_decoder": (1, 4, th, tw)}
-
-    def reference_pipeline(self):
-        """The fake-quant model --verify compares against: loaded afresh (self.pipe has kernels in it)."""
-        return artifact.load_source_pipeline(self.manifest)
-
-    def component_fn(self, component: str):
-        """The component as a function of a device tensor in compute_dtype (what benchmarks time)."""
-        fn = {"unet": self.pipe.unet_eps, "vae_encoder": self.pipe.encode, "vae_decoder": self.pipe.decode}[component]
-        if self.graphs is not None and component in self.installed:
-            return lambda x: self.graphs.run(component, fn, x)
-        return fn
-
-    def kernel_context(self):
-        """Where the kernels are called: Triton's interpreter settings for this runtime (none on a GPU)."""
-        return nullcontext() if self.device.type == "cuda" else interpreter_overflow_checks(self.overflow_checks)
-
-    @torch.no_grad()
-    def _run(self, component: str, x: torch.Tensor) -> torch.Tensor:
-        with self.kernel_context():
-            out = self.component_fn(component)(x.to(self.device, self.compute_dtype))
-        return out.float().cpu()
-
-    def encode(self, lr_up: torch.Tensor) -> torch.Tensor:
-        return self._run("vae_encoder", lr_up)
-
-    def _check_tile(self, z: torch.Tensor) -> None:
-        if tuple(z.shape[-2:]) != self.latent_tile:
-            raise ValueError(f"{self.dir}: the UNet runs on {self.latent_tile[0]}x{self.latent_tile[1]} latent tiles, got {tuple(z.shape[-2:])}")
-
-    def unet_eps(self, z: torch.Tensor) -> torch.Tensor:
-        self._check_tile(z)
-        return self._run("unet", z)
-
-    def z0_from_eps(self, z: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        # the reference computes this step in float64 (pipeline.OneStepSR.z0_from_eps)
-        return ((z.double() - self.sqrt_1ma * eps.double()) / self.sqrt_a).to(z.dtype)
-
-    def denoise(self, z: torch.Tensor) -> torch.Tensor:
-        return self.z0_from_eps(z.float().cpu(), self.unet_eps(z))
-
-    def decode(self, z0: torch.Tensor) -> torch.Tensor:
-        return self._run("vae_decoder", z0)
-
-    def __call__(self, lr_up: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.denoise(self.encode(lr_up)))
-
-    @torch.no_grad()
-    def run_with_layers(self, component: str, x: torch.Tensor, names: list[str]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        """The component's output on x and the outputs of the named kernel layers / attention
-        cores, captured during that one run (eager: hooks do not fire inside a CUDA graph)."""
-        from .layer_capture import capture_layers
-
-        fn = {"unet": self.pipe.unet_eps, "vae_encoder": self.pipe.encode, "vae_decoder": self.pipe.decode}[component]
-        if component == "unet":
-            self._check_tile(x)
-        out = []
-        with self.kernel_context():
-            got = capture_layers(self.pipe, component, names, lambda: out.append(fn(x.to(self.device, self.compute_dtype))))
-        return out[0].float().cpu(), got

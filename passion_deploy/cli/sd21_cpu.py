@@ -2,7 +2,7 @@
 statistics-only calibration on one bundled photo at 512 px (latent tile 64), exported and
 benchmarked on this CPU.
 
-    python -m passion_deploy.benchmarks.sd21_cpu --work /tmp/sd21 [--results benchmarks/results]
+    python -m passion_deploy.cli.sd21_cpu --work /tmp/sd21 [--results benchmarks/results]
 
 Takes about an hour on 2 busy cores (calibration ~20 min, each export ~5 min, each benchmark
 ~20 min). The checkpoint keeps the FP weights: a random-weight checkpoint cannot be rebuilt
@@ -15,7 +15,7 @@ from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m passion_deploy.benchmarks.sd21_cpu", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m passion_deploy.cli.sd21_cpu", description=__doc__)
     p.add_argument("--work", required=True, help="scratch folder (checkpoint ~3.5 GB, artifacts ~2 GB)")
     p.add_argument("--results", default="benchmarks/results")
     p.add_argument("--vae-size", type=int, default=256, help="image side for the VAE benchmarks (512 px is slow on 2 cores)")

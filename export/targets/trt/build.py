@@ -5,7 +5,7 @@ its Q/DQ graph (explicit quantization: the Q/DQ pairs make the convs and matmuls
 `<component>.fp16.engine` from its float graph, the baseline passion-bench compares against.
 TensorRT 11 builds only strongly typed networks, so precision is written into the graph rather
 than switched on with builder flags: the baseline's float graph is converted to FP16
-(onnx_fp16); the INT8 engine keeps its float ops (norms, activations, softmax, shift terms)
+(fp16.py); the INT8 engine keeps its float ops (norms, activations, softmax, shift terms)
 FP32 by default, the closest to the fake-quant model, or FP16 with `float_precision="fp16"`
 (faster; refused for graphs whose quantization scales FP16 cannot hold).
 
@@ -22,6 +22,7 @@ import threading
 import time
 from pathlib import Path
 
+from passion_deploy.devices import cuda_available, gpu_name, pycuda_gpu
 from passion_deploy.io_utils import atomic_path
 
 INSTALL_HINT = ("on a machine with an NVIDIA GPU and driver, `pip install tensorrt pycuda` "
@@ -32,28 +33,6 @@ class EngineBuildError(RuntimeError):
     """TensorRT refused a graph or failed to build it; the message names the file."""
 
 
-def _torch_cuda() -> bool:
-    try:
-        import torch
-
-        return torch.cuda.is_available()
-    except ImportError:
-        return False
-
-
-def _pycuda_gpu() -> bool | None:
-    """True/False: pycuda sees a GPU or not; None: pycuda is not installed."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError:
-        return None
-    try:
-        cuda.init()
-        return cuda.Device.count() > 0
-    except Exception:  # pycuda raises its own LogicError/RuntimeError without a driver
-        return False
-
-
 def missing_for_engines() -> list[str]:
     """What this machine lacks to build and run engines (empty when nothing)."""
     missing = []
@@ -61,24 +40,13 @@ def missing_for_engines() -> list[str]:
         importlib.import_module("tensorrt")
     except (ImportError, OSError):  # OSError: the package is there but libnvinfer is not
         missing.append("TensorRT")
-    if not _torch_cuda():
-        pyc = _pycuda_gpu()
+    if not cuda_available():
+        pyc = pycuda_gpu()
         if pyc is None:
             missing.append("a CUDA GPU (this torch build sees none, and pycuda, the other way to reach one, is not installed)")
         elif not pyc:
             missing.append("a CUDA GPU (neither torch nor pycuda finds one)")
     return missing
-
-
-def gpu_name() -> str:
-    if _torch_cuda():
-        import torch
-
-        return torch.cuda.get_device_name(0)
-    import pycuda.driver as cuda
-
-    cuda.init()
-    return cuda.Device(0).name()
 
 
 def default_timing_cache() -> Path:
@@ -165,8 +133,8 @@ def build_component_engines(out_dir: Path, comp: str, qdq, fp,
                             input_shapes: dict[str, tuple], float_precision: str = "fp32", max_batch: int = 1,
                             timing_cache: Path | None = None, progress: bool = True) -> dict:
     """`<comp>.int8.engine` from the Q/DQ graph and `<comp>.fp16.engine` from the float graph."""
-    from .exporter import save_onnx
-    from .onnx_fp16 import to_fp16
+    from ...onnx_graph import save_onnx
+    from .fp16 import to_fp16
 
     if float_precision not in ("fp16", "fp32"):
         raise ValueError(f"float precision {float_precision!r}: choose fp16 or fp32")
@@ -184,7 +152,7 @@ def tensorrt_info(float_precision: str, max_batch: int) -> dict:
     import tensorrt as trt
 
     info = {"version": trt.__version__, "gpu": gpu_name(), "float_precision": float_precision, "max_batch": max_batch}
-    if _torch_cuda():
+    if cuda_available():
         import torch
 
         info["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))

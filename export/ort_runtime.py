@@ -1,0 +1,66 @@
+"""Artifacts whose components are ONNX files run in ONNX Runtime sessions (CPU).
+
+`OrtRuntime` is what the onnx target's integer ONNX and the trt target's Q/DQ ONNX (its check
+on machines without TensorRT) share: one session per component, batches run one item at a
+time (the graphs are exported at batch 1), the constant inputs fed, and per-layer values for
+--verify from the same IR lowered again with those values as extra outputs. A target's runtime
+says how its graphs are lowered (`lower`) and whether Q/DQ pairs run unfused (`plain_qdq`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .ir.irfile import load_ir
+from .onnx_graph import PROBE_PREFIX, session
+from .runtime import ArtifactRuntime, TimingVariant
+
+
+class OrtRuntime(ArtifactRuntime):
+    plain_qdq = False  # see onnx_graph.session
+
+    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, load_sessions: bool = True):
+        super().__init__(model_dir)
+        self.threads = threads
+        self.sessions = {c: self.open_session(c) for c in self.components} if load_sessions else {}
+
+    def open_session(self, name: str):
+        return session(self.dir / self.manifest["components"][name]["onnx"], self.threads, self.plain_qdq)
+
+    def lower(self, g, probes: list[str]):
+        """The artifact's lowering of IR graph g, with `probes` as extra outputs."""
+        raise NotImplementedError
+
+    def artifact_fn(self, name: str):
+        sess, main, feeds = self.sessions[name], self.main_input(name), self.constant_feeds(name)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            outs = [sess.run(None, {main: x[i:i + 1].detach().float().numpy(), **feeds})[0] for i in range(x.shape[0])]
+            return torch.from_numpy(np.concatenate(outs, axis=0))
+        return run
+
+    def run_with_layers(self, name: str, x: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
+        """The component's output on x (this artifact's session) and the outputs of the named
+        quantized layers / attention cores: the IR lowered again with those values as extra
+        graph outputs (the same lowering, but a separate model, so the artifact runs unchanged)."""
+        g = load_ir(self.dir / self.manifest["components"][name]["ir"])
+        value = {n.name: n.outputs[0] for n in g.nodes if n.name in layers}
+        model = self.lower(g, [value[n] for n in layers])
+        sess = session(model.SerializeToString(), plain_qdq=self.plain_qdq)
+        del model
+        outs = sess.run([PROBE_PREFIX + value[n] for n in layers], {self.main_input(name): x.numpy(), **self.constant_feeds(name)})
+        return self.run(name, x), dict(zip(layers, outs))
+
+
+def session_variant(name: str, model: Path, main: str, constants: dict, x: torch.Tensor, threads: int | None,
+                    fields: dict) -> TimingVariant:
+    """ONNX model `model` timed in an ONNX Runtime CPU session on host input x (fed as `main`,
+    with the model's constant inputs). The session opens in the warm-up, so its load counts in
+    the memory sampled there."""
+    def load():
+        sess = session(model, threads)
+        return lambda x: sess.run(None, {main: x.numpy(), **constants})
+    return TimingVariant(name, load, x, fields, onnx_file=Path(model))

@@ -1,0 +1,147 @@
+"""Lower a deploy-IR graph to explicit-quantization ONNX for TensorRT (the `trt` target).
+
+TensorRT fuses QuantizeLinear -> DequantizeLinear pairs into integer kernels when they sit
+directly on the inputs of a Conv / Gemm / MatMul, and it accepts only int8 with zero point 0,
+per-tensor activation scales and per-output-channel weight scales on axis 0. PassionSR's grids
+are asymmetric, so every grid is shifted onto int8 exactly (int_algebra.sym_act / sym_weight:
+j = m + c) and the constants are compensated after the integer op:
+
+    conv    x -> [LET: Sub o, Div s] -> Sub c*D -> [Clip for < 8-bit grids] -> Q -> DQ -> Conv
+            <- DQ <- int8 weights m (+ one all-ones output channel when some weight channel has
+            a shift c_w: it yields D * (box sum of m over the window), which carries c_w*Dw)
+            y = Conv + bias + c_w*Dw * ones_channel + map, where the map (valid-tap sum over the
+            padded border, as in the fake-quant) holds the LET correction and c*D * sum(w^)
+    linear  the same with Gemm(transB=1) on a 2-D view of the tokens (weights (Cout, K), axis 0)
+    attention  q*s_qk, k/s_qk (transposed before quantizing, so DQ feeds MatMul directly) ->
+            Q/DQ -> MatMul -> + shift terms -> *scale -> Softmax -> P*s_vw -> Q/DQ -> MatMul
+            with Q/DQ(v/s_vw) -> + shift terms
+
+Split halves are separate Q/DQ + Conv/Gemm pairs summed; 6-bit codes travel as int8 with a
+Clip to their 64 values before Q (a 6-bit grid around 0 needs no shift, so W6A6 layers have no
+compensation terms at all). The float ops are onnx_graph's. The K-groups, token halves, ones
+channels and folded constants of each layer come from its plan (ir/plan.py), every shift and
+step from int_algebra; nothing here re-derives them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+
+from ...ir import int_algebra as ia
+from ...ir.graph import Graph
+from ...ir.plan import Encoding, GroupPlan, layer_plan
+from ...ir.recipes import QAttentionRecipe, QLayerRecipe, WeightGroup
+from ...onnx_graph import (AttentionOps, OnnxBuilder, add_constants, add_offset_products, add_ones_column, group_input,
+                           let_transform, lower_attention, lower_ir, row_inputs, shared, weight_only)
+
+
+def sym_weight_operand(wg: WeightGroup, act: ia.SymAct) -> ia.WeightOperand:
+    """TensorRT's int8 weights (ia.sym_weight) as the plan's operand: jw = (m - 0) + shift.
+    The activation operand does not matter here: TensorRT's weights are always int8."""
+    sw = ia.sym_weight(wg.codes, wg.grid)
+    return ia.WeightOperand("s8", sw.values, np.zeros(sw.shift.shape, np.int8), sw.shift, sw.step)
+
+
+ENCODING = Encoding(ia.sym_act, sym_weight_operand, ia.act_shift_taps)
+
+
+def qdq(b: OnnxBuilder, x: str, op: ia.SymAct, hint: str) -> str:
+    """x -> DQ(Q(x - c*D)) = m*D: the integer operand as TensorRT sees it (j*D = m*D + c*D)."""
+    if op.shift:
+        x = b.node("Sub", [x, b.scalar(np.float32(op.shift * float(op.step)), np.float32)], hint)
+    if op.needs_clip:  # clipping to [lo*D, hi*D] before Q is the code clamp: round(lo*D/D) = lo
+        x = b.node("Clip", [x, b.scalar(np.float32(op.lo * float(op.step)), np.float32),
+                            b.scalar(np.float32(op.hi * float(op.step)), np.float32)], hint)
+    scale, zero = b.scalar(op.step, np.float32), b.scalar(0, np.int8)
+    return b.node("DequantizeLinear", [b.node("QuantizeLinear", [x, scale, zero], hint), scale, zero], hint)
+
+
+def dq_weight(b: OnnxBuilder, g: GroupPlan, hint: str) -> str:
+    """The K-group's int8 weights (with the plan's all-ones channel, step 1: its output is the
+    D-scaled window sum of m that a weight shift multiplies) -> per-channel DequantizeLinear on axis 0."""
+    values, zero, step = g.columns()
+    return b.node("DequantizeLinear", [b.init(hint + ".w", values), b.init(hint + ".w_step", step.astype(np.float32)),
+                                       b.init(hint + ".w_zero", zero)], hint, axis=0)
+
+
+# -- quantized layers -------------------------------------------------------------------------
+
+def lower_qconv(b: OnnxBuilder, rec: QLayerRecipe, x: str) -> str:
+    h = rec.name
+    if rec.acts is None:
+        return weight_only(b, rec, x, float_weights=True)
+    plan = layer_plan(rec, 4, ENCODING)
+    xs = let_transform(b, rec, x, 4)
+    (row,) = plan.rows
+    y = None
+    for g in row.groups:
+        a = qdq(b, group_input(b, xs, rec, g, 1, h), g.act, f"{h}.a{g.index}")
+        yg = b.node("Conv", [a, dq_weight(b, g, f"{h}.g{g.index}")], h,
+                    strides=list(rec.stride), pads=list(rec.padding) * 2, dilations=list(rec.dilation))
+        yg = add_ones_column(b, yg, g, f"{h}.g{g.index}", spatial_dims=2)
+        y = yg if y is None else b.node("Add", [y, yg], h)
+    return add_constants(b, y, x, rec, row.bias, plan.map_taps, h, spatial_dims=2)
+
+
+def lower_qlinear(b: OnnxBuilder, rec: QLayerRecipe, x: str, shape: tuple) -> str:
+    """Gemm(transB=1) on a 2-D view of the tokens: TensorRT quantizes Gemm weights on axis 0."""
+    h = rec.name
+    if rec.acts is None:
+        return weight_only(b, rec, x, float_weights=True)
+    plan = layer_plan(rec, len(shape), ENCODING)
+    outs = []
+    for ri, (rows, row) in enumerate(zip(row_inputs(b, let_transform(b, rec, x, len(shape)), plan, h), plan.rows)):
+        flat = b.node("Reshape", [rows, b.i64([-1, rec.in_channels])], h) if len(shape) == 3 else rows
+        y = None
+        for g in row.groups:
+            a = qdq(b, group_input(b, flat, rec, g, 1, h), g.act, f"{h}.r{ri}a{g.index}")
+            w = shared(b, ("qdq", h, g.key), lambda: dq_weight(b, g, f"{h}.g{g.index}"))  # token halves share it
+            yg = add_ones_column(b, b.node("Gemm", [a, w], h, transB=1), g, f"{h}.r{ri}g{g.index}")
+            y = yg if y is None else b.node("Add", [y, yg], h)
+        y = add_constants(b, y, x, rec, row.bias, None, f"{h}.r{ri}")
+        if len(shape) == 3:  # back to (B, N_rows, Cout)
+            lead = b.node("Shape", [rows], h, start=0, end=2)
+            y = b.node("Reshape", [y, b.node("Concat", [lead, b.i64([rec.out_channels])], h, axis=0)], h)
+        outs.append(y)
+    return outs[0] if len(outs) == 1 else b.node("Concat", outs, h, axis=1)
+
+
+# -- attention ----------------------------------------------------------------------------------
+
+def qdq_matmul(b: OnnxBuilder, a: str, aop: ia.SymAct, bb: str, bop: ia.SymAct, scale: float, k: int, hint: str) -> str:
+    """scale * (a^ @ b^) from the DQ outputs a = a^ - ca, bb = b^ - cb (c*D: the shifts)."""
+    y = add_offset_products(b, b.node("MatMul", [a, bb], hint), lambda: a, aop.shift * float(aop.step),
+                            lambda: bb, bop.shift * float(bop.step), k, hint)
+    return y if scale == 1.0 else b.node("Mul", [y, b.scalar(scale, np.float32)], hint)
+
+
+def const_dq(b: OnnxBuilder, values: torch.Tensor, op: ia.SymAct, hint: str) -> str:
+    """DQ of the int8 m of a constant activation (folded cross-attention K/V), rounded as the
+    fake-quant rounds."""
+    v = values.double() / float(op.step)
+    m = torch.clamp(torch.sign(v) * torch.floor(v.abs() + 0.5) - op.shift, op.lo, op.hi).numpy().astype(np.int8)
+    scale, zero = b.scalar(op.step, np.float32), b.scalar(0, np.int8)
+    return b.node("DequantizeLinear", [b.init(hint, m), scale, zero], hint)
+
+
+def lower_qattention(b: OnnxBuilder, rec: QAttentionRecipe, q: str, k: str, v: str, consts: dict) -> str:
+    ops = tuple(ia.sym_act(g) for g in (rec.q, rec.k, rec.p, rec.v))
+    return lower_attention(b, rec, q, k, v, consts, AttentionOps(ops, qdq, const_dq, qdq_matmul))
+
+
+# -- whole graphs ----------------------------------------------------------------------------------
+
+def lower_graph_qdq(g: Graph, input_shapes: dict[str, tuple] | None = None,
+                    probes: list[str] | None = None) -> onnx.ModelProto:
+    """The explicit-quantization ONNX of IR graph `g` (see onnx_graph.lower_ir). `input_shapes`:
+    the fixed shape of each input (the artifact's tile); default: the IR's traced shapes."""
+
+    def quantized(b: OnnxBuilder, n, rec, ins: list[str], g: Graph) -> str:
+        if n.op == "qconv":
+            return lower_qconv(b, rec, ins[0])
+        if n.op == "qlinear":
+            return lower_qlinear(b, rec, ins[0], g.shapes[n.inputs[0]])
+        return lower_qattention(b, rec, *ins, consts=g.consts)
+
+    return lower_ir(g, quantized, probes, input_shapes)
