@@ -85,6 +85,7 @@ class ExportJob:
     options: dict
     probes: dict = field(default_factory=dict)
     status: object = None  # status(text): shown beside the progress bar
+    state: dict = field(default_factory=dict)  # what a target gathers across components for its manifest fields
 
     def trace(self, name: str, quantized: bool = True):
         """The IR graph of component `name` (quantized, or the same graph with FP weights)."""

@@ -73,13 +73,13 @@ class TrtTarget(Target):
             job.status("TensorRT engines")
             engines = build_component_engines(job.out_dir, name, qdq, lower_float(job.trace(name, quantized=False)), shapes,
                                               o["float_precision"], o["max_batch"], o["timing_cache"], job.progress)
-            o.setdefault("engines", {})[name] = engines
+            job.state.setdefault("engines", {})[name] = engines
             files = files + [e["engine"] for e in engines.values()]
         return files, fields
 
     def manifest_fields(self, job) -> dict:
         o = job.options
-        engines = o.get("engines")
+        engines = job.state.get("engines")
         info = None
         if engines:
             from .build import tensorrt_info
