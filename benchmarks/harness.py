@@ -232,7 +232,7 @@ class Baselines:
         m = rt.manifest
         log(f"passion-bench: loading the fake-quant checkpoint for the baselines {', '.join(names)} "
             f"({m['source_checkpoint']['name']})")
-        pipe = artifact.load_source_pipeline(m)
+        pipe = artifact.load_source_pipeline(m, rt.dir)
         if "fp32_onnx" in names:
             self.onnx_files = self.lower_float(pipe, components, log)
         dtype = next((TORCH_DTYPES[n] for n in names if n in TORCH_DTYPES), None)

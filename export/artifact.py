@@ -20,7 +20,7 @@ from passion_deploy import __version__
 from passion_deploy.io_utils import atomic_write_text, sha256_file
 
 FORMAT = "passion-deploy/artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: source_checkpoint.copy, the pipeline a triton or partial artifact runs around its parts
 MANIFEST = "manifest.json"
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
@@ -128,15 +128,22 @@ def require_target(m: dict, target: str, where: str) -> None:
                             "open it with passion_deploy.export.targets.open_artifact")
 
 
-def load_source_pipeline(m: dict):
-    """The fake-quant pipeline of the checkpoint the artifact was exported from (by its recorded
-    path, else by name: a bundled checkpoint moves with the installation). The checkpoint must be
-    the file that was exported: runtimes take the float part of the graph from it."""
+def load_source_pipeline(m: dict, model_dir: str | os.PathLike):
+    """The fake-quant pipeline of the checkpoint the artifact was exported from: the artifact's own
+    copy where it carries one (source_checkpoint.copy: FP weights included, so the folder runs
+    anywhere), else the recorded path, else the name (a bundled checkpoint moves with the
+    installation). It must be the file that was exported: runtimes take the float part of the
+    graph from it."""
     from passion_deploy.checkpoint import load_checkpoint, resolve_checkpoint
 
     src = m["source_checkpoint"]
+    if src.get("copy"):
+        return load_checkpoint(Path(model_dir) / src["copy"])
     path = Path(src["path"]) if Path(src["path"]).is_file() else resolve_checkpoint(src["name"])
-    if path.is_file() and sha256_file(path) != src["sha256"]:
+    if not path.is_file():
+        raise ArtifactError(f"{Path(model_dir) / MANIFEST}: the checkpoint it was exported from ({src['path']}) is not on "
+                            "this machine, and the artifact carries no copy of it; export it again here, or bring the checkpoint")
+    if sha256_file(path) != src["sha256"]:
         raise ArtifactError(f"{path}: this checkpoint changed since the artifact was exported from it (sha256 differs "
                             "from the manifest's source_checkpoint); re-export")
     return load_checkpoint(path)

@@ -25,6 +25,7 @@ from .ir.trace import ExportError, trace_component
 from .runtime import pipeline_constants
 from .targets import Target, get_target
 
+SOURCE_COPY = "source.safetensors"
 QUANT_PARAM_SUFFIXES = (".x_min", ".x_max", ".let_scale", ".let_offset", ".s_qk", ".s_vw")
 
 
@@ -119,6 +120,17 @@ def _write_context(job: ExportJob) -> str:
     return "context.safetensors"
 
 
+def _write_source_copy(job: ExportJob) -> str:
+    """The fake-quant pipeline the artifact needs at run time (the float modules around a triton
+    artifact's kernels, the components an artifact does not contain), FP weights included: the
+    folder then runs anywhere, without the checkpoint or the weights it was exported from."""
+    from passion_deploy.checkpoint import save_checkpoint
+
+    job.status("copying the source pipeline")
+    save_checkpoint(job.pipe, job.out_dir / SOURCE_COPY, include_fp_weights=True)
+    return SOURCE_COPY
+
+
 def component_record(job: ExportJob, name: str, graph, ir_name: str) -> dict:
     """The manifest entry every target shares: inputs/outputs, layer counts, sizes."""
     rec = {
@@ -180,10 +192,15 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str | Target = "onnx
             files.append(_write_context(job))
         comps[name] = {**component_record(job, name, graph, ir_name), **fields}
         del graph
+    source = {"name": str(ckpt), "path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path),
+              "preset": pipe.preset, "weights_source": getattr(pipe, "weights_source", "unknown")}
+    if tgt.runs_source_pipeline or set(components) != set(COMPONENTS):
+        job.status = lambda text: bar.set_postfix_str(text)
+        files.append(_write_source_copy(job))
+        source["copy"] = SOURCE_COPY
     manifest = {
         "target": tgt.name,
-        "source_checkpoint": {"name": str(ckpt), "path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path),
-                              "preset": pipe.preset, "weights_source": getattr(pipe, "weights_source", "unknown")},
+        "source_checkpoint": source,
         "quant_config": json.loads(pipe.quant_config.to_json()),
         "quant_config_name": pipe.quant_config.name,
         "pipeline": {**pipeline_constants(pipe), "latent_tile": list(tile)},

@@ -152,7 +152,7 @@ class ArtifactRuntime(SRRuntime):
     def source_pipeline(self):
         """The fake-quant checkpoint the artifact was exported from (loaded once, on first use)."""
         if self._source is None:
-            self._source = artifact.load_source_pipeline(self.manifest)
+            self._source = artifact.load_source_pipeline(self.manifest, self.dir)
         return self._source
 
     def reference_pipeline(self):

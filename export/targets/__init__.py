@@ -30,6 +30,9 @@ class Target:
 
     name = ""
     help = ""
+    # the runtime rebuilds the PyTorch pipeline around the integer parts (triton): the artifact
+    # then carries the source checkpoint, FP weights included, so it runs from its folder alone
+    runs_source_pipeline = False
 
     # -- options ----------------------------------------------------------------------------
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:

@@ -148,7 +148,7 @@ class Models:
                 if a.model:
                     from ..export import artifact
 
-                    pipe = artifact.load_source_pipeline(main.pipe.manifest)
+                    pipe = artifact.load_source_pipeline(main.pipe.manifest, main.pipe.dir)
                 else:
                     pipe = load_checkpoint(a.ckpt, preset=a.preset, weights=a.weights)
                 set_quant_state(pipe, weight=False, act=False)

@@ -11,6 +11,7 @@ from .. import Target
 class TritonTarget(Target):
     name = "triton"
     help = "packed IR run by the Triton integer kernels (GPU; Triton's interpreter on a CPU)"
+    runs_source_pipeline = True  # the diffusers modules around the kernel layers
 
     def write_component(self, job, name: str, graph) -> tuple[list[str], dict]:
         return [], {}  # the IR the exporter wrote is all the kernels load
