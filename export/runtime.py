@@ -169,18 +169,20 @@ class ArtifactRuntime(SRRuntime):
         fn = component(name).fn(pipe)
         return lambda x: fn(x.float())
 
-    def constant_feeds(self, name: str) -> dict:
-        """Inputs of a UNet exported with --dynamic-constants: t = 999 and the stored context (numpy)."""
+    def constant_feeds(self, name: str, batch: int = 1) -> dict:
+        """Inputs of a UNet exported with --dynamic-constants, for a batch of `batch` tiles:
+        t = 999 and the stored context (numpy)."""
         import numpy as np
 
         inputs = self.manifest["components"][name]["inputs"]
         feeds = {}
         if "timestep" in inputs:
-            feeds["timestep"] = np.array([self.manifest["pipeline"]["timestep"]], np.float32)
+            feeds["timestep"] = np.full((batch,), self.manifest["pipeline"]["timestep"], np.float32)
         if "context" in inputs:
             from safetensors.numpy import load_file
 
-            feeds["context"] = load_file(str(self.dir / "context.safetensors"))["context"]
+            context = load_file(str(self.dir / "context.safetensors"))["context"]
+            feeds["context"] = np.ascontiguousarray(np.broadcast_to(context, (batch,) + context.shape[1:]))
         return feeds
 
     def main_input(self, name: str) -> str:

@@ -13,6 +13,14 @@ FLOAT_PRECISIONS = ("fp32", "fp16")
 DEFAULTS = {"float_precision": "fp32", "max_batch": 1, "timing_cache": None, "build_engines": True}
 
 
+def batch_shapes(shapes: dict[str, tuple], max_batch: int) -> dict[str, tuple]:
+    """The graphs' input shapes: the fixed tile, with a dynamic batch dimension when the engines
+    take more than one tile per call (their profile spans batch 1 to max_batch)."""
+    if max_batch == 1:
+        return shapes
+    return {k: (None,) + tuple(v[1:]) for k, v in shapes.items()}
+
+
 class TrtTarget(Target):
     name = "trt"
     help = "TensorRT: Q/DQ ONNX + INT8 and FP16 engines"
@@ -56,8 +64,9 @@ class TrtTarget(Target):
         from .rules import qdq_violations
 
         job.status("Q/DQ ONNX")
-        shapes = job.fixed_input_shapes(graph, name)
-        qdq = lower_graph_qdq(graph, shapes)
+        shapes = job.fixed_input_shapes(graph, name)  # one tile, batch 1: the engines' profile minimum
+        graph_shapes = batch_shapes(shapes, job.options["max_batch"])
+        qdq = lower_graph_qdq(graph, graph_shapes)
         bad = qdq_violations(qdq)
         if bad:
             raise ExportError(f"{name}: the Q/DQ graph breaks TensorRT's explicit-quantization rules: {bad[0]}"
@@ -71,8 +80,9 @@ class TrtTarget(Target):
             from .build import build_component_engines
 
             job.status("TensorRT engines")
-            engines = build_component_engines(job.out_dir, name, qdq, lower_float(job.trace(name, quantized=False)), shapes,
-                                              o["float_precision"], o["max_batch"], o["timing_cache"], job.progress)
+            fp = lower_float(job.trace(name, quantized=False), input_shapes=graph_shapes)
+            engines = build_component_engines(job.out_dir, name, qdq, fp, shapes, o["float_precision"], o["max_batch"],
+                                              o["timing_cache"], job.progress)
             job.state.setdefault("engines", {})[name] = engines
             files = files + [e["engine"] for e in engines.values()]
         return files, fields

@@ -90,8 +90,10 @@ def _progress_monitor(desc: str):
 
 
 def build_engine(onnx_path: Path, engine_path: Path, input_shapes: dict[str, tuple], max_batch: int = 1,
-                 timing_cache: Path | None = None, progress: bool = True, desc: str = "") -> dict:
-    """Build one engine from an ONNX file (its external data beside it); returns its record."""
+                 timing_cache: Path | None = None, progress: bool = True, desc: str = "", tf32: bool = True) -> dict:
+    """Build one engine from an ONNX file (its external data beside it); returns its record.
+    `tf32=False` keeps FP32 float ops in FP32: TensorRT otherwise may round their matmul and conv
+    inputs to TF32's 10-bit mantissa (on by default), which is not the float32 they promise."""
     import tensorrt as trt
 
     t0 = time.perf_counter()
@@ -104,6 +106,8 @@ def build_engine(onnx_path: Path, engine_path: Path, input_shapes: dict[str, tup
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineBuildError(f"{onnx_path}: TensorRT {trt.__version__}'s ONNX parser refused it: {errors}")
     config = builder.create_builder_config()
+    if not tf32:
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for i in range(network.num_inputs):
         name = network.get_input(i).name
@@ -144,7 +148,8 @@ def build_component_engines(out_dir: Path, comp: str, qdq, fp,
             stem = f"{comp}.{kind}.build"
             save_onnx(to_fp16(model) if convert else model, Path(tmp), stem)
             rec[kind] = build_engine(Path(tmp) / f"{stem}.onnx", out_dir / f"{comp}.{kind}.engine", input_shapes,
-                                     max_batch, timing_cache, progress, desc=f"{comp} {kind}")
+                                     max_batch, timing_cache, progress, desc=f"{comp} {kind}",
+                                     tf32=convert)  # an FP16 graph has no FP32 ops to keep exact
     return rec
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def check_fixed_shape(rt: ArtifactRuntime, name: str, x: torch.Tensor) -> None:
 class Engine:
     """One deserialized engine and its execution context; call with {input name: tensor}."""
 
-    def __init__(self, path: Path, built: dict):
+    def __init__(self, path: Path, built: dict, max_batch: int = 1):
         import tensorrt as trt
 
         self.trt = trt
@@ -92,6 +93,14 @@ class Engine:
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in names if n not in self.inputs]
+        self.path, self.max_batch = path, max_batch
+
+    def set_shape(self, name: str, shape: tuple) -> None:
+        """TensorRT answers False (and runs nothing useful) for a shape outside the engine's
+        profile: say which, instead of computing on stale shapes."""
+        if not self.context.set_input_shape(name, tuple(shape)):
+            raise ValueError(f"{self.path}: input {name} of shape {tuple(shape)} is outside this engine's profile "
+                             f"(the artifact's tile, batch 1 to {self.max_batch}); export with --max-batch N for larger batches")
 
     def __call__(self, feeds: dict[str, torch.Tensor]) -> torch.Tensor:
         """CUDA float32 tensors in, the first output as a CUDA float32 tensor (torch's stream)."""
@@ -99,7 +108,7 @@ class Engine:
         for name in self.inputs:
             t = feeds[name].to("cuda", torch.float32).contiguous()
             keep.append(t)
-            self.context.set_input_shape(name, tuple(t.shape))
+            self.set_shape(name, tuple(t.shape))
             self.context.set_tensor_address(name, t.data_ptr())
         outs = []
         for name in self.outputs:
@@ -121,7 +130,7 @@ class Engine:
             d = cuda.mem_alloc(a.nbytes)
             cuda.memcpy_htod_async(d, a, stream)
             bufs.append(d)
-            self.context.set_input_shape(name, a.shape)
+            self.set_shape(name, a.shape)
             self.context.set_tensor_address(name, int(d))
         host = []
         for name in self.outputs:
@@ -168,14 +177,28 @@ class TrtSR(ArtifactRuntime):
                                          "rerun passion-export --target trt on a GPU machine with TensorRT")
         check_built_here(m, str(self.dir))
         self.kind = kind
+        self._cuda_context = None
         if not self.on_torch:  # pycuda buffers, in the device's primary context (the one TensorRT uses)
             import pycuda.driver as cuda
 
             cuda.init()
             self._cuda_context = cuda.Device(0).retain_primary_context()
-            self._cuda_context.push()
-        self.sessions = {c: Engine(self.dir / e[kind]["engine"], m["tensorrt"]) for c, e in m["engines"].items()}
+        with self.cuda_context():
+            self.sessions = {c: Engine(self.dir / e[kind]["engine"], m["tensorrt"], m["tensorrt"].get("max_batch", 1))
+                             for c, e in m["engines"].items()}
         self.fixed_vae_latent_tile = self.latent_tile
+
+    @contextmanager
+    def cuda_context(self):
+        """pycuda's context current for the block and popped after it (torch manages its own)."""
+        if self._cuda_context is None:
+            yield
+            return
+        self._cuda_context.push()
+        try:
+            yield
+        finally:
+            self._cuda_context.pop()
 
     @property
     def description(self) -> str:
@@ -189,11 +212,22 @@ class TrtSR(ArtifactRuntime):
     def artifact_fn(self, name: str):
         """With CUDA torch: a CUDA-tensor-in, CUDA-tensor-out callable (benchmarks time this, without
         host copies); otherwise host tensors through pycuda buffers."""
-        engine, main, feeds = self.sessions[name], self.main_input(name), self.constant_feeds(name)
+        engine, main = self.sessions[name], self.main_input(name)
+        feeds_of = {}  # batch size -> constant feeds (t and the context of a --dynamic-constants UNet)
+
+        def feeds(batch: int) -> dict:
+            if batch not in feeds_of:
+                host = self.constant_feeds(name, batch)
+                feeds_of[batch] = {k: torch.from_numpy(v).cuda() for k, v in host.items()} if self.on_torch else host
+            return feeds_of[batch]
+
         if self.on_torch:
-            extra = {k: torch.from_numpy(np.asarray(v)).cuda() for k, v in feeds.items()}
-            return lambda x: engine({main: x, **extra})
-        return lambda x: torch.from_numpy(engine.run_host({main: x.detach().float().cpu().numpy(), **feeds}))
+            return lambda x: engine({main: x, **feeds(x.shape[0])})
+
+        def run_host(x):
+            with self.cuda_context():
+                return torch.from_numpy(engine.run_host({main: x.detach().float().cpu().numpy(), **feeds(x.shape[0])}))
+        return run_host
 
     timing_baselines = ("torch_fp16",)
 
@@ -209,13 +243,24 @@ class TrtSR(ArtifactRuntime):
     def engine_variant(self, name: str, x: torch.Tensor) -> TimingVariant:
         engine = self.sessions[name].engine
         size = getattr(engine, "device_memory_size_v2", None)  # device_memory_size is gone in TensorRT 11
-        return TimingVariant(f"trt_{self.kind}", lambda: self.component_fn(name), x, {
+        return TimingVariant(f"trt_{self.kind}", lambda: self.graphed_fn(name), x, {
             "engine_bytes_on_disk": self.manifest["engines"][name][self.kind]["bytes"],
             # TensorRT's own activation memory, outside torch's allocator
             "engine_device_memory_bytes": int(size if size is not None else engine.device_memory_size)})
 
+    def graphed_fn(self, name: str):
+        """The engine replayed from a CUDA graph at the tile, as the PyTorch FP16 baseline is: both
+        are timed without per-call launch overhead (TensorRT's enqueue is captured like any kernel)."""
+        from ...cuda_graphs import GraphCache
+
+        fn, graphs = self.component_fn(name), GraphCache(self.tile_shapes())
+        return lambda x: graphs.run(name, fn, x)
+
     def timing_record(self) -> dict:
         return {"runtime": self.description, "tensorrt": self.manifest["tensorrt"]}
+
+    def timing_settings(self) -> dict:
+        return {"device": str(self.device), "cuda_graphs": True}
 
 
 def open_trt(model_dir: str | os.PathLike, **kwargs):
