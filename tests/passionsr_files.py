@@ -25,18 +25,32 @@ import torch
 import yaml
 
 # --- the architecture (GroupNorm(32)-compatible channel counts) -------------------------------
-IN_CH, OUT_CH = 4, 4
-MODEL_CH = 32
-CHANNEL_MULT = [1, 2, 2]
-NUM_RES = 1
-ATTN_RES = [1, 2]  # ds values with attention: levels 0 and 1, not 2
-HEAD_CH = 16
-CONTEXT_DIM = 32
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The numbers of an ldm config in SD2's schema."""
+
+    model_ch: int
+    channel_mult: tuple
+    num_res: int
+    attn_res: tuple  # ds values (1, 2, 4, ...) whose level has attention
+    head_ch: int
+    context_dim: int
+    latent_tile: int  # the UNet's calibration tile (latent pixels): attn1 scale_factor_vw has (tile / 2^level)^2 entries
+    vae_ch: int
+    vae_mult: tuple
+    vae_res: int
+
+
+TINY = Arch(32, (1, 2, 2), 1, (1, 2), 16, 32, 8, 32, (1, 2), 1)  # levels 0 and 1 with attention, not 2
+SD21 = Arch(320, (1, 2, 4, 4), 2, (4, 2, 1), 64, 1024, 64, 128, (1, 2, 4, 4), 2)  # v2-inference.yaml, 512 px tiles
+IN_CH, OUT_CH, Z = 4, 4, 4
+HEAD_CH, CONTEXT_DIM, LATENT_TILE = TINY.head_ch, TINY.context_dim, TINY.latent_tile
 CONTEXT_TOKENS = 77
-VAE_CH, VAE_MULT, VAE_RES, Z = 32, [1, 2], 1, 4
 SCALE_FACTOR = 0.18215
-LATENT_TILE = 8  # the UNet's calibration tile (latent pixels): attn1 scale_factor_vw has (8 / 2^level)^2 entries
-VAE_FACTOR = 2 ** (len(VAE_MULT) - 1)
+VAE_FACTOR = 2 ** (len(TINY.vae_mult) - 1)
+MODEL_CH = TINY.model_ch
 LORA_RANK = 4
 
 # spec section 5.1: these substrings of "model.<ldm path>" keep a layer at 8 bits
@@ -85,18 +99,18 @@ def _resblock(net: Net, p: str, c_in: int, c_out: int, emb: int | None, names=("
         net.conv(f"{p}.{skip}", c_in, c_out, k=1)
 
 
-def _transformer(net: Net, p: str, c: int, n_tokens: int):
+def _transformer(net: Net, p: str, c: int, n_tokens: int, a: Arch):
     """ldm SpatialTransformer (use_linear_in_transformer: True, depth 1) in PassionSR's registration
     order: the quantized block holds attn1, ff, attn2, then norm1..3."""
     net.norm(f"{p}.norm", c)
     net.linear(f"{p}.proj_in", c, c)
     t = f"{p}.transformer_blocks.0"
-    for attn, ctx, keys in (("attn1", c, n_tokens), ("ff", None, None), ("attn2", CONTEXT_DIM, CONTEXT_TOKENS)):
+    for attn, ctx, keys in (("attn1", c, n_tokens), ("ff", None, None), ("attn2", a.context_dim, CONTEXT_TOKENS)):
         if attn == "ff":
             net.linear(f"{t}.ff.net.0.proj", c, 8 * c)  # GEGLU: 2 x (4 c)
             net.linear(f"{t}.ff.net.2", 4 * c, c)
             continue
-        net.items.append(("attn", f"{t}.{attn}", HEAD_CH, keys))
+        net.items.append(("attn", f"{t}.{attn}", a.head_ch, keys))
         net.linear(f"{t}.{attn}.to_q", c, c, bias=False)
         net.linear(f"{t}.{attn}.to_k", ctx, c, bias=False)
         net.linear(f"{t}.{attn}.to_v", ctx, c, bias=False)
@@ -107,46 +121,47 @@ def _transformer(net: Net, p: str, c: int, n_tokens: int):
     net.linear(f"{p}.proj_out", c, c)
 
 
-def unet_net() -> Net:
-    """ldm openaimodel.UNetModel for the constants above."""
+def unet_net(a: Arch = TINY) -> Net:
+    """ldm openaimodel.UNetModel for an Arch."""
     net = Net()
-    emb = 4 * MODEL_CH
-    net.linear("time_embed.0", MODEL_CH, emb)
+    mc = a.model_ch
+    emb = 4 * mc
+    net.linear("time_embed.0", mc, emb)
     net.linear("time_embed.2", emb, emb)
-    net.conv("input_blocks.0.0", IN_CH, MODEL_CH)
-    ch, chans, ds, idx = MODEL_CH, [MODEL_CH], 1, 1
-    for level, mult in enumerate(CHANNEL_MULT):
-        for _ in range(NUM_RES):
-            out = MODEL_CH * mult
+    net.conv("input_blocks.0.0", IN_CH, mc)
+    ch, chans, ds, idx = mc, [mc], 1, 1
+    for level, mult in enumerate(a.channel_mult):
+        for _ in range(a.num_res):
+            out = mc * mult
             _resblock(net, f"input_blocks.{idx}.0", ch, out, emb)
             ch = out
-            if ds in ATTN_RES:
-                _transformer(net, f"input_blocks.{idx}.1", ch, (LATENT_TILE // ds) ** 2)
+            if ds in a.attn_res:
+                _transformer(net, f"input_blocks.{idx}.1", ch, (a.latent_tile // ds) ** 2, a)
             chans.append(ch)
             idx += 1
-        if level != len(CHANNEL_MULT) - 1:
+        if level != len(a.channel_mult) - 1:
             net.conv(f"input_blocks.{idx}.0.op", ch, ch, stride=2)
             chans.append(ch)
             ds *= 2
             idx += 1
     _resblock(net, "middle_block.0", ch, ch, emb)
-    _transformer(net, "middle_block.1", ch, (LATENT_TILE // ds) ** 2)
+    _transformer(net, "middle_block.1", ch, (a.latent_tile // ds) ** 2, a)
     _resblock(net, "middle_block.2", ch, ch, emb)
     idx = 0
-    for level, mult in reversed(list(enumerate(CHANNEL_MULT))):
-        for i in range(NUM_RES + 1):
-            out = MODEL_CH * mult
+    for level, mult in reversed(list(enumerate(a.channel_mult))):
+        for i in range(a.num_res + 1):
+            out = mc * mult
             _resblock(net, f"output_blocks.{idx}.0", ch + chans.pop(), out, emb)
             ch, sub = out, 1
-            if ds in ATTN_RES:
-                _transformer(net, f"output_blocks.{idx}.1", ch, (LATENT_TILE // ds) ** 2)
+            if ds in a.attn_res:
+                _transformer(net, f"output_blocks.{idx}.1", ch, (a.latent_tile // ds) ** 2, a)
                 sub = 2
-            if level and i == NUM_RES:
+            if level and i == a.num_res:
                 net.conv(f"output_blocks.{idx}.{sub}.conv", ch, ch)
                 ds //= 2
             idx += 1
     net.norm("out.0", ch)
-    net.conv("out.2", MODEL_CH, OUT_CH)
+    net.conv("out.2", mc, OUT_CH)
     return net
 
 
@@ -160,34 +175,35 @@ def _vae_attn(net: Net, p: str, c: int):
         net.conv(f"{p}.{n}", c, c, k=1)
 
 
-def vae_net() -> Net:
-    """ldm AutoencoderKL (model.Encoder / model.Decoder, double_z) for the constants above."""
+def vae_net(a: Arch = TINY) -> Net:
+    """ldm AutoencoderKL (model.Encoder / model.Decoder, double_z) for an Arch."""
     net = Net()
-    net.conv("encoder.conv_in", 3, VAE_CH)
-    in_mult = [1] + VAE_MULT
-    block_in = VAE_CH
-    for i, mult in enumerate(VAE_MULT):
-        block_in, block_out = VAE_CH * in_mult[i], VAE_CH * mult
-        for j in range(VAE_RES):
+    vc, vm = a.vae_ch, list(a.vae_mult)
+    net.conv("encoder.conv_in", 3, vc)
+    in_mult = [1] + vm
+    block_in = vc
+    for i, mult in enumerate(vm):
+        block_in, block_out = vc * in_mult[i], vc * mult
+        for j in range(a.vae_res):
             _vae_res(net, f"encoder.down.{i}.block.{j}", block_in, block_out)
             block_in = block_out
-        if i != len(VAE_MULT) - 1:
+        if i != len(vm) - 1:
             net.items.append(("layer", Layer(f"encoder.down.{i}.downsample.conv", (block_in, block_in, 3, 3), True, 2, 0)))
     _vae_res(net, "encoder.mid.block_1", block_in, block_in)
     _vae_attn(net, "encoder.mid.attn_1", block_in)
     _vae_res(net, "encoder.mid.block_2", block_in, block_in)
     net.norm("encoder.norm_out", block_in)
     net.conv("encoder.conv_out", block_in, 2 * Z)
-    block_in = VAE_CH * VAE_MULT[-1]
+    block_in = vc * vm[-1]
     net.conv("decoder.conv_in", Z, block_in)
     _vae_res(net, "decoder.mid.block_1", block_in, block_in)
     _vae_attn(net, "decoder.mid.attn_1", block_in)
     _vae_res(net, "decoder.mid.block_2", block_in, block_in)
     levels = {}  # built from the deepest level up, registered in index order (ldm's up.insert(0, ...))
-    for i in reversed(range(len(VAE_MULT))):
-        block_out = VAE_CH * VAE_MULT[i]
+    for i in reversed(range(len(vm))):
+        block_out = vc * vm[i]
         level = Net()
-        for j in range(VAE_RES + 1):
+        for j in range(a.vae_res + 1):
             _vae_res(level, f"decoder.up.{i}.block.{j}", block_in, block_out)
             block_in = block_out
         if i != 0:
@@ -205,19 +221,19 @@ def vae_net() -> Net:
 # --- the files ----------------------------------------------------------------------------
 
 
-def ldm_yaml() -> dict:
+def ldm_yaml(a: Arch = TINY) -> dict:
     return {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": {
         "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000, "image_size": 64, "channels": 4,
         "conditioning_key": "crossattn", "scale_factor": SCALE_FACTOR, "use_ema": False, "parameterization": "v",
         "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": {
             "use_checkpoint": True, "use_fp16": False, "image_size": 32, "in_channels": IN_CH, "out_channels": OUT_CH,
-            "model_channels": MODEL_CH, "attention_resolutions": ATTN_RES, "num_res_blocks": NUM_RES,
-            "channel_mult": CHANNEL_MULT, "num_head_channels": HEAD_CH, "use_spatial_transformer": True,
-            "use_linear_in_transformer": True, "transformer_depth": 1, "context_dim": CONTEXT_DIM, "legacy": False}},
+            "model_channels": a.model_ch, "attention_resolutions": list(a.attn_res), "num_res_blocks": a.num_res,
+            "channel_mult": list(a.channel_mult), "num_head_channels": a.head_ch, "use_spatial_transformer": True,
+            "use_linear_in_transformer": True, "transformer_depth": 1, "context_dim": a.context_dim, "legacy": False}},
         "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
             "embed_dim": Z, "monitor": "val/rec_loss", "ddconfig": {
-                "double_z": True, "z_channels": Z, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": VAE_CH,
-                "ch_mult": VAE_MULT, "num_res_blocks": VAE_RES, "attn_resolutions": [], "dropout": 0.0},
+                "double_z": True, "z_channels": Z, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": a.vae_ch,
+                "ch_mult": list(a.vae_mult), "num_res_blocks": a.vae_res, "attn_resolutions": [], "dropout": 0.0},
             "lossconfig": {"target": "torch.nn.Identity"}}},
         "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
                               "params": {"freeze": True, "layer": "penultimate"}},
@@ -327,6 +343,44 @@ def merged_ldm_weights(sd: dict, lora_unet: dict, lora_vae: dict) -> dict[str, t
             b = lora[f"{module}.lora_B.{adapter}.weight"]
             w = out[key]
             out[key] = w + scale * (b.flatten(1) @ a.flatten(1)).reshape(w.shape)
+    return out
+
+
+def quant_layout(net: Net, split: bool) -> dict[str, tuple[int, ...]]:
+    """Spec section 4's keys and shapes of a QuantWrapper state dict, without values."""
+    out = {}
+    for it in net.items:
+        if it[0] == "norm":
+            out[f"model.model.{it[1]}.weight"] = out[f"model.model.{it[1]}.bias"] = (it[2],)
+        elif it[0] == "attn":
+            out[f"model.model.{it[1]}.scale_factor_qk"] = (it[2],)
+            out[f"model.model.{it[1]}.scale_factor_vw"] = (it[3],)
+        elif it[0] == "attn_end":
+            for q in "qkvw":
+                out[f"model.model.{it[1]}.act_quantizer_{q}.x_min"] = out[f"model.model.{it[1]}.act_quantizer_{q}.x_max"] = ()
+        else:
+            layer = it[1]
+            p, w = f"model.model.{layer.path}", layer.weight
+            out[f"{p}.scale_factor"] = out[f"{p}.offset"] = (1, w[1]) + (1,) * (len(w) - 2)
+            if layer.bias:
+                out[f"{p}.bias_quantizer.x_min"] = out[f"{p}.bias_quantizer.x_max"] = ()
+            for i in range(2 if split else 1):
+                out[f"{p}.weight_quantizer_{i}.x_min"] = out[f"{p}.weight_quantizer_{i}.x_max"] = (w[0],) + (1,) * (len(w) - 1)
+                out[f"{p}.act_quantizer_{i}.x_min"] = out[f"{p}.act_quantizer_{i}.x_max"] = ()
+    return out
+
+
+def sd_shapes(a: Arch) -> dict[str, tuple[int, ...]]:
+    """The UNet and VAE tensor names and shapes of an original-SD checkpoint for an Arch."""
+    out = {}
+    for prefix, net in (("model.diffusion_model.", unet_net(a)), ("first_stage_model.", vae_net(a))):
+        for it in net.items:
+            if it[0] == "layer":
+                out[f"{prefix}{it[1].path}.weight"] = it[1].weight
+                if it[1].bias:
+                    out[f"{prefix}{it[1].path}.bias"] = (it[1].weight[0],)
+            elif it[0] == "norm":
+                out[f"{prefix}{it[1]}.weight"] = out[f"{prefix}{it[1]}.bias"] = (it[2],)
     return out
 
 

@@ -5,8 +5,8 @@ The reference computations below are written from the spec's formulas (quant-sem
 2-4, passionsr-checkpoints section 5), in ldm names, from the files' own tensors and the LoRA
 merged by hand; they share nothing with the importer but the files.
 """
+import dataclasses
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -22,8 +22,8 @@ from passion_deploy.importers import ImportRefused, import_passionsr, job_from_f
 from passion_deploy.importers.ldm_config import matching_preset, read_ldm_config
 from passion_deploy.quant.layers import QuantLinear
 from passion_deploy.quant.quantizer import LBQuantizer, QuantSpec
-from passionsr_files import (CONTEXT_TOKENS, EIGHT_BIT_SUBSTRINGS, HEAD_CH, LATENT_TILE, VAE_FACTOR,
-                             write_passionsr_files)
+from passionsr_files import (CONTEXT_TOKENS, EIGHT_BIT_SUBSTRINGS, HEAD_CH, LATENT_TILE, SD21, VAE_FACTOR, quant_layout,
+                             sd_shapes, unet_net, vae_net, write_passionsr_files)
 
 UNET = "model.diffusion_model."
 VAE = "first_stage_model."
@@ -301,6 +301,40 @@ def test_both_lora_layouts_merge_alike(files, w8):
 def test_sd21_config_maps_to_the_sd21_preset():
     cfg = read_ldm_config(Path(__file__).parent / "data" / "v2-inference-v-fp32.yaml")
     assert matching_preset(cfg) == "sd21"
+
+
+def test_sd21_layout_maps_one_to_one(files):
+    """PassionSR's files for the real SD2.1 architecture (spec section 4 layout, shapes only, on meta
+    tensors): every tensor has exactly one place, of its shape, in the project's sd21 model."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from passion_deploy.config import QuantConfig
+    from passion_deploy.importers.inference_yaml import imported_forms
+    from passion_deploy.importers.ldm_names import name_maps
+    from passion_deploy.importers.quant_tensors import check_eight_bit_layers, expected_tensors, latent_tile
+    from passion_deploy.models.presets import SD21_UNET, SD21_VAE
+    from passion_deploy.quant.wrap import quantize_component
+
+    # the layout generator agrees with the tiny files it wrote
+    assert quant_layout(files.unet, True) == {k: tuple(v.shape) for k, v in files.quant["unet_w8a8.pth"].items()}
+    ckpt = {k: torch.empty(s, device="meta") for k, s in sd_shapes(SD21).items()}
+    w6 = NAMED_CONFIGS["w6a6"]
+    cfg = imported_forms(QuantConfig(unet=w6.unet, vae=dataclasses.replace(w6.vae, split=False)), "test")
+    with torch.device("meta"):
+        unet, vae = UNet2DConditionModel(**SD21_UNET), AutoencoderKL(**SD21_VAE)
+        quantize_component(unet, cfg.unet, "unet")
+        quantize_component(vae, cfg.vae, "vae")
+    names = name_maps(ckpt, unet.config, vae.config, Path("v2-1_512-ema-pruned.ckpt"))
+    for comp, module, net, split in (("unet", unet, unet_net(SD21), True), ("vae", vae, vae_net(SD21), False)):
+        layout, slots = quant_layout(net, split), expected_tensors(module, names[comp])
+        assert set(slots) == set(layout), sorted(set(slots) ^ set(layout))[:4]
+        assert all(slot.shape in (None, layout[k]) for k, slot in slots.items())
+        assert len({slot.target for slot in slots.values()}) == len(slots)
+        check_eight_bit_layers(module, names[comp], comp, 6, Path("x.pth"))  # PassionSR's 8-bit rule = ours
+    layout = quant_layout(unet_net(SD21), True)
+    s_vw = {slot.target.removesuffix(".s_vw"): layout[k][0]
+            for k, slot in expected_tensors(unet, names["unet"]).items() if slot.shape is None}
+    assert latent_tile(s_vw, 4) == 64  # the release's 512 px tiles
 
 
 def test_unsupported_ldm_keys_are_refused_by_name(tmp_path, files):

@@ -212,10 +212,11 @@ def resolve_model_args(args) -> None:
 
     args.import_key = names_quant_ckpt(args.config) if args.config else None
     if args.import_key:
-        for flag, value in (("--ckpt", args.ckpt), ("--model", args.model)):
-            if value:
+        for flag, value in (("--ckpt", args.ckpt), ("--model", args.model), ("--weights", args.weights),
+                            ("--lora", args.lora), ("--random-weights", args.random_weights)):
+            if value is not None:
                 raise UsageError(f"--config {args.config} names PassionSR's calibrated parameters ({args.import_key}) "
-                                 f"and {flag} names another model; give one of them")
+                                 f"and the files they go with, so {flag} does not apply; give one or the other")
         if args.backend not in (None, "fakequant"):
             raise UsageError(f"--config {args.config} names PassionSR's calibrated parameters ({args.import_key}), "
                              f"which run with --backend fakequant, not {args.backend}")

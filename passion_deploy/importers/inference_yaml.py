@@ -134,6 +134,8 @@ def job_from_yaml(path: str | Path, root: str | Path | None = None, overrides: d
         data = load_yaml(path)
     except ConfigError as e:
         raise ImportRefused(str(e)) from None
+    if "model" in data and "quantize_config" not in data:
+        raise ImportRefused(f"{source}: is an ldm model config, not PassionSR's inference YAML; give it as --ldm-config")
     _check_keys(data, TOP_KEYS, "", source)
     basic = _check_keys(data.get("basic_config"), BASIC_KEYS, "basic_config", source)
     tile = _check_keys(data.get("tile_config"), TILE_KEYS, "tile_config", source)

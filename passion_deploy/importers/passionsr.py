@@ -104,7 +104,7 @@ def _read_part(job: ImportJob, fp: FPModel, comp: str) -> dict[str, torch.Tensor
     sd = loading.read_torch_file(path)
     module = getattr(fp.pipe, comp)
     cfg = getattr(job.quant, comp)
-    check_eight_bit_layers(module, fp.names[comp], comp, (cfg.weight_bits, cfg.act_bits), path)
+    check_eight_bit_layers(module, fp.names[comp], comp, cfg.weight_bits, path)
     values = read_quant_tensors(sd, module, fp.names[comp], comp, path)
     if comp == "unet":
         tokens = fp.pipe.context.shape[1]
@@ -124,9 +124,9 @@ def import_passionsr(job: ImportJob, progress: bool = True) -> ImportResult:
     for comp in tqdm([c for c in ("unet", "vae") if c in job.quant_ckpt], desc="passion-import: quantization",
                      unit="part", disable=not progress, leave=False):
         values = _read_part(job, fp, comp)
-        parts[comp] = apply_quant_tensors(getattr(pipe, comp), values, comp, fp.names[comp])
+        parts[comp] = apply_quant_tensors(getattr(pipe, comp), values, fp.names[comp])
     n_levels = len(pipe.unet.config.block_out_channels)
-    tile = latent_tile(pipe.unet, parts["unet"].s_vw, n_levels)
+    tile = latent_tile(parts["unet"].s_vw, n_levels)
     if tile == -1:
         raise ImportRefused(f"{job.quant_ckpt['unet']}: the self-attention scale_factor_vw lengths "
                             f"({sorted(set(parts['unet'].s_vw.values()))}) do not fit one square latent tile")

@@ -161,9 +161,10 @@ def read_quant_tensors(sd: dict, module: nn.Module, names: NameMap, comp: str, p
     return values
 
 
-def latent_tile(module: nn.Module, s_vw: dict[str, int], n_levels: int) -> int | None:
-    """The latent tile the UNet was calibrated at: its self-attention scales have one entry per
-    token, H*W of their level's latent (tile / 2^level per side). None if nothing ties it."""
+def latent_tile(s_vw: dict[str, int], n_levels: int) -> int | None:
+    """The latent tile the UNet was calibrated at, from {attention processor path: scale_factor_vw
+    length}: self-attention has one entry per token, H*W of its level's latent (tile / 2^level per
+    side). None if nothing ties it, -1 if the lengths fit no single square tile."""
     tiles = set()
     for name, n in s_vw.items():
         if ".attn1." not in f"{name}.":
@@ -180,7 +181,7 @@ def latent_tile(module: nn.Module, s_vw: dict[str, int], n_levels: int) -> int |
     return tiles.pop()
 
 
-def apply_quant_tensors(module: nn.Module, values: dict[str, torch.Tensor], comp: str, names: NameMap) -> ComponentImport:
+def apply_quant_tensors(module: nn.Module, values: dict[str, torch.Tensor], names: NameMap) -> ComponentImport:
     """Load checked values into a wrapped component and mark every quantizer calibrated."""
     procs = dict(attention_processors(module))
     s_vw = {}
@@ -205,11 +206,12 @@ def apply_quant_tensors(module: nn.Module, values: dict[str, torch.Tensor], comp
     return ComponentImport(len(layers), len(procs), len(_norms(module)), norms_changed, eight, s_vw)
 
 
-def check_eight_bit_layers(module: nn.Module, names: NameMap, comp: str, bits: tuple[int, int], source: Path) -> None:
-    """PassionSR's 8-bit rule (substrings of ldm names) must pick the layers this project keeps at 8 bits."""
+def check_eight_bit_layers(module: nn.Module, names: NameMap, comp: str, weight_bits: int, source: Path) -> None:
+    """PassionSR's 8-bit rule (substrings of ldm names) must pick the layers this project keeps at 8
+    bits (quant/wrap.EIGHT_BIT_LAYERS, by diffusers name): true for SD's networks, checked for any other."""
     for d, layer in quant_layers(module):
         lm = names.to_ldm[d]
-        want = 8 if passion_eight_bit(lm) else bits[0]
+        want = 8 if passion_eight_bit(lm) else weight_bits
         have = layer.w_quant[0].spec.bits
         if want != have:
             raise ImportRefused(f"{source}: PassionSR quantizes {comp} layer {lm} at {want} bits but this project's "
