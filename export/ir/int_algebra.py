@@ -43,7 +43,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from passion_deploy.quant.quantizer import LBQuantizer, QuantSpec, quantize_codes, step_and_zero_point
+from passion_deploy.quant.quantizer import LBQuantizer, QuantSpec, quantize_codes
 
 ISAS = ("portable", "vnni")
 I16_MAX = 32767
@@ -89,8 +89,8 @@ def grid_of(quantizer: LBQuantizer) -> Grid:
     """The grid a calibrated quantizer uses, with D and zp computed by the quantizer's own math."""
     if not bool(quantizer.initialized):
         raise ValueError("quantizer is not calibrated")
-    with torch.no_grad():
-        d, zp = step_and_zero_point(quantizer.x_min.float(), quantizer.x_max.float(), quantizer.spec)
+    d, zp = quantizer.step_and_zero_point()  # the quantizer's own derivation (float64 for PassionSR's per-tensor bounds)
+    d, zp = d.float(), zp.float()
     return Grid(d.numpy().astype(np.float32), zp.numpy().astype(np.int64), quantizer.spec.bits, quantizer.spec.signed)
 
 
