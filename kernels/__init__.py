@@ -4,9 +4,10 @@ The kernels take tensors, scalars and the containers of `operands` only, never t
 building those operands from a recipe is the triton export target's job.
 
 Modules: `operands` (ActOperand, PackedWeights, Epilogue; no Triton), `reference` (int64
-references), `act_quant` (pre-op + quantize), `gemm` (linear + implicit-GEMM conv),
-`attention` (the quantized attention core). The kernel modules need Triton and say so when
-it is missing; import them directly.
+references), `configs` (every launch configuration and compile variant; no Triton),
+`act_quant` (pre-op + quantize), `gemm` (linear + implicit-GEMM conv), `attention` (the
+quantized attention core), `aot` (compiles every configuration for sm_90/sm_80 without a
+GPU). The kernel modules need Triton and say so when it is missing; import them directly.
 """
 import os
 import sys
@@ -30,7 +31,7 @@ def use_interpreter_without_gpu() -> bool:
     if on and lang is not None and type(lang.zeros).__name__ != "InterpretedFunction":
         for name in [m for m in sys.modules if (m == "triton" or m.startswith("triton.")) and not m.startswith("triton._C")]:
             del sys.modules[name]
-        for name in [m for m in sys.modules if m.startswith(__name__ + ".") and m != __name__ + ".operands"
-                     and m != __name__ + ".reference"]:
+        for name in [m for m in sys.modules if m.startswith(__name__ + ".")
+                     and m[len(__name__) + 1:] not in ("operands", "reference", "configs")]:
             del sys.modules[name]  # kernel modules bound to the old Triton
     return on

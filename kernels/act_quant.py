@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ._triton import check_device, tl, triton
+from .configs import ACT_QUANT
 from .operands import ActOperand
 
 PRE_OPS = ("none", "let", "div", "mul")
@@ -71,12 +72,12 @@ def act_quant_kernel(x_ptr, sxb, sxp, sxc, vs_ptr, vo_ptr, q_ptr, P, C, C_SPLIT,
 
 def act_quant(x: torch.Tensor, ops: list[ActOperand], c_split: int | None = None, pre: str = "none",
               scale: torch.Tensor | None = None, offset: torch.Tensor | None = None, vec_on_rows: bool = False,
-              block: tuple[int, int] = (32, 32)) -> torch.Tensor:
+              block: tuple[int, int] | None = None) -> torch.Tensor:
     """x (B, P, C), any strides, float -> contiguous (B, P, C) operands of `ops[0].dtype`.
 
     ops: one ActOperand, or two split at channel `c_split` (channels < c_split use ops[0]).
     pre: "let" needs `scale` and `offset` (C,); "div"/"mul" need `scale`, (C,) or, with
-    `vec_on_rows`, (P,)."""
+    `vec_on_rows`, (P,). block: (BP, BC); None: configs.ACT_QUANT, the GPU launch."""
     if x.dim() != 3 or not x.is_floating_point():
         raise ValueError(f"act_quant takes a float (B, P, C) tensor, got {tuple(x.shape)} {x.dtype}")
     if pre not in PRE_OPS:
@@ -96,11 +97,11 @@ def act_quant(x: torch.Tensor, ops: list[ActOperand], c_split: int | None = None
     o0, o1 = ops[0], ops[-1]
     out = torch.empty((bsz, p, c), dtype=TORCH_OF[o0.dtype], device=x.device)
     f32 = lambda t: x if t is None else t.to(device=x.device, dtype=torch.float32).contiguous()  # noqa: E731
-    bp, bc = block
+    bp, bc = ACT_QUANT.block if block is None else block
     grid = (triton.cdiv(p, bp), triton.cdiv(c, bc), bsz)
     act_quant_kernel[grid](x, x.stride(0), x.stride(1), x.stride(2), f32(scale), f32(offset), out, p, c,
                            c if c_split is None else c_split,
                            float(o0.step), float(o0.quant_zero), float(o0.lo), float(o0.hi),
                            float(o1.step), float(o1.quant_zero), float(o1.lo), float(o1.hi),
-                           PRE=PRE_OPS.index(pre), VEC_ON_ROWS=vec_on_rows, BP=bp, BC=bc)
+                           PRE=PRE_OPS.index(pre), VEC_ON_ROWS=vec_on_rows, BP=bp, BC=bc, **ACT_QUANT.options())
     return out

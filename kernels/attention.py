@@ -18,6 +18,7 @@ import torch
 
 from ._triton import check_device, tl, triton
 from .act_quant import TORCH_OF, act_quant, quantize_operand
+from .configs import ACT_MATMUL, ACT_QUANT, SOFTMAX_QUANT
 from .operands import ActOperand
 
 
@@ -66,9 +67,10 @@ def act_matmul_kernel(a_ptr, s_az, s_am, s_ak, b_ptr, s_bz, s_bk, s_bn, out_ptr,
 
 
 def act_matmul(a: torch.Tensor, aop: ActOperand, b: torch.Tensor, bop: ActOperand, scale: float = 1.0,
-               store_int: bool = False, block: tuple[int, int, int] = (64, 64, 32)):
+               store_int: bool = False, block: tuple[int, int, int] | None = None):
     """Da Db scale * sum_k ja jb for operands a (Z, M, K) and b (Z, K, N) (any strides) ->
-    float32 (Z, M, N); with `store_int` also the int32 sum_k (a - za)(b - zb)."""
+    float32 (Z, M, N); with `store_int` also the int32 sum_k (a - za)(b - zb).
+    block: (BM, BN, BK); None: configs.ACT_MATMUL, the GPU launch."""
     if a.dim() != 3 or b.dim() != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
         raise ValueError(f"act_matmul needs (Z, M, K) @ (Z, K, N), got {tuple(a.shape)} @ {tuple(b.shape)}")
     for t, op in ((a, aop), (b, bop)):
@@ -80,11 +82,12 @@ def act_matmul(a: torch.Tensor, aop: ActOperand, b: torch.Tensor, bop: ActOperan
     out = torch.empty((z, m, n), dtype=torch.float32, device=a.device)
     acc = torch.empty((z, m, n) if store_int else (1,), dtype=torch.int32, device=a.device)
     unit = float(aop.step) * float(bop.step) * scale  # one rounding, as the IR reference's float64 product
-    bm, bn, bk = block
+    bm, bn, bk = ACT_MATMUL.block if block is None else block
     act_matmul_kernel[(triton.cdiv(m, bm), triton.cdiv(n, bn), z)](
         a, a.stride(0), a.stride(1), a.stride(2), b, b.stride(0), b.stride(1), b.stride(2), out, acc,
         m, n, k, aop.kernel_zero, bop.kernel_zero, float(aop.residual), float(bop.residual), unit,
-        A_U8=aop.dtype == "u8", B_U8=bop.dtype == "u8", STORE_INT=store_int, BM=bm, BN=bn, BK=bk)
+        A_U8=aop.dtype == "u8", B_U8=bop.dtype == "u8", STORE_INT=store_int, BM=bm, BN=bn, BK=bk,
+        **ACT_MATMUL.options())
     return (out, acc) if store_int else out
 
 
@@ -116,8 +119,9 @@ def softmax_quant_kernel(s_ptr, vw_ptr, q_ptr, R, N, step, zero, lo, hi, BR: tl.
 
 
 def softmax_quant(scores: torch.Tensor, s_vw: torch.Tensor, pop: ActOperand,
-                  block: tuple[int, int] = (16, 128)) -> torch.Tensor:
-    """Operands of Q(softmax(scores, -1) * s_vw) for float32 scores (..., N), s_vw (N,)."""
+                  block: tuple[int, int] | None = None) -> torch.Tensor:
+    """Operands of Q(softmax(scores, -1) * s_vw) for float32 scores (..., N), s_vw (N,).
+    block: (BR, BC); None: configs.SOFTMAX_QUANT, the GPU launch."""
     if scores.dtype != torch.float32 or s_vw.shape != scores.shape[-1:]:
         raise ValueError(f"softmax_quant needs float32 scores (..., N) and s_vw (N,), got {tuple(scores.shape)}, "
                          f"{tuple(s_vw.shape)}")
@@ -125,9 +129,10 @@ def softmax_quant(scores: torch.Tensor, s_vw: torch.Tensor, pop: ActOperand,
     s2 = scores.reshape(-1, scores.shape[-1]).contiguous()
     r, n = s2.shape
     out = torch.empty((r, n), dtype=TORCH_OF[pop.dtype], device=scores.device)
-    br, bc = block
+    br, bc = SOFTMAX_QUANT.block if block is None else block
     softmax_quant_kernel[(triton.cdiv(r, br),)](s2, s_vw.float().contiguous(), out, r, n, float(pop.step),
-                                                float(pop.quant_zero), float(pop.lo), float(pop.hi), BR=br, BC=bc)
+                                                float(pop.quant_zero), float(pop.lo), float(pop.hi), BR=br, BC=bc,
+                                                **SOFTMAX_QUANT.options())
     return out.view(scores.shape)
 
 
@@ -140,8 +145,9 @@ class KernelAttention:
     deploy-IR attention recipe.)"""
 
     def __init__(self, q: ActOperand, k: ActOperand, v: ActOperand, p: ActOperand, s_qk: torch.Tensor,
-                 s_vw: torch.Tensor, scale: float, name: str = "attention", block: tuple[int, int, int] = (64, 64, 32),
-                 act_block: tuple[int, int] = (32, 32), softmax_block: tuple[int, int] = (16, 128)):
+                 s_vw: torch.Tensor, scale: float, name: str = "attention",
+                 block: tuple[int, int, int] = ACT_MATMUL.block, act_block: tuple[int, int] = ACT_QUANT.block,
+                 softmax_block: tuple[int, int] = SOFTMAX_QUANT.block):
         self.name, self.scale = name, scale
         self.q, self.k, self.v, self.p = q, k, v, p
         self.s_qk, self.s_vw = s_qk, s_vw

@@ -1,13 +1,15 @@
-"""Quantized attention kernels (spec section 4) in Triton's interpreter: the integer matmuls
-bit-exact against int64 references, the exact normalised-P quantization against torch's
-softmax, and the whole core against the fake-quant QuantAttnProcessor and the IR reference."""
+"""Quantized attention kernels (spec section 4): the integer matmuls bit-exact against int64
+references, the exact normalised-P quantization against torch's softmax, and the whole core
+against the fake-quant QuantAttnProcessor and the IR reference. On CUDA tensors when a GPU is
+present, in Triton's interpreter otherwise; references always on the CPU."""
 import numpy as np
 import pytest
 import torch
 
+from passion_deploy.devices import cuda_available
 from passion_deploy.kernels import use_interpreter_without_gpu
 
-use_interpreter_without_gpu()
+DEV = torch.device("cpu" if use_interpreter_without_gpu() or not cuda_available() else "cuda")
 pytest.importorskip("triton", reason="the kernels need triton (pip install triton)")
 
 from passion_deploy.export.ir import int_algebra as ia  # noqa: E402
@@ -18,7 +20,9 @@ from passion_deploy.kernels import reference as ref  # noqa: E402
 from passion_deploy.kernels.attention import act_matmul, softmax_quant  # noqa: E402
 from calib_helpers import head_qkv, observed_attention  # noqa: E402
 
-SMALL = (16, 16, 16)
+# several tiles in M and N; K = 32, the int8 dot's minimum on NVIDIA GPUs (K = 37 and 8 below
+# still leave K tails). Compiled for sm_80/sm_90 by test_kernels_aot ("test-small").
+SMALL = (16, 16, 32)
 
 
 def operand(lo_j, bits, step, dtype):
@@ -40,7 +44,8 @@ def test_act_matmul_exact(grids):
         return torch.randint(op.lo, op.hi + 1, shape, generator=g).to(torch.uint8 if op.dtype == "u8" else torch.int8)
 
     a, b = codes(aop, (z, m, k)), codes(bop, (z, n, k)).transpose(1, 2)  # b strided, as K^T is
-    y, acc = act_matmul(a, aop, b, bop, 0.125, store_int=True, block=SMALL)
+    y, acc = act_matmul(a.to(DEV), aop, b.to(DEV), bop, 0.125, store_int=True, block=SMALL)
+    y, acc = y.cpu(), acc.cpu()
     ex, y_ref = ref.act_matmul_ref(a, aop, b, bop, 0.125)
     assert torch.equal(acc.long(), ex)
     assert (y.double() - y_ref).abs().max() <= 1e-6 * y_ref.abs().max()
@@ -51,7 +56,7 @@ def test_softmax_quant_is_the_normalised_softmax():
     scores = torch.randn(3, 5, 150, generator=g) * 4  # two column blocks of 128, odd row count
     s_vw = torch.rand(150, generator=g) + 0.5
     pop = operand(0, 8, 1.5 / 255, "u8")
-    codes = softmax_quant(scores, s_vw, pop)
+    codes = softmax_quant(scores.to(DEV), s_vw.to(DEV), pop).cpu()
     want = ref.softmax_quant_ref(scores, s_vw, pop)
     diff = (codes.long() - want).abs()
     # exp and the sum order may differ from torch's by an ulp: a code can move only where
@@ -76,8 +81,9 @@ def test_attention_kernels_match_fake_quant(bits, cross):
     q, k, v = head_qkv(attn, hidden, ctx)
     with torch.no_grad():
         fq = proc.attention(q, k, v, attn.scale)
-    ka = kernel_attention(rec, block=SMALL, act_block=(32, 16), softmax_block=(16, 16))
-    out, parts = ka(q, k, v, store_int=True)
+    ka = kernel_attention(rec, block=SMALL, act_block=(32, 16), softmax_block=(16, 16)).to(DEV)
+    out, parts = ka(q.to(DEV), k.to(DEV), v.to(DEV), store_int=True)
+    out, parts = out.cpu(), {name: t.cpu() for name, t in parts.items()}
     s_qk, s_vw = torch.from_numpy(rec.s_qk), torch.from_numpy(rec.s_vw)
     # operands: bit-exact against the IR's operand reference
     assert torch.equal(parts["q"].long(), ref.act_quant_ref(q, [ka.q], pre="mul", scale=s_qk))

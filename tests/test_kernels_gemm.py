@@ -30,8 +30,8 @@ from calib_helpers import calibrated_layer  # noqa: E402
 
 SPECS = {"w8a8": QuantSpec(8), "w6a6": QuantSpec(6), "w8a8-sym": QuantSpec(8, sym=True),
          "w6a6-signed": QuantSpec(6, sign=True)}
-BLOCK = (64, 32, 16)  # one N tile and few M tiles: the interpreter pays per program
-SMALL = (16, 16, 16)  # several tiles in M and N, to exercise the tile offsets
+BLOCK = (64, 32, 32)  # one N tile and few M tiles: the interpreter pays per program
+SMALL = (16, 16, 32)  # several tiles in M and N, to exercise the tile offsets
 
 
 def make(kind, spec, split, cin, cout=19, one_signed=False, **kw):

@@ -36,8 +36,8 @@ class KernelLayer:
     """One quantized conv/linear on the kernels, run as its layer plan (ir/plan.py) says: per row
     block one fused activation quantization and one GEMM launch over all K-groups."""
 
-    def __init__(self, rec: QLayerRecipe, act_dtype: str = "u8", block: tuple[int, int, int] = (64, 64, 32),
-                 act_block: tuple[int, int] = (32, 32)):
+    def __init__(self, rec: QLayerRecipe, act_dtype: str = "u8", block: tuple[int, int, int] | None = None,
+                 act_block: tuple[int, int] | None = None):
         enc = encoding(act_dtype)
         # the row blocks depend on the input's rank only where a split linear layer cuts a 3-D
         # input into token halves; every other input has the plan of rank 4 (conv) or 2
@@ -51,7 +51,7 @@ class KernelLayer:
         self.weights = pack_weights(self.plans[False])
         # keyed like self.plans, by whether the row blocks are token halves
         self.launches = {k: [row_launch(row) for row in plan.rows] for k, plan in self.plans.items()}
-        self.block, self.act_block = block, act_block
+        self.block, self.act_block = block, act_block  # None: the launches listed in kernels/configs.py
         self.device = torch.device("cpu")
         self._pre = {} if rec.let_scale is None else dict(
             pre="let", scale=torch.from_numpy(rec.let_scale), offset=torch.from_numpy(rec.let_input_offset))

@@ -50,7 +50,8 @@ def kernels_device() -> torch.device:
 
 
 def _fit(n: int, cap: int) -> int:
-    """Smallest power of two >= n (at least 16, tl.dot's minimum), at most cap."""
+    """Smallest power of two >= n (at least 16, tl.dot's minimum shape), at most cap. For the CPU
+    interpreter only, which takes K = 16; compiled int8 dots need K >= 32 (kernels/configs.py)."""
     return max(16, min(cap, 1 << max(n - 1, 0).bit_length()))
 
 
