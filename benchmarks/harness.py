@@ -218,13 +218,15 @@ class Baselines:
     """The float baselines a runtime names, built from the fake-quant checkpoint its artifact was
     exported from: fp32_onnx (the IR traced without quantization, lowered with lower_float, in
     ONNX Runtime) and one PyTorch baseline, torch_fp32 or torch_fp16 (its float model on the
-    runtime's device; on a GPU captured in CUDA graphs at the runtime's tile shapes)."""
+    runtime's device, or `device`; on a GPU captured in CUDA graphs at the runtime's tile shapes)."""
 
-    def __init__(self, rt: ArtifactRuntime, names: list[str], components: list[str], threads: int | None, workdir: Path, log):
+    def __init__(self, rt: ArtifactRuntime, names: list[str], components: list[str], threads: int | None, workdir: Path, log,
+                 device: torch.device | None = None):
         from passion_deploy.export import artifact
         from passion_deploy.export.fp_model import fp_copy
 
         self.rt, self.names, self.threads, self.dir = rt, names, threads, workdir
+        self.device = torch.device(device) if device is not None else rt.device
         self.fp = self.graphs = None
         self.onnx_files: dict[str, list[str]] = {}
         if not names:
@@ -232,13 +234,13 @@ class Baselines:
         m = rt.manifest
         log(f"passion-bench: loading the fake-quant checkpoint for the baselines {', '.join(names)} "
             f"({m['source_checkpoint']['name']})")
-        pipe = artifact.load_source_pipeline(m, rt.dir)
+        pipe = artifact.load_source_pipeline(m, rt.dir, *rt.source_weights)
         if "fp32_onnx" in names:
             self.onnx_files = self.lower_float(pipe, components, log)
         dtype = next((TORCH_DTYPES[n] for n in names if n in TORCH_DTYPES), None)
         if dtype is not None:
-            self.fp = fp_copy(pipe, inplace=True).to(rt.device, dtype)  # the fake-quant model is done with
-            if rt.device.type == "cuda":
+            self.fp = fp_copy(pipe, inplace=True).to(self.device, dtype)  # the fake-quant model is done with
+            if self.device.type == "cuda":
                 from passion_deploy.export.cuda_graphs import GraphCache
 
                 self.graphs = GraphCache(rt.tile_shapes())
@@ -278,7 +280,7 @@ class Baselines:
         if self.graphs is not None:
             fn = partial(self.graphs.run, comp, fn)
         fp32_bytes = self.rt.manifest["components"][comp]["fp32_weight_bytes"]
-        return TimingVariant(name, lambda: fn, x.to(self.rt.device, dtype),
+        return TimingVariant(name, lambda: fn, x.to(self.device, dtype),
                              {"weight_bytes_in_memory": fp32_bytes * dtype.itemsize // 4})
 
 
@@ -323,12 +325,17 @@ def result_line(comp: str, rec: dict, speed: dict) -> str:
 
 def run_benchmark(model_dir: str | Path, components: list[str] | None = None, runs: int = 5, warmup: int = 1,
                   vae_px: int | None = None, threads: int | None = None, torch_eager: bool = True,
-                  progress: bool = True, log=print, timing_only_isa: bool = False, memory: bool = True) -> dict:
+                  progress: bool = True, log=print, timing_only_isa: bool = False, memory: bool = True,
+                  weights: str | Path | None = None, lora: str | Path | None = None, device=None) -> dict:
+    """passion-bench's record. `weights` / `lora`: the FP weights of a source checkpoint saved
+    without them (the baselines are built from it); `device`: where the PyTorch baseline runs
+    (default: where the artifact runs)."""
     if runs < 5:
         raise ValueError("--runs must be at least 5 (the median of fewer runs is not reported)")
     if threads:
         torch.set_num_threads(threads)
     rt = open_for_timing(model_dir, threads, timing_only_isa, log)
+    rt.source_weights = (weights, lora)
     m = rt.manifest
     components = components or list(m["components"])
     missing = [c for c in components if c not in m["components"]]
@@ -340,7 +347,7 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
     names = [n for n in rt.timing_baselines if torch_eager or n not in TORCH_DTYPES]
     results, art = {}, None
     with tempfile.TemporaryDirectory(prefix="passion-bench-") as tmp:
-        baselines = Baselines(rt, names, components, threads, Path(tmp), log)
+        baselines = Baselines(rt, names, components, threads, Path(tmp), log, device)
         for comp in components:
             name, x = inputs[comp]
             variants = rt.timing_variants(comp, x) + baselines.variants(comp, x)

@@ -128,12 +128,14 @@ def require_target(m: dict, target: str, where: str) -> None:
                             "open it with passion_deploy.export.targets.open_artifact")
 
 
-def load_source_pipeline(m: dict, model_dir: str | os.PathLike):
+def load_source_pipeline(m: dict, model_dir: str | os.PathLike, weights: str | os.PathLike | None = None,
+                         lora: str | os.PathLike | None = None):
     """The fake-quant pipeline of the checkpoint the artifact was exported from: the artifact's own
     copy where it carries one (source_checkpoint.copy: FP weights included, so the folder runs
     anywhere), else the recorded path, else the name (a bundled checkpoint moves with the
     installation). It must be the file that was exported: runtimes take the float part of the
-    graph from it."""
+    graph from it. A checkpoint without FP weights is built on `weights` / `lora`, else on the
+    ones it was exported with (recorded in the manifest), when they are on this machine."""
     from passion_deploy.checkpoint import load_checkpoint, resolve_checkpoint
 
     src = m["source_checkpoint"]
@@ -146,4 +148,5 @@ def load_source_pipeline(m: dict, model_dir: str | os.PathLike):
     if sha256_file(path) != src["sha256"]:
         raise ArtifactError(f"{path}: this checkpoint changed since the artifact was exported from it (sha256 differs "
                             "from the manifest's source_checkpoint); re-export")
-    return load_checkpoint(path)
+    recorded = lambda key: src.get(key) if src.get(key) and Path(src[key]).exists() else None  # noqa: E731
+    return load_checkpoint(path, weights=weights or recorded("weights"), lora=lora or recorded("lora"))

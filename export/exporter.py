@@ -150,12 +150,13 @@ def component_record(job: ExportJob, name: str, graph, ir_name: str) -> dict:
 
 def export_artifact(ckpt: str, out_dir: str | Path, target: str | Target = "onnx", components: tuple[str, ...] = COMPONENTS,
                     tile: tuple[int, int] | None = None, fold: bool = True, progress: bool = True, pipe=None,
-                    **options) -> dict:
+                    weights: str | Path | None = None, lora: str | Path | None = None, **options) -> dict:
     """Export the calibrated checkpoint `ckpt` (path or bundled name) to `out_dir`; returns the manifest.
 
     Every target gets the deploy IR of each component; the target then writes its own files
     from it (targets/<name>/). `options` are the target's (targets/<name>: `options_from_args`),
-    e.g. isa="portable" for onnx, build_engines=False for trt."""
+    e.g. isa="portable" for onnx, build_engines=False for trt. `weights` / `lora`: the FP weights a
+    checkpoint saved without them was calibrated on (checked against what it records)."""
     from passion_deploy.checkpoint import load_checkpoint, resolve_checkpoint
 
     tgt = get_target(target) if isinstance(target, str) else target
@@ -164,7 +165,7 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str | Target = "onnx
     t0 = time.perf_counter()
     ckpt_path = resolve_checkpoint(ckpt)
     if pipe is None:
-        pipe = load_checkpoint(ckpt)
+        pipe = load_checkpoint(ckpt, weights=weights, lora=lora)
     calibrated = tuple(pipe.latent_tile)
     tile = tuple(tile) if tile else calibrated
     if "unet" in components and tile != calibrated:
@@ -193,7 +194,9 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str | Target = "onnx
         comps[name] = {**component_record(job, name, graph, ir_name), **fields}
         del graph
     source = {"name": str(ckpt), "path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path),
-              "preset": pipe.preset, "weights_source": getattr(pipe, "weights_source", "unknown")}
+              "preset": pipe.preset, "weights_source": getattr(pipe, "weights_source", "unknown"),
+              # where the FP weights came from on this machine: the reference and the fallback load them again
+              "weights": str(Path(weights).resolve()) if weights else None, "lora": str(Path(lora).resolve()) if lora else None}
     if tgt.runs_source_pipeline or set(components) != set(COMPONENTS):
         job.status = lambda text: bar.set_postfix_str(text)
         files.append(_write_source_copy(job))

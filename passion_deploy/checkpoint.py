@@ -98,6 +98,47 @@ def resolve_checkpoint(name_or_path: str | Path) -> Path:
     return Path(name_or_path)
 
 
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's zip container
+
+
+def _torch_keys(path: Path) -> list[str] | None:
+    """Top-level keys of a torch.save file, read without executing code; None if it is none."""
+    with open(path, "rb") as f:
+        if f.read(4) != ZIP_MAGIC:
+            return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001  (a pickle that needs code, or a damaged file: not ours either way)
+        return []
+    return [str(k) for k in obj] if isinstance(obj, dict) else []
+
+
+def _safetensors_keys(path: Path) -> list[str]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            return list(f.keys())
+    except Exception:  # noqa: BLE001  (not safetensors: read_checkpoint says so)
+        return []
+
+
+def foreign_kind(path: Path) -> str | None:
+    """What a file given where a calibrated checkpoint belongs is, and which command takes it, when
+    it is one of the files a PassionSR / OSEDiff user has (None for anything else)."""
+    keys = _torch_keys(path)
+    if keys is None:
+        keys = _safetensors_keys(path) if path.suffix == ".safetensors" else []
+    if any(k.startswith("model.model.") for k in keys):
+        return "a PassionSR quantization checkpoint (.pth); turn it into one with passion-import"
+    if "state_dict" in keys or any(k.startswith(("model.diffusion_model.", "first_stage_model.")) for k in keys):
+        return ("an SD checkpoint (FP weights); give it as --weights, or to passion-import --sd-ckpt with "
+                "PassionSR's quantization files")
+    if {"unet_state_dict", "state_dict_unet"} & set(keys):
+        return "an OSEDiff LoRA; give it as --lora, or to passion-import --lora"
+    return None
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     """(metadata, tensors) after checking the file is a readable checkpoint of this format."""
     from safetensors import SafetensorError
@@ -108,6 +149,9 @@ def read_checkpoint(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
         raise CheckpointError(f"{path}: no such checkpoint file")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the checkpoint file is empty (0 bytes)")
+    foreign = foreign_kind(path)
+    if foreign:
+        raise CheckpointError(f"{path}: {foreign}, not a passion-deploy calibrated checkpoint")
     try:
         from safetensors import safe_open
 
@@ -181,7 +225,7 @@ def pipeline_from_architecture(architecture: dict, context: torch.Tensor, seed: 
     return pipe
 
 
-def _build_custom(path: Path, meta: dict, context: torch.Tensor | None, includes_fp: bool, weights):
+def _build_custom(path: Path, meta: dict, context: torch.Tensor | None, includes_fp: bool, weights, lora=None):
     """The pipeline of a checkpoint whose metadata records its architecture."""
     from .models import WeightsError, loading
 
@@ -196,14 +240,22 @@ def _build_custom(path: Path, meta: dict, context: torch.Tensor | None, includes
             raise CheckpointError(f"{path}: holds no FP weights; give the SD checkpoint it was made from (--weights)")
         try:
             pipe.weights_source = loading.load_weights(pipe.unet, pipe.vae, weights, preset=CUSTOM_PRESET)
+            if lora is not None:
+                loading.merge_osediff_lora(pipe.unet, pipe.vae, lora)
+                pipe.weights_source += loading.lora_source(Path(lora))
         except WeightsError as e:
             raise CheckpointError(f"{path}: cannot build its model ({e})") from None
     return pipe
 
 
-def load_checkpoint(name_or_path: str | Path, preset: str | None = None, weights: str | Path | None = None):
+def load_checkpoint(name_or_path: str | Path, preset: str | None = None, weights: str | Path | None = None,
+                    lora: str | Path | None = None):
     """Build the fake-quant pipeline a checkpoint describes. Nothing is half-loaded: the model
-    is built and every tensor name and shape checked before any value is copied in."""
+    is built and every tensor name and shape checked before any value is copied in.
+
+    A checkpoint without FP weights is built on `weights` (+ `lora`); they must be the ones it
+    was calibrated on (its recorded weights_source: file names and sha256), else it is refused
+    by name. A checkpoint that carries its FP weights refuses both rather than ignore them."""
     from .models import WeightsError, build_pipeline
     from .quant.wrap import quantize_pipeline
 
@@ -217,14 +269,16 @@ def load_checkpoint(name_or_path: str | Path, preset: str | None = None, weights
     except (json.JSONDecodeError, ConfigError) as e:
         raise CheckpointError(f"{path}: bad quantization config in metadata ({e})") from None
     includes_fp = json.loads(meta["includes_fp_weights"])
+    if includes_fp and (weights is not None or lora is not None):
+        raise CheckpointError(f"{path}: carries its own FP weights, so --weights/--lora do not apply; leave them out")
     if "architecture" in meta:
-        pipe = _build_custom(path, meta, context, includes_fp, weights)
+        pipe = _build_custom(path, meta, context, includes_fp, weights, lora)
     else:
         try:
             if includes_fp:
                 pipe = build_pipeline(meta["preset"], random_weights=0)
             else:
-                pipe = build_pipeline(meta["preset"], weights=weights)
+                pipe = build_pipeline(meta["preset"], weights=weights, lora=lora)
         except (WeightsError, ValueError) as e:
             raise CheckpointError(f"{path}: cannot build its model ({e})") from None
         if context is not None:

@@ -84,7 +84,9 @@ def test_w8a8_exports_and_verifies_at_45_db(art8, w8_ckpt):
     assert m["source_checkpoint"]["sha256"] == artifact.sha256_file(w8_ckpt)
     assert m["pipeline"]["latent_tile"] == [8, 8] and m["kernels"]["cuda_graph_latent_tile"] == [8, 8]
     # the packed deploy IR is the whole artifact: one sealed file per component, no ONNX
-    assert set(m["files"]) == {"unet.ir.safetensors", "vae_encoder.ir.safetensors", "vae_decoder.ir.safetensors"}
+    # the packed IR of each component, and the pipeline the kernels run inside (FP weights included)
+    assert set(m["files"]) == {"unet.ir.safetensors", "vae_encoder.ir.safetensors", "vae_decoder.ir.safetensors",
+                               "source.safetensors"} and m["source_checkpoint"]["copy"] == "source.safetensors"
     for c in m["components"].values():
         assert "onnx" not in c and m["files"][c["ir"]]["sha256"] == artifact.sha256_file(art8 / c["ir"])
         assert c["packed_weight_bytes"] * 4 == c["quantized_layers_fp32_bytes"]  # int8 codes
@@ -126,7 +128,7 @@ def test_passion_sr_and_bench_run_a_triton_artifact(w8_ckpt, tmp_path, capsys):
     art = tmp_path / "enc"
     assert export_cli.main(["--ckpt", str(w8_ckpt), "--target", "triton", "--out", str(art),
                             "--components", "vae_encoder", "--no-progress"]) == 0
-    assert set(json.loads((art / "manifest.json").read_text())["files"]) == {"vae_encoder.ir.safetensors"}
+    assert set(json.loads((art / "manifest.json").read_text())["files"]) == {"vae_encoder.ir.safetensors", "source.safetensors"}
     g = np.random.default_rng(0)
     Image.fromarray(g.integers(0, 255, (5, 6, 3), dtype=np.uint8)).save(tmp_path / "lr.png")
     assert sr_cli.main(["-i", str(tmp_path / "lr.png"), "-o", str(tmp_path / "out"), "--model", str(art)]) == 0

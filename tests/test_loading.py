@@ -445,7 +445,9 @@ def test_build_pipeline_with_lora(source, folder, osediff, tmp_path):
     path = tmp_path / "osediff.pkl"
     torch.save(osediff, path)
     pipe = build_pipeline("tiny", weights=folder, lora=path)
-    assert pipe.weights_source == "diffusers:tiny-diffusers+lora:osediff.pkl"
+    from passion_deploy.io_utils import sha256_file
+
+    assert pipe.weights_source == f"diffusers:tiny-diffusers+lora:osediff.pkl:sha256:{sha256_file(path)[:16]}"
     want = expected_merge(source[0], osediff["state_dict_unet"], 2.0)
     torch.testing.assert_close(pipe.unet.conv_in.weight, want["conv_in.weight"])
 

@@ -80,7 +80,7 @@ def _stage(block: dict, defaults: StageSettings, where: str, path: Path) -> Stag
 
 
 def load_job(path: str | Path, preset: str | None = None, weights: str | None = None, device: str | None = None,
-             random_weights: int | None = None) -> CalibrationJob:
+             random_weights: int | None = None, lora: str | None = None) -> CalibrationJob:
     path = Path(path)
     data = load_yaml(path)
     _check_keys(data, TOP_KEYS, "", path)
@@ -93,9 +93,9 @@ def load_job(path: str | Path, preset: str | None = None, weights: str | None = 
     quant = from_passion_block(qc, str(path))
 
     # model source: command-line shortcuts replace basic_config's SD paths (weights, LoRA, context)
-    lora = context = None
+    context = None
     if preset is None and weights is None and random_weights is None:
-        if basic.get("merge_lora", False) and basic.get("lora_weights_path"):
+        if lora is None and basic.get("merge_lora", False) and basic.get("lora_weights_path"):
             lora = str(basic["lora_weights_path"])
         context = basic.get("context_embedding_path")
     if preset is None:

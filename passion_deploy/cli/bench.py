@@ -32,6 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time an --isa vnni artifact on a CPU without VNNI (its int8 GEMMs saturate there: timings "
                         "only, outputs invalid; recorded in the JSON)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory probes (fresh processes)")
+    p.add_argument("--device", help="where the PyTorch baseline runs: auto, cpu, cuda or cuda:N (default: where the "
+                                     "artifact runs)")
+    p.add_argument("--weights", help="FP weights of a source checkpoint saved without them (the baselines are built from it)")
+    p.add_argument("--lora", help="the OSEDiff LoRA those weights were calibrated with")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -55,12 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from ..benchmarks.harness import run_benchmark
         from ..checkpoint import CheckpointError
+        from ..devices import resolve_device
 
         comps = [c.strip() for c in args.components.split(",")] if args.components else None
         try:
             rec = run_benchmark(args.model, comps, args.runs, args.warmup, args.vae_size, args.threads,
                                 torch_eager=not args.no_torch, progress=not args.no_progress,
-                                timing_only_isa=args.timing_only, memory=not args.no_memory)
+                                timing_only_isa=args.timing_only, memory=not args.no_memory,
+                                weights=args.weights, lora=args.lora,
+                                device=resolve_device(args.device) if args.device else None)
         except (CheckpointError, ValueError, OSError) as e:
             print(f"passion-bench: {e}", file=sys.stderr)
             return 2

@@ -24,8 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="checkpoint path (default: quantize_config.output_modelpath/<config name>.safetensors)")
     p.add_argument("--preset", choices=["tiny", "sd21"], help="model preset; replaces the config's SD paths")
     p.add_argument("--weights", help="FP weights (replaces basic_config's SD paths)")
+    p.add_argument("--lora", help="OSEDiff LoRA to merge (replaces basic_config.lora_weights_path)")
     p.add_argument("--random-weights", type=int, metavar="SEED", help="seeded random weights (benchmarking only)")
-    p.add_argument("--device", help="cpu or cuda[:N] (default: the config's device)")
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the config's device)")
     p.add_argument("--stats-only", action="store_true", help="only the statistics pass (minutes, no training)")
     p.add_argument("--ablation", action="store_true", help="also run MinMax / LET only / LBQ only and write the comparison")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -33,11 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _device(name: str) -> str:
-    from ..devices import cuda_available
+    """The config's (or --device's) device; auto is the GPU when there is one, cuda without one is refused."""
+    from ..devices import resolve_device
 
-    if name.startswith("cuda") and not cuda_available():
-        raise ValueError(f"the config asks for device {name!r} but no CUDA GPU is available here; pass --device cpu")
-    return name
+    return str(resolve_device(name))
 
 
 def _output_path(args, job) -> Path:
@@ -68,7 +68,7 @@ def import_instead(args, key: str) -> int:
     from ..models import WeightsError
 
     try:
-        for flag in ("preset", "weights", "random_weights", "stats_only", "ablation"):
+        for flag in ("preset", "weights", "lora", "random_weights", "stats_only", "ablation"):
             if getattr(args, flag) not in (None, False):
                 raise ImportRefused(f"{args.config}: {key} names PassionSR's calibrated parameters, which are imported "
                                     f"as they are; --{flag.replace('_', '-')} does not apply")
@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
     progress = not args.no_progress
     try:
-        job = load_job(args.config, args.preset, args.weights, args.device, args.random_weights)
+        job = load_job(args.config, args.preset, args.weights, args.device, args.random_weights, args.lora)
         device = _device(job.device)
         out = _output_path(args, job)
         fp = build_pipeline(job.preset, job.weights, job.lora, job.random_weights, job.context).to(device)

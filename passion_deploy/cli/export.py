@@ -18,6 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="; ".join(f"{n}: {get_target(n).help}" for n in target_names()))
     p.add_argument("--out", required=True, help="artifact directory (created; a previous export there is replaced)")
     p.add_argument("--components", default=",".join(COMPONENTS), help=f"comma-separated subset of {','.join(COMPONENTS)}")
+    p.add_argument("--weights", help="FP weights of a checkpoint saved without them (passion-calibrate's default): "
+                                     "the SD checkpoint, diffusers folder or weight file it was calibrated on")
+    p.add_argument("--lora", help="the OSEDiff LoRA merged into those weights at calibration")
     p.add_argument("--tile", metavar="LATENT_HxW", help="latent tile (default: the tile the checkpoint was calibrated at)")
     p.add_argument("--dynamic-constants", action="store_true",
                    help="keep the time embedding, time projections and cross-attention K/V as graph ops with "
@@ -25,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="compare the artifact with the fake-quant reference, write DIR/verify.json")
     p.add_argument("--min-psnr", type=float, default=45.0, help="--verify bar (dB vs fake-quant) for each component and end to end; end to end it drops to the fake-quant model's own 1e-5-input-change level minus 1 dB where that is lower")
     p.add_argument("--probes", type=int, default=3, help="number of probe images for --verify")
+    p.add_argument("--device", default="auto", help="where --verify runs the fake-quant reference: auto (the GPU when "
+                                                    "there is one), cpu, cuda or cuda:N")
     p.add_argument("--bench-runs", type=int, default=5,
                    help="after --verify, time each component against its float baselines (passion-bench's: "
                         "alternating, median of this many runs, >= 5; a triton artifact only on a GPU); 0 skips it")
@@ -36,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..devices import DeviceError, resolve_device
+
+    try:
+        args.device = resolve_device(args.device)
+    except DeviceError as e:
+        print(f"passion-export: {e}", file=sys.stderr)
+        return 2
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..export.artifact import ArtifactError
@@ -51,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         tile = parse_tile(args.tile) if args.tile else None
         manifest = export_artifact(args.ckpt, args.out, target, components, tile, fold=not args.dynamic_constants,
-                                   progress=progress, **target.options_from_args(args))
+                                   progress=progress, weights=args.weights, lora=args.lora, **target.options_from_args(args))
     except (CheckpointError, ConfigError, ExportError, ArtifactError, EngineBuildError, OSError) as e:
         print(f"passion-export: {e}", file=sys.stderr)
         return 2
@@ -84,7 +96,7 @@ def _verify_and_time(args, target, out: Path, progress: bool) -> int:
     from ..export.verify import summary_lines, verdict_line, verify_artifact
 
     try:
-        report, ok = verify_artifact(out, args.min_psnr, args.probes, progress)
+        report, ok = verify_artifact(out, args.min_psnr, args.probes, progress, device=args.device)
     except (CheckpointError, ArtifactError, ValueError) as e:
         print(f"passion-export: verification could not run: {e}", file=sys.stderr)
         return 2

@@ -92,7 +92,7 @@ def build_fp_pipeline(job: ImportJob, progress: bool = True) -> FPModel:
     if job.lora is not None:
         steps.set_postfix_str(f"merging {job.lora.name}")
         m = loading.merge_osediff_lora(pipe.unet, pipe.vae, job.lora)
-        pipe.weights_source += f"+lora:{job.lora.name}"
+        pipe.weights_source += loading.lora_source(job.lora)
         merged = dataclasses.asdict(m)
     steps.update()
     steps.close()

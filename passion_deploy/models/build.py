@@ -71,7 +71,7 @@ def build_pipeline(
         from . import loading
 
         loading.merge_osediff_lora(unet, vae, lora)
-        source += f"+lora:{Path(lora).name}"
+        source += loading.lora_source(Path(lora))
     pipe = OneStepSR(unet, vae, load_context(context), preset).eval()
     pipe.weights_source = source
     for prm in pipe.parameters():

@@ -212,6 +212,13 @@ def convert_single_file(checkpoint: dict, unet: nn.Module, vae: nn.Module, path:
     return unet_sd, vae_sd
 
 
+def lora_source(path: Path) -> str:
+    """How a pipeline records a merged LoRA (appended to its weights source; checkpoints compare it)."""
+    from ..io_utils import sha256_file
+
+    return f"+lora:{path.name}:sha256:{sha256_file(path)[:16]}"
+
+
 def single_file_source(path: Path) -> str:
     """How a pipeline records single-file weights (checkpoints compare it on load)."""
     from ..io_utils import sha256_file
