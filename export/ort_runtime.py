@@ -51,7 +51,7 @@ class OrtRuntime(ArtifactRuntime):
         model = self.lower(g, [value[n] for n in layers])
         sess = session(model.SerializeToString(), plain_qdq=self.plain_qdq)
         del model
-        outs = sess.run([PROBE_PREFIX + value[n] for n in layers], {self.main_input(name): x.numpy(), **self.constant_feeds(name)})
+        outs = sess.run([PROBE_PREFIX + value[n] for n in layers], {self.main_input(name): x.detach().float().cpu().numpy(), **self.constant_feeds(name)})
         return self.run(name, x), dict(zip(layers, outs))
 
 

@@ -124,6 +124,12 @@ class PipelineSR(SRRuntime):
     def reference_pipeline(self):
         return self.pipe
 
+    def to(self, device: torch.device | str) -> "PipelineSR":
+        """Run on `device` (the pipeline moves; inputs and outputs stay host tensors)."""
+        self.pipe.to(device)
+        self.device = torch.device(device)
+        return self
+
     def component_fn(self, name: str) -> ComponentFn:
         return component(name).fn(self.pipe)
 
@@ -143,6 +149,7 @@ class ArtifactRuntime(SRRuntime):
         p = self.manifest["pipeline"]
         super().__init__(p, p["latent_tile"], device, compute_dtype, torch.float32)
         self._source = None
+        self.source_weights = (None, None)  # (--weights, --lora) for a source checkpoint without FP weights
 
     @property
     def components(self) -> list[str]:
@@ -152,7 +159,7 @@ class ArtifactRuntime(SRRuntime):
     def source_pipeline(self):
         """The fake-quant checkpoint the artifact was exported from (loaded once, on first use)."""
         if self._source is None:
-            self._source = artifact.load_source_pipeline(self.manifest, self.dir)
+            self._source = artifact.load_source_pipeline(self.manifest, self.dir, *self.source_weights)
         return self._source
 
     def reference_pipeline(self):
@@ -165,9 +172,9 @@ class ArtifactRuntime(SRRuntime):
     def component_fn(self, name: str) -> ComponentFn:
         if name in self.manifest["components"]:
             return self.artifact_fn(name)
-        pipe = self.source_pipeline().to(self.device)
+        pipe = self.source_pipeline()  # wherever it is (--verify may have put it on a GPU): inputs go to it
         fn = component(name).fn(pipe)
-        return lambda x: fn(x.float())
+        return lambda x: fn(x.to(next(pipe.parameters()).device, torch.float32)).to(x.device)
 
     def constant_feeds(self, name: str, batch: int = 1) -> dict:
         """Inputs of a UNet exported with --dynamic-constants, for a batch of `batch` tiles:

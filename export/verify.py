@@ -62,7 +62,7 @@ class Tally:
         self.pairs: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def add(self, art, ref, fp):
-        self.pairs.append((art.detach().float(), ref.detach().float(), fp.detach().float()))
+        self.pairs.append(tuple(t.detach().float().cpu() for t in (art, ref, fp)))
 
     def result(self) -> dict:
         art = torch.cat([p[0].flatten() for p in self.pairs])
@@ -126,12 +126,14 @@ class ComponentCheck:
 
 @torch.no_grad()
 def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n_probes: int = 3,
-                    progress: bool = True, layer_tables: bool = True, rt=None) -> tuple[dict, bool]:
-    """Verify any artifact (onnx or triton, by its manifest); `rt`: an already opened runtime."""
+                    progress: bool = True, layer_tables: bool = True, rt=None, device=None) -> tuple[dict, bool]:
+    """Verify any artifact (by its manifest's target); `rt`: an already opened runtime; `device`:
+    where the fake-quant reference and its FP copy run (the artifact runs where its target runs)."""
     model_dir = Path(model_dir)
     rt = rt if rt is not None else open_artifact(model_dir)
     m = rt.manifest
-    pipe = rt.reference_pipeline()
+    device = torch.device(device or "cpu")
+    pipe = rt.reference_pipeline().to(device)
     fp = fp_copy(pipe)
     th, tw = rt.latent_tile
     probes, desc = probe_images((th * rt.vae_factor, tw * rt.vae_factor), count=n_probes)
@@ -140,6 +142,7 @@ def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n
     e2e = Tally(image=True)
     sens = []
     for x in tqdm(probes, desc="verify", unit="probe", disable=not progress):
+        x = x.to(device)
         z = pipe.encode(x)
         eps = pipe.unet_eps(z)
         z0 = pipe.z0_from_eps(z, eps)
@@ -153,7 +156,7 @@ def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n
         # end to end: rt(x) = decode(denoise(encode(x))), the encoder's output reused
         e2e.add(rt.decode(rt.denoise(z_art)), img, fp(x))
         # the reference's own sensitivity to a 1e-5 relative change of its input
-        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(len(sens)))
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(len(sens))).to(device)
         sens.append(psnr(pipe(x * (1 + 1e-5 * noise)), img, image=True))
     report = {
         "model_dir": str(model_dir),
@@ -162,6 +165,7 @@ def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n
         "source_checkpoint": m["source_checkpoint"],
         "quant_config": m["quant_config_name"],
         "isa": m.get("isa"),
+        "reference_device": str(device),
         "probes": desc,
         "latent_tile": list(rt.latent_tile),
         "components": {c: chk.tally.result() for c, chk in checks.items()},

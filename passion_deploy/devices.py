@@ -39,3 +39,35 @@ def gpu_name(index: int = 0) -> str:
 
     cuda.init()
     return cuda.Device(index).name()
+
+
+class DeviceError(ValueError):
+    """A --device this machine cannot give; the message says what is missing."""
+
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(spec: str | None = "auto"):
+    """The torch.device for --device: `auto` is the GPU when there is one, else the CPU; `cuda[:N]`
+    without such a GPU is refused in one sentence, naming what this machine has."""
+    import torch
+
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if cuda_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec == "cuda" or spec.startswith("cuda:"):
+        index = spec.partition(":")[2]
+        if index and not index.isdigit():
+            raise DeviceError(f"--device {spec!r}: choose {DEVICE_CHOICES}")
+        if not cuda_available():
+            build = "a CPU-only torch build" if torch.version.cuda is None else f"torch built for CUDA {torch.version.cuda}"
+            raise DeviceError(f"--device {spec}: no CUDA GPU is visible here ({build}, torch {torch.__version__}); "
+                              "use --device cpu or auto")
+        count = torch.cuda.device_count()
+        if index and int(index) >= count:
+            raise DeviceError(f"--device {spec}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+        return torch.device(spec)
+    raise DeviceError(f"--device {spec!r}: choose {DEVICE_CHOICES}")

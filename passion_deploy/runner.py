@@ -12,6 +12,7 @@ from .models.presets import get_preset
 from .models.tiling import decode_tiled, denoise_tiled, encode_tiled
 
 BACKENDS = ("fp32", "fp16", "fakequant")
+DEFAULT_PRESET = "tiny"  # the bundled model, when neither --preset nor a checkpoint names one
 SCALE = 4
 # PassionSR's tile_config for SD (latent tile 64): VAE encoder tiles of 1024 px = 128 latent px,
 # decoder tiles of 224 latent px; other models scale them with their UNet tile.
@@ -87,6 +88,16 @@ def pipeline_model(pipe, backend: str, latent_tile, description: str, label: str
     return SRModel(PipelineSR(pipe, backend, latent_tile, description), backend, latent_tile, description, label)
 
 
+def place(model: SRModel, device) -> SRModel:
+    """A PyTorch pipeline's model moved to `device` (passion-sr --device); an artifact's runtime
+    keeps the device its target runs on (ONNX Runtime's CPU, TensorRT's GPU, the kernels' GPU)."""
+    from .export.runtime import PipelineSR
+
+    if device is not None and isinstance(model.pipe, PipelineSR):
+        model.pipe.to(device)
+    return model
+
+
 def calibrate_on_photos(pipe, latent_tile: int | None = None, progress: bool = True, exclude: tuple[str, ...] = ()):
     """Statistics-only calibration on the bundled photos at one latent tile (no checkpoint needed)."""
     from .calibrate.data import bundled_photos, photo_batches
@@ -100,7 +111,7 @@ def calibrate_on_photos(pipe, latent_tile: int | None = None, progress: bool = T
     return [p.stem for p in photos]
 
 
-def load_model(preset: str = "tiny", backend: str = "fp32", weights=None, lora=None, random_weights=None,
+def load_model(preset: str | None = None, backend: str = "fp32", weights=None, lora=None, random_weights=None,
                ckpt=None, config: str = "w8a8", progress: bool = True, calib_exclude: tuple[str, ...] = (),
                model_dir=None) -> SRModel:
     from .checkpoint import load_checkpoint
@@ -117,15 +128,16 @@ def load_model(preset: str = "tiny", backend: str = "fp32", weights=None, lora=N
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "fakequant" and ckpt is not None:  # the checkpoint names its preset; a --preset given must agree
+        pipe = load_checkpoint(ckpt, preset=preset, weights=weights, lora=lora)
+        desc = f"fake-quant {pipe.quant_config.name} from {Path(str(pipe.checkpoint_path)).name}"
+        return pipeline_model(pipe, backend, pipe.latent_tile, desc, f"fake-quant {short_quant_name(pipe.quant_config.name)}")
+    preset = preset or DEFAULT_PRESET
     if backend == "fakequant":
-        if ckpt is not None:
-            pipe = load_checkpoint(ckpt, preset=preset, weights=weights)
-            desc = f"fake-quant {pipe.quant_config.name} from {Path(str(pipe.checkpoint_path)).name}"
-        else:
-            cfg = resolve_quant_config(config)
-            pipe = quantize_pipeline(build_pipeline(preset, weights, lora, random_weights), cfg)
-            used = calibrate_on_photos(pipe, progress=progress, exclude=calib_exclude)
-            desc = f"fake-quant {cfg.name}, statistics-calibrated on bundled photos ({', '.join(used)})"
+        cfg = resolve_quant_config(config)
+        pipe = quantize_pipeline(build_pipeline(preset, weights, lora, random_weights), cfg)
+        used = calibrate_on_photos(pipe, progress=progress, exclude=calib_exclude)
+        desc = f"fake-quant {cfg.name}, statistics-calibrated on bundled photos ({', '.join(used)})"
         return pipeline_model(pipe, backend, pipe.latent_tile, desc, f"fake-quant {short_quant_name(pipe.quant_config.name)}")
     pipe = build_pipeline(preset, weights, lora, random_weights)
     if backend == "fp16":

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-i", "--input", required=True, help="an image file or a folder of images")
     p.add_argument("-o", "--output", required=True, help="output folder for the 4x PNGs")
     m = p.add_argument_group("model")
-    m.add_argument("--preset", default="tiny", choices=["tiny", "sd21"])
+    m.add_argument("--preset", choices=["tiny", "sd21"],
+                   help="model preset (default: the --ckpt's own, else tiny); a --ckpt of another preset is refused")
     m.add_argument("--backend", choices=BACKENDS,
                    help="default fp32; fakequant when --config names PassionSR's calibrated parameters")
     m.add_argument("--weights", help="FP weights: project .safetensors, diffusers folder or SD single-file checkpoint")
@@ -38,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--config", default="w8a8",
                    help="quantization config when no --ckpt is given: w8a8, w6a6, w8a8-unet, w6a6-unet or a YAML file; "
                         "a PassionSR inference YAML whose blocks name quant_ckpt runs PassionSR's model, imported")
+    m.add_argument("--device", default="auto",
+                   help="where the PyTorch pipelines (fp32, fp16, fakequant) run: auto (the GPU when there is one), cpu, "
+                        "cuda or cuda:N; an artifact runs where its target runs")
     m.add_argument("--model", metavar="DIR", help="an artifact directory written by passion-export (replaces --backend)")
     t = p.add_argument_group("tiling and colour")
     t.add_argument("--tile-overlap", type=int, metavar="N",
@@ -118,20 +122,21 @@ class Models:
     def main(self):
         if self._main is None:
             a = self.args
-            from ..runner import load_model
+            from ..runner import load_model, place
 
             if a.import_key:
                 self._main = imported_model(a.config)
             else:
                 self._main = load_model(a.preset, a.backend, a.weights, a.lora, a.random_weights, a.ckpt, a.config,
                                         model_dir=a.model)
+            self._main = place(self._main, a.device)
         return self._main
 
     def fp32(self):
         """FP32 reference: the main model if it is FP32; for a checkpoint or an artifact, the same
         weights with every quantizer off (equal to the FP32 model up to float rounding)."""
         if self._fp32 is None:
-            from ..runner import load_model, pipeline_model
+            from ..runner import load_model, pipeline_model, place
 
             main, a = self.main(), self.args
             if main.backend == "fp32":
@@ -148,14 +153,15 @@ class Models:
                 if a.model:
                     from ..export import artifact
 
-                    pipe = artifact.load_source_pipeline(main.pipe.manifest, main.pipe.dir)
+                    pipe = artifact.load_source_pipeline(main.pipe.manifest, main.pipe.dir, *main.pipe.source_weights)
                 else:
-                    pipe = load_checkpoint(a.ckpt, preset=a.preset, weights=a.weights)
+                    pipe = load_checkpoint(a.ckpt, preset=a.preset, weights=a.weights, lora=a.lora)
                 set_quant_state(pipe, weight=False, act=False)
                 self._fp32 = pipeline_model(pipe, "fp32", pipe.latent_tile,
                                      f"fp32 ({Path(str(pipe.checkpoint_path)).name} with quantizers off)", "FP32")
             else:
                 self._fp32 = load_model(a.preset, "fp32", a.weights, a.lora, a.random_weights)
+            self._fp32 = place(self._fp32, self.args.device)
         return self._fp32
 
     def extra(self):
@@ -163,7 +169,7 @@ class Models:
         if self._extra is None:
             from ..checkpoint import BUNDLED
             from ..importers import names_quant_ckpt
-            from ..runner import load_model
+            from ..runner import load_model, place
 
             a = self.args
             cols = [] if self.main().backend == "fp32" else [(self.main().label, self.main())]
@@ -189,7 +195,7 @@ class Models:
                     raise UsageError(f"--compare-with {s.spec!r}: not fp16, fakequant[:CKPT_OR_CONFIG] or an artifact folder")
                 if s.label:
                     m.label = s.label
-                cols.append((m.label, m))
+                cols.append((m.label, place(m, a.device)))
             self._extra = cols
         return self._extra
 
@@ -210,6 +216,12 @@ def resolve_model_args(args) -> None:
     that model, imported; it is never dropped in favour of another model."""
     from ..importers import names_quant_ckpt
 
+    from ..devices import DeviceError, resolve_device
+
+    try:
+        args.device = resolve_device(args.device)
+    except DeviceError as e:
+        raise UsageError(str(e)) from None
     args.import_key = names_quant_ckpt(args.config) if args.config else None
     if args.import_key:
         for flag, value in (("--ckpt", args.ckpt), ("--model", args.model), ("--weights", args.weights),
