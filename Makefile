@@ -23,3 +23,28 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+# -- the GPU check (benchmarks/gpu_check.py; issue 15) -----------------------------------------
+# `make gpu-check GPU_OUT=DIR` on a GPU machine: the device image has no diffusers and no
+# network, so the wheels of benchmarks/gpu_wheels.txt travel in .whl/ (`make gpu-wheels`, here)
+# and are installed into /tmp/site first when diffusers is missing. Its Python is the image's
+# python3 (no .venv there); here the .venv's when it exists. `make gpu-check-dry`: the CPU check.
+.PHONY: gpu-check gpu-check-dry gpu-wheels
+GPU_OUT      ?= out/gpu-check
+GPU_BUDGET_S ?= 480
+GPU_PYTHON   ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
+GPU_SITE     ?= /tmp/site
+WHEEL_PLATFORMS := $(foreach n,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(n)_x86_64)
+
+gpu-wheels:
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		$(WHEEL_PLATFORMS) -d .whl -r benchmarks/gpu_wheels.txt
+
+gpu-check:
+	@$(GPU_PYTHON) -c "import diffusers" 2>/dev/null || $(GPU_PYTHON) -m pip install -q --no-index --no-deps \
+		--no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl
+	PYTHONPATH=$(GPU_SITE):$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
+		$(GPU_PYTHON) -m passion_deploy.benchmarks.gpu_check --out $(GPU_OUT) --budget-s $(GPU_BUDGET_S)
+
+gpu-check-dry: venv
+	$(BIN)/python -m passion_deploy.benchmarks.gpu_check --dry-run --out $(GPU_OUT)-dry
