@@ -167,18 +167,32 @@ def environment_lines(rep: dict) -> list[str]:
     return lines
 
 
-def steps_table(rep: dict) -> list[str]:
-    lines = ["| step | status | started at (s) | seconds | note |", "|---|---|---:|---:|---|"]
-    for name, s in rep["steps"].items():
-        note = s.get("error") or s.get("why") or ""
-        lines.append(f"| {name} | {s.get('status')} | {s.get('started_at_s', '-')} | {s.get('seconds', '-')} | {note[:200]} |")
+def status_table(first: str, items: dict, started: bool = False) -> list[str]:
+    """One row per step (or end-to-end part): its status, time and why it failed or was skipped."""
+    lines = [f"| {first} | status |" + (" started at (s) |" if started else "") + " seconds | note |",
+             "|---|---|" + ("---:|" if started else "") + "---:|---|"]
+    for name, r in items.items():
+        start = f" {r.get('started_at_s', '-')} |" if started else ""
+        lines.append(f"| {name} | {r.get('status')} |{start} {r.get('seconds', '-')} | {(r.get('error') or r.get('why') or '')[:200]} |")
     return lines
 
 
+def step_or_missing(rep: dict, name: str, key: str) -> tuple[dict | None, list[str] | None]:
+    """(the step's record, None) when it produced `key`, else (None, the report's "not run" line)."""
+    step = _get(rep, "steps", name)
+    if step and key in step:
+        return step, None
+    return None, [f"- not run: {_why_missing(rep, name)}"]
+
+
+def steps_table(rep: dict) -> list[str]:
+    return status_table("step", rep["steps"], started=True)
+
+
 def tests_lines(rep: dict) -> list[str]:
-    t = _get(rep, "steps", "gpu_tests")
-    if not t or "counts" not in t:
-        return [f"- not run: {_why_missing(rep, 'gpu_tests')}"]
+    t, missing = step_or_missing(rep, "gpu_tests", "counts")
+    if missing:
+        return missing
     c = t["counts"]
     lines = [f"- `{t['command']}`: {c['passed']} passed, {c['failed']} failed, {c['error']} errors, {c['skipped']} skipped "
              f"(exit code {t['exit_code']}, {t['wall_s']} s; pytest: {t.get('pytest_summary')})"]
@@ -191,9 +205,9 @@ def tests_lines(rep: dict) -> list[str]:
 
 
 def kernels_table(rep: dict) -> list[str]:
-    k = _get(rep, "steps", "kernels")
-    if not k or "shapes" not in k:
-        return [f"- not run: {_why_missing(rep, 'kernels')}"]
+    k, missing = step_or_missing(rep, "kernels", "shapes")
+    if missing:
+        return missing
     lines = [f"FP16 columns: the {k['float_dtype']} baseline. Ratios (x): FP16 time / integer time. {k['method']}", "",
              "| shape | FP16 ms | FP16 TOPS | int8 ms | int8 TOPS | int8 x | int8+quant x | int6 ms | int6 x | "
              "act_quant ms | check rel err (8 / 6) |",
@@ -214,15 +228,13 @@ def kernels_table(rep: dict) -> list[str]:
 
 
 def e2e_lines(rep: dict) -> list[str]:
-    e = _get(rep, "steps", "end_to_end")
-    if not e or "parts" not in e:
-        return [f"- not run: {_why_missing(rep, 'end_to_end')}"]
+    e, missing = step_or_missing(rep, "end_to_end", "parts")
+    if missing:
+        return missing
     p = e["parts"]
     lines = [f"{e.get('preset')} {e.get('config')}, latent tile {e.get('latent_tile')}, {e.get('float_dtype')} float ops; "
              f"SR {e.get('sr_lr_px')} px -> {e.get('sr_out_px')} px.", "",
-             "| part | status | seconds | note |", "|---|---|---:|---|"]
-    for name, r in p.items():
-        lines.append(f"| {name} | {r.get('status')} | {r.get('seconds', '-')} | {(r.get('error') or r.get('why') or '')[:200]} |")
+             *status_table("part", p)]
     lines += ["", "| variant | median ms | runs | peak GPU MiB over resident (warm-up / run) | PSNR vs fake-quant dB |",
               "|---|---:|---:|---|---:|"]
     fdt = (e.get("float_dtype") or "float16").replace("float", "FP")
