@@ -204,8 +204,7 @@ class ArtifactRuntime(SRRuntime):
         """(component output on x, {layer: its output}) for --verify's per-layer table."""
         raise NotImplementedError(f"{self.dir}: the {self.target} runtime has no per-layer values")
 
-    # -- passion-bench (benchmarks/harness.py); each target's runtime module also has
-    #    open_for_timing(model_dir, threads=..., timing_only_isa=...), the harness's way in ------
+    # -- passion-bench (benchmarks/harness.py), which opens a runtime with its Target's open_for_timing --
     timing_baselines: tuple[str, ...] = ()  # the float baselines timed next to the artifact (record keys)
 
     def timing_variants(self, name: str, x: torch.Tensor) -> list[TimingVariant]:
