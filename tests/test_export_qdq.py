@@ -9,8 +9,8 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from passion_deploy.export.ir import int_algebra as ia
-from passion_deploy.export.targets.trt.lower import lower_graph_qdq
-from passion_deploy.export.targets.trt.rules import qdq_violations, quantized_op_count
+from passion_deploy.export.qdq.lower import lower_graph_qdq
+from passion_deploy.export.qdq.rules import qdq_violations, quantized_op_count
 from passion_deploy.export.ir.recipes import layer_recipe
 from passion_deploy.export.onnx_graph import session
 from passion_deploy.export.ir.trace import trace_unet, trace_vae_decoder, trace_vae_encoder

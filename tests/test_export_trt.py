@@ -16,7 +16,7 @@ from passion_deploy.cli import export as export_cli
 from passion_deploy.export import artifact
 from passion_deploy.export.targets.trt import build as trt_build
 from passion_deploy.export.targets.trt.fp16 import to_fp16
-from passion_deploy.export.targets.trt.rules import qdq_violations
+from passion_deploy.export.qdq.rules import qdq_violations
 from passion_deploy.export.onnx_graph import session
 from passion_deploy.export.targets import open_artifact
 from passion_deploy.export.targets.trt.runtime import QdqOnnxSR

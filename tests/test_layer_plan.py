@@ -12,7 +12,7 @@ from passion_deploy.export.ir.plan import LayerPlan, fold_constants, layer_plan
 from passion_deploy.export.ir.recipes import run_layer, transform_input
 from passion_deploy.export.targets.onnx.lower import encoding
 from passion_deploy.export.targets.triton.operands import encoding as kernel_encoding
-from passion_deploy.export.targets.trt.lower import ENCODING as SYM
+from passion_deploy.export.qdq.lower import ENCODING as SYM
 from passion_deploy.quant.layers import split_point
 from layer_graphs import BITS, check, conv_case, far_from_zero_case, linear_case, weight_only_case
 

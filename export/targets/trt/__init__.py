@@ -1,5 +1,5 @@
-"""The trt target: explicit-quantization ONNX checked against TensorRT's rules (lower.py,
-rules.py) and, where TensorRT and a GPU exist, INT8 engines plus FP16 baseline engines
+"""The trt target: explicit-quantization ONNX checked against TensorRT's rules (export/qdq),
+and, where TensorRT and a GPU exist, INT8 engines plus FP16 baseline engines
 (build.py, fp16.py), run by runtime.TrtSR, or by runtime.QdqOnnxSR in ONNX Runtime elsewhere."""
 from __future__ import annotations
 
@@ -60,8 +60,8 @@ class TrtTarget(Target):
         import onnx
 
         from ...onnx_graph import lower_float, save_onnx
-        from .lower import lower_graph_qdq
-        from .rules import qdq_violations
+        from ...qdq.lower import lower_graph_qdq
+        from ...qdq.rules import qdq_violations
 
         job.status("Q/DQ ONNX")
         shapes = job.fixed_input_shapes(graph, name)  # one tile, batch 1: the engines' profile minimum

@@ -58,7 +58,7 @@ class QdqOnnxSR(OrtRuntime):
         check_fixed_shape(self, name, x)
 
     def lower(self, g, probes: list[str]):
-        from .lower import lower_graph_qdq
+        from ...qdq.lower import lower_graph_qdq
 
         comp = self.manifest["components"].get(g.name, {})
         shapes = {k: tuple(v) for k, v in comp["fixed_input_shapes"].items()} if "fixed_input_shapes" in comp else None

@@ -28,11 +28,11 @@ import numpy as np
 import onnx
 import torch
 
-from ...ir import int_algebra as ia
-from ...ir.graph import Graph
-from ...ir.plan import Encoding, GroupPlan, layer_plan
-from ...ir.recipes import QAttentionRecipe, QLayerRecipe, WeightGroup
-from ...onnx_graph import (AttentionOps, OnnxBuilder, add_constants, add_offset_products, add_ones_column, group_input,
+from ..ir import int_algebra as ia
+from ..ir.graph import Graph
+from ..ir.plan import Encoding, GroupPlan, layer_plan
+from ..ir.recipes import QAttentionRecipe, QLayerRecipe, WeightGroup
+from ..onnx_graph import (AttentionOps, OnnxBuilder, add_constants, add_offset_products, add_ones_column, group_input,
                            let_transform, lower_attention, lower_ir, row_inputs, shared, weight_only)
 
 
