@@ -418,3 +418,16 @@ def session(path_or_bytes, threads: int | None = None, plain_qdq: bool = False):
         opts.inter_op_num_threads = 1
     src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
     return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+
+def session_of_model(model: onnx.ModelProto, threads: int | None = None, plain_qdq: bool = False):
+    """`session` of an in-memory model; one past protobuf's 2 GB limit goes through a temporary
+    folder (ONNX Runtime reads its external data while the session is created)."""
+    if sum(len(t.raw_data) for t in model.graph.initializer) <= EXTERNAL_DATA_BYTES:
+        return session(model.SerializeToString(), threads, plain_qdq)
+    tmp = Path(tempfile.mkdtemp(prefix="passion-session."))
+    try:
+        save_onnx(model, tmp, "model")
+        return session(tmp / "model.onnx", threads, plain_qdq)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .ir.irfile import load_ir
-from .onnx_graph import PROBE_PREFIX, session
+from .onnx_graph import PROBE_PREFIX, session, session_of_model
 from .runtime import ArtifactRuntime, TimingVariant
 
 
@@ -49,7 +49,7 @@ class OrtRuntime(ArtifactRuntime):
         g = load_ir(self.dir / self.manifest["components"][name]["ir"])
         value = {n.name: n.outputs[0] for n in g.nodes if n.name in layers}
         model = self.lower(g, [value[n] for n in layers])
-        sess = session(model.SerializeToString(), plain_qdq=self.plain_qdq)
+        sess = session_of_model(model, plain_qdq=self.plain_qdq)
         del model
         outs = sess.run([PROBE_PREFIX + value[n] for n in layers], {self.main_input(name): x.detach().float().cpu().numpy(), **self.constant_feeds(name)})
         return self.run(name, x), dict(zip(layers, outs))

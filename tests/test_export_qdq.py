@@ -14,7 +14,7 @@ from passion_deploy.export.qdq.rules import qdq_violations, quantized_op_count
 from passion_deploy.export.ir.recipes import layer_recipe
 from passion_deploy.export.onnx_graph import session
 from passion_deploy.export.ir.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
-from passion_deploy.quant.layers import QuantConv
+from passion_deploy.quant.layers import QuantConv, QuantLinear
 from passion_deploy.quant.quantizer import QuantSpec
 from calib_helpers import calibrated_layer
 from layer_graphs import (BITS, CONVS, attention_case, check, check_attention, conv_case, far_from_zero_case, linear_case,
@@ -152,3 +152,52 @@ def test_tiny_components_follow_the_rules_and_track_fake_quant(tiny_w8a8, calib_
         n_attn = sum(1 for n in g.nodes if n.op == "qattention")
         assert quantized_op_count(model) == n_layers + 2 * n_attn, comp
         assert psnr(run_qdq(model, {name: inp.numpy()}), ref.numpy()) > 40, comp
+
+
+def run_view(view, feeds):
+    """The integer view is a CPU check, not a graph for TensorRT: its Q feeds a Cast, against the rules."""
+    return session(view.SerializeToString(), plain_qdq=True).run(None, feeds)[0]
+
+
+def test_integer_view_accumulates_like_tensorrt():
+    """The CPU check's view of a Q/DQ graph (qdq/integer_view.py): every DQ -> Gemm becomes a sum of
+    integer codes scaled once, as TensorRT's fused int8 kernel computes it. On a wide layer with
+    large shifts (inputs in [1, 2]) its error against the fake-quant layer is below that of the
+    graph run as written (rounded float products summed), and the artifact's graph is unchanged."""
+    from passion_deploy.export.qdq.integer_view import integer_view
+
+    plain_err, view_err = [], []
+    for seed in range(3):
+        torch.manual_seed(seed)
+        layer = QuantLinear(nn.Linear(1024, 32), wspec=QuantSpec(8), aspec=QuantSpec(8), split=False, use_let=True,
+                            let_form="consistent", s_alpha=0.5, only_weight=False)
+        x = torch.rand(1, 16, 1024) + 1.0
+        calibrated_layer(layer, x, seed=seed)
+        with torch.no_grad():
+            ref = layer(x).numpy()
+        model = lower_graph_qdq(single("qlinear", layer_recipe("l", layer), {"x": x}, ref.shape))
+        before = model.SerializeToString()
+        view = integer_view(model)
+        assert model.SerializeToString() == before
+        producer = {o: n.op_type for n in view.graph.node for o in n.output}
+        gemms = [n for n in view.graph.node if n.op_type == "Gemm"]
+        assert gemms and all(producer[i] == "Cast" for n in gemms for i in n.input)
+        scale = np.abs(ref).max()
+        plain_err.append(np.abs(run_qdq(model, {"x": x.numpy()}) - ref).max() / scale)
+        view_err.append(np.abs(run_view(view, {"x": x.numpy()}) - ref).max() / scale)
+    assert all(v <= p for v, p in zip(view_err, plain_err)) and sum(view_err) < 0.5 * sum(plain_err), (view_err, plain_err)
+
+
+@pytest.mark.parametrize("geom", ["3x3s1", "3x3s2"])
+def test_integer_view_of_convs_and_attention_matches_fake_quant(geom):
+    from passion_deploy.export.qdq.integer_view import integer_view
+
+    _, x, ref, rec = conv_case(geom, "w8a8", split=True)
+    view = integer_view(lower_graph_qdq(single("qconv", rec, {"x": x}, ref.shape)))
+    assert not any(n.op_type == "DequantizeLinear" for n in view.graph.node
+                   if any(c.op_type == "Conv" and n.output[0] in c.input for c in view.graph.node))
+    check(run_view(view, {"x": x.numpy()}), ref)
+    rec, g, feeds, ref, v = attention_case(8, cross=True, const_kv=True, wide_p=True)
+    view = integer_view(lower_graph_qdq(g))
+    assert sum(n.op_type == "MatMul" for n in view.graph.node) == 2
+    check_attention(run_view(view, feeds), ref, rec, v)

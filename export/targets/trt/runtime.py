@@ -5,8 +5,10 @@
                 only with the TensorRT version and GPU model it was built with: loading
                 checks both against the manifest and says what to rebuild.
     QdqOnnxSR   the same artifact's `<component>.qdq.onnx` in ONNX Runtime's CPU provider,
-                DequantizeLinear -> Conv/Gemm/MatMul unfused (onnx_graph.session): the meaning
-                of the graph TensorRT compiles, for --verify and passion-sr on machines
+                each DequantizeLinear -> Conv/Gemm/MatMul run as TensorRT's fused int8 kernel
+                computes it (integer codes summed exactly, scaled once: qdq/integer_view.py),
+                never by ONNX Runtime's own int8 kernels (onnx_graph.session, plain_qdq): the
+                meaning of the graph TensorRT compiles, for --verify and passion-sr on machines
                 without TensorRT. Not a speed path.
 
 Both run every component at the artifact's fixed tile (the engines' shapes), so they expose
@@ -26,6 +28,7 @@ import torch
 from passion_deploy.devices import cuda_available
 
 from ... import artifact
+from ...onnx_graph import session_of_model
 from ...ort_runtime import OrtRuntime
 from ...runtime import ArtifactRuntime, TimingVariant
 
@@ -51,18 +54,28 @@ class QdqOnnxSR(OrtRuntime):
     @property
     def description(self) -> str:
         parts = ", ".join(sorted(self.sessions))
-        return (f"TensorRT Q/DQ graph of {self.manifest['quant_config_name']} in ONNX Runtime (CPU, dequantized float ops: "
+        return (f"TensorRT Q/DQ graph of {self.manifest['quant_config_name']} in ONNX Runtime (CPU, integer codes summed in float as TensorRT sums them: "
                 f"a check of the graph, not a speed path) from {self.dir} [{parts}]")
 
     def check_input(self, name: str, x: torch.Tensor) -> None:
         check_fixed_shape(self, name, x)
 
+    def open_session(self, name: str):
+        """The component's Q/DQ graph with TensorRT's integer accumulation (qdq/integer_view.py)."""
+        import onnx
+
+        from ...qdq.integer_view import integer_view
+
+        path = self.dir / self.manifest["components"][name]["onnx"]
+        return session_of_model(integer_view(onnx.load(str(path))), self.threads, plain_qdq=True)
+
     def lower(self, g, probes: list[str]):
+        from ...qdq.integer_view import integer_view
         from ...qdq.lower import lower_graph_qdq
 
         comp = self.manifest["components"].get(g.name, {})
         shapes = {k: tuple(v) for k, v in comp["fixed_input_shapes"].items()} if "fixed_input_shapes" in comp else None
-        return lower_graph_qdq(g, shapes, probes=probes)
+        return integer_view(lower_graph_qdq(g, shapes, probes=probes))
 
 
 def check_fixed_shape(rt: ArtifactRuntime, name: str, x: torch.Tensor) -> None:
@@ -287,5 +300,5 @@ def open_for_timing(model_dir: str | os.PathLike, **_) -> TrtSR:
         why = ("it has no engines" if not m.get("engines") else
                f"this machine lacks {' and '.join(missing) if missing else 'a CUDA build of torch'}")
         raise ValueError(f"{model_dir}: a trt artifact is benchmarked through its engines, but {why}; its Q/DQ ONNX runs in "
-                         "ONNX Runtime only to check the graph (dequantized float ops), which says nothing about TensorRT's speed")
+                         "ONNX Runtime only to check the graph, which says nothing about TensorRT's speed")
     return TrtSR(model_dir, "int8")
