@@ -143,10 +143,15 @@ def shared(b: OnnxBuilder, key: tuple, make):
 
 
 def group_input(b: OnnxBuilder, x: str, rec: QLayerRecipe, g: GroupPlan, axis: int, hint: str) -> str:
-    """K-group g's input channels [k0, k1) of x along `axis` (x itself for an unsplit layer)."""
+    """K-group g's input channels [k0, k1) of x along `axis` (x itself for an unsplit layer): one
+    Split of x into every K-group's channels, written once per (x, axis) and shared by the groups."""
     if len(rec.weights) == 1:
         return x
-    return b.node("Slice", [x, b.i64([g.k0]), b.i64([g.k1]), b.i64([axis])], hint)
+    sizes = [w.k1 - w.k0 for w in rec.weights]
+    if [w.k0 for w in rec.weights] != [0] + list(np.cumsum(sizes)[:-1]):
+        raise ValueError(f"{rec.name}: K-groups must tile the input channels in order to be split")
+    parts = shared(b, ("groups", x, axis), lambda: b.node("Split", [x, b.i64(sizes)], hint, n_out=len(sizes), axis=axis))
+    return parts[g.index]
 
 
 def row_inputs(b: OnnxBuilder, x: str, plan: LayerPlan, hint: str) -> list[str]:
@@ -165,9 +170,7 @@ def add_ones_column(b: OnnxBuilder, y: str, g: GroupPlan, hint: str, spatial_dim
     the per-position sum of the input operands); the channel axis has `spatial_dims` axes after it."""
     if not g.ones_column:
         return y
-    cout, axis = g.out_channels, b.i64([-1 - spatial_dims])
-    main = b.node("Slice", [y, b.i64([0]), b.i64([cout]), axis], hint)
-    ones = b.node("Slice", [y, b.i64([cout]), b.i64([cout + 1]), axis], hint)
+    main, ones = b.node("Split", [y, b.i64([g.out_channels, 1])], hint, n_out=2, axis=-1 - spatial_dims)
     coef = g.ones_coef().reshape((-1,) + (1,) * spatial_dims)
     return b.node("Add", [main, b.node("Mul", [ones, b.init(hint + ".ones_coef", coef)], hint)], hint)
 

@@ -201,3 +201,28 @@ def test_integer_view_of_convs_and_attention_matches_fake_quant(geom):
     view = integer_view(lower_graph_qdq(g))
     assert sum(n.op_type == "MatMul" for n in view.graph.node) == 2
     check_attention(run_view(view, feeds), ref, rec, v)
+
+
+def test_lean_graph_of_a_split_conv_with_shifts():
+    """The leaner Q/DQ graph (issue 16): a split 8-bit conv with activation shifts and a one-signed
+    weight channel is one Sub of a per-channel shift vector, one Split into the halves, per half
+    Q/DQ -> Conv (the bias inside the first half's Conv) and one Split of the all-ones channel,
+    and no Slice at all; it still follows the rules and matches the fake-quant layer."""
+    layer, x, rec, g = far_from_zero_case()
+    model = lower_graph_qdq(g)
+    ops = [n.op_type for n in model.graph.node]
+    assert "Slice" not in ops
+    assert ops.count("Sub") == 1
+    convs = [n for n in model.graph.node if n.op_type == "Conv" and len(n.input) >= 2]
+    int_convs = [n for n in convs if quantized_op_count_of(model, n)]
+    assert len(int_convs) == 2 and sum(len(n.input) == 3 for n in int_convs) == 1  # the bias rides in one
+    ones_splits = [n for n in model.graph.node if n.op_type == "Split" and n.input[0] in {c.output[0] for c in int_convs}]
+    assert len(ones_splits) == sum(ia.sym_weight(w.codes, w.grid).has_shift for w in rec.weights) >= 1
+    assert ops.count("Split") == 1 + len(ones_splits)
+    with torch.no_grad():
+        check(run_qdq(model, {"x": x.numpy()}), layer(x).numpy())
+
+
+def quantized_op_count_of(model, node) -> bool:
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    return all(producer.get(i) == "DequantizeLinear" for i in node.input[:2])

@@ -11,7 +11,7 @@ kernels saturate 16-bit pair sums on CPUs without VNNI.)
 `integer_view(model)` rewrites each such op, for the CPU check only, into
 
     Cast(codes_x) -> Conv/Gemm/MatMul <- Cast(codes_w)   (integers in float32: exact sums)
-    -> Mul(Dx * Dw, product in float64 rounded once, per output channel) -> the op's output
+    -> Mul(Dx * Dw, product in float64 rounded once, per output channel) [-> Add the op's bias]
 
 so the check computes TensorRT's arithmetic. The float32 sums of integer products are exact
 while every partial sum stays below 2^24 (products of 8-bit codes are at most 2^14: K <= 1024
@@ -66,7 +66,8 @@ def integer_view(model: onnx.ModelProto) -> onnx.ModelProto:
     rewritten = 0
     for node in g.node:
         dqs = [producer.get(i) for i in node.input[:2]]
-        if (node.op_type not in INTEGER_OPS or len(node.input) != 2
+        bias = _const(g, node.input[2]) if len(node.input) == 3 and node.op_type != "MatMul" else None
+        if (node.op_type not in INTEGER_OPS or len(node.input) != 2 + (bias is not None)
                 or any(d is None or d.op_type != "DequantizeLinear" for d in dqs)):
             new_nodes.append(node)
             continue
@@ -93,7 +94,12 @@ def integer_view(model: onnx.ModelProto) -> onnx.ModelProto:
         if unit.size > 1:
             unit = unit.reshape(_out_channel_shape(node, unit.size))
         extra_inits.append(numpy_helper.from_array(unit, tag + "unit"))
-        new_nodes.append(helper.make_node("Mul", [acc, tag + "unit"], [node.output[0]], name=tag + "scale"))
+        scaled = node.output[0] if bias is None else tag + "scaled"
+        new_nodes.append(helper.make_node("Mul", [acc, tag + "unit"], [scaled], name=tag + "scale"))
+        if bias is not None:  # after the scale, as TensorRT's epilogue adds it
+            bias = bias.astype(np.float32).reshape(_out_channel_shape(node, bias.size))
+            extra_inits.append(numpy_helper.from_array(bias, tag + "bias"))
+            new_nodes.append(helper.make_node("Add", [scaled, tag + "bias"], [node.output[0]], name=tag + "bias"))
         rewritten += 1
     del g.node[:]
     g.node.extend(new_nodes)
