@@ -226,3 +226,34 @@ def test_lean_graph_of_a_split_conv_with_shifts():
 def quantized_op_count_of(model, node) -> bool:
     producer = {o: n.op_type for n in model.graph.node for o in n.output}
     return all(producer.get(i) == "DequantizeLinear" for i in node.input[:2])
+
+
+@pytest.mark.parametrize("geom", ["3x3s1", "3x3s2", "3x3s2pad0"])
+@pytest.mark.parametrize("size", [(11, 9), (16, 16)])
+def test_fixed_tile_border_maps_are_constants(geom, size):
+    """At a fixed tile the LET border map is a compact constant table expanded by two Gathers
+    (qdq/static_maps.py): no ConstantOfShape and no float Conv left, a table of a few rows and
+    columns, and the same output as the size-generic graph."""
+    from passion_deploy.export.qdq.static_maps import compact
+
+    layer, _, _, rec = conv_case(geom, "w8a8", split=False)
+    x = torch.randn(1, 8, *size) * 2 + 0.3
+    with torch.no_grad():
+        ref = layer(x).numpy()
+    g = single("qconv", rec, {"x": x}, ref.shape)
+    generic = lower_graph_qdq(g)
+    fixed = lower_graph_qdq(g, {"x": tuple(x.shape)})
+    has_map = any(n.op_type == "ConstantOfShape" for n in generic.graph.node)
+    assert has_map or geom == "3x3s2pad0"  # an unpadded conv has no border
+    ops = [n.op_type for n in fixed.graph.node]
+    assert "ConstantOfShape" not in ops and ops.count("Conv") == quantized_op_count(fixed)
+    assert ops.count("Gather") == (2 if has_map else 0)
+    if has_map:
+        table = [numpy_helper.to_array(t) for t in fixed.graph.initializer if t.name.endswith(".table")][0]
+        assert table.shape[2] <= 3 and table.shape[3] <= 3
+    np.testing.assert_allclose(run_qdq(fixed, {"x": x.numpy()}), run_qdq(generic, {"x": x.numpy()}), rtol=0, atol=2e-6 * np.abs(ref).max())
+    check(run_qdq(fixed, {"x": x.numpy()}), ref)
+    dense = np.random.default_rng(0).normal(size=(3, 7, 5)).astype(np.float32)
+    dense[:, 2:5] = dense[:, 2:3]  # rows 2-4 equal, like an interior
+    table, rows, cols = compact(dense)
+    assert table.shape == (3, 5, 5) and np.array_equal(table[:, rows][:, :, cols], dense)

@@ -34,6 +34,7 @@ from ..ir.plan import Encoding, GroupPlan, layer_plan
 from ..ir.recipes import QAttentionRecipe, QLayerRecipe, WeightGroup
 from ..onnx_graph import (AttentionOps, OnnxBuilder, add_constants, add_offset_products, add_ones_column, group_input,
                            let_transform, lower_attention, lower_ir, row_inputs, shared, weight_only)
+from .static_maps import fold_border_maps
 
 
 def sym_weight_operand(wg: WeightGroup, act: ia.SymAct) -> ia.WeightOperand:
@@ -169,4 +170,6 @@ def lower_graph_qdq(g: Graph, input_shapes: dict[str, tuple] | None = None,
             return lower_qlinear(b, rec, ins[0], g.shapes[n.inputs[0]])
         return lower_qattention(b, rec, *ins, consts=g.consts)
 
-    return lower_ir(g, quantized, probes, input_shapes)
+    model = lower_ir(g, quantized, probes, input_shapes)
+    # at a fixed tile the border maps are constants (static_maps.py); size-generic graphs keep them computed
+    return model if input_shapes is None else fold_border_maps(model)
