@@ -65,3 +65,13 @@ def test_rounding_sensitivity_measures_the_quantized_layers_noise(tiny_w8a8):
     db = rounding_sensitivity(pipe, "vae_decoder", img, lambda: pipe.decode(z0), seed=0)
     assert db != float("inf") and db > 60
     assert rounding_sensitivity(pipe, "vae_decoder", img, lambda: pipe.decode(z0), seed=0) == db  # seeded
+
+
+def test_end_to_end_bar_follows_the_pipelines_rounding_level():
+    """A model whose first quantizer absorbs the 1e-5 input change (inf) but which moves to 20 dB
+    under one rounding step on its layers gets an end-to-end bar of 19 dB, and the line says why."""
+    r = with_rounding(report(47.0, 19.1, ["inf", "inf"]), {"end_to_end": [20.0, 153.5]})
+    r["criterion"] = c = judge(r, 45.0)
+    assert c["passed"] and c["end_to_end_bar_db"] == 19.0 and c["end_to_end_bar_from_reference_sensitivity"]
+    assert "rounding step" in verdict_line(r)
+    assert not judge(with_rounding(report(47.0, 18.9, ["inf"]), {"end_to_end": [20.0]}), 45.0)["passed"]
