@@ -151,6 +151,14 @@ def test_tiny_components_follow_the_rules_and_track_fake_quant(tiny_w8a8, calib_
         n_layers = sum(len(r.weights) * (2 if r.act_split_on_tokens(nd) else 1) for r, nd in recs)
         n_attn = sum(1 for n in g.nodes if n.op == "qattention")
         assert quantized_op_count(model) == n_layers + 2 * n_attn, comp
+        # the leaner graph (issue 16): at a fixed tile every Conv left is an integer conv (border
+        # maps are constant tables), and Slices cut only token halves (2 per token-split linear)
+        ops = [n.op_type for n in model.graph.node]
+        assert "ConstantOfShape" not in ops and ops.count("Conv") == sum(
+            len(r.weights) for r, _ in recs if r.kind == "conv"), comp
+        layer_names = tuple(f"n.{r.name}." for r, _ in recs)
+        layer_slices = [n for n in model.graph.node if n.op_type == "Slice" and n.name.startswith(layer_names)]
+        assert len(layer_slices) == 2 * sum(1 for r, nd in recs if r.act_split_on_tokens(nd)), comp
         assert psnr(run_qdq(model, {name: inp.numpy()}), ref.numpy()) > 40, comp
 
 
