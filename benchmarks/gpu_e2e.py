@@ -270,17 +270,17 @@ def psnr_db(out, ref, image: bool) -> float | str:
 
 def kernel_layer_bytes(unet, device) -> dict:
     """What the integer layers of a triton UNet hold: packed weights and their per-column
-    vectors (zero points, column sums, scales, bias), and apart from them the conv border maps
-    (per output pixel, built per input size on the first call), by module name."""
+    vectors (zero points, column sums, scales, bias), and apart from them the conv border tables
+    (per channel and border class, the same for every input size), by module name."""
     from passion_deploy.export.targets.triton.modules import KernelModule
 
     per_layer, maps = {}, 0
     for name, m in unet.named_modules():
         if isinstance(m, KernelModule):
             k = m.kernel
-            epilogues = list(getattr(k, "_conv_epilogues", {}).values())
+            ep = getattr(k, "conv_epilogue", None)
             per_layer[name] = tensor_bytes(k.weights, k.launches, getattr(k, "_pre", None), device=device)
-            maps += tensor_bytes([ep.map for ep in epilogues], device=device)
+            maps += tensor_bytes([ep.border] if ep is not None and ep.border is not None else [], device=device)
     return {"per_layer": per_layer, "border_map_bytes": maps}
 
 

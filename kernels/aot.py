@@ -28,7 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from . import configs
 
@@ -39,7 +39,7 @@ ARCHS = (90, 80)  # Hopper (H100/H200, wgmma) and Ampere (A100, mma.sync)
 class Job:
     """One kernel launch caught before it ran, ready to compile."""
 
-    kernel: str  # the kernel's wrapper: act_quant, qgemm, act_matmul, softmax_quant
+    kernel: str  # the kernel's wrapper: act_quant, qgemm, streaming_attention, act_matmul, softmax_quant
     variant: str
     launch: configs.Launch
     fn: object  # the @triton.jit function
@@ -152,14 +152,28 @@ def _launch_qgemm(v: configs.GemmVariant) -> None:
                             chans, taps, torch.zeros(g, n, dtype=torch.int32), torch.zeros(g, n, dtype=torch.int32),
                             np.zeros((g, n), np.int64), np.ones((g, n), np.float32))
     f32 = lambda on, *shape: torch.zeros(*shape) if on else None  # noqa: E731
+    classes = (v.padding + 1) ** 2  # the border table: (row class, column class) x N (kernels/gemm.py)
     ep = Epilogue(torch.zeros(g, dtype=torch.int32), torch.ones(g, n), f32(v.res, g, n), f32(v.bias, n),
-                  f32(v.map, out_pos, n))
-    a = torch.empty(1, (spatial[0] * spatial[1]) if spatial else out_pos, c, dtype=_dtype(v.act))
+                  f32(v.map, classes * classes, n))
+    # a batch: KernelLayer passes (B, P, C) conv codes and a (B, tokens, C) linear input as they are
+    a = torch.empty(v.batch, (spatial[0] * spatial[1]) if spatial else out_pos, c, dtype=_dtype(v.act))
     out = None
     if spatial is not None:  # KernelLayer.conv: NCHW output, written through a transposed view
-        out = torch.empty(1, n, out_pos, dtype=_dtype(v.out)).transpose(1, 2)
+        out = torch.empty(v.batch, n, out_pos, dtype=_dtype(v.out)).transpose(1, 2)
     qgemm(a, [_op(v.act)] * g, weights, ep, spatial, kernel, v.stride, v.padding, _dtype(v.out), v.store_int,
-          v.block, out=out)
+          out=out, launch=v.launch())
+
+
+def _launch_streaming_attention(v: configs.StreamingAttentionVariant) -> None:
+    import torch
+
+    from .attention import streaming_attention
+
+    # KernelAttention's call: contiguous (Z, N, d) codes from act_quant, s_vw per key
+    z, m, d, nk = 5, v.queries, v.head_dim, v.tokens
+    q = torch.empty(z, m, d, dtype=_dtype(v.a))
+    k, val = (torch.empty(z, nk, d, dtype=_dtype(v.b)) for _ in range(2))
+    streaming_attention(q, _op(v.a), k, _op(v.b), val, _op(v.b), _op(v.a), torch.ones(nk), 0.125, v.block)
 
 
 def _launch_act_matmul(v: configs.ActMatmulVariant) -> None:
@@ -187,12 +201,12 @@ def _launch_softmax_quant(v: configs.SoftmaxQuantVariant) -> None:
 
 @contextlib.contextmanager
 def _caught():
-    """Launches of the four kernels are recorded instead of run; CPU tensors are let through."""
+    """Launches of the kernels are recorded instead of run; CPU tensors are let through."""
     from . import act_quant, attention, gemm
 
     caught = []
-    kernels = [act_quant.act_quant_kernel, gemm.qgemm_kernel, attention.act_matmul_kernel,
-               attention.softmax_quant_kernel]
+    kernels = [act_quant.act_quant_kernel, gemm.qgemm_kernel, attention.streaming_attention_kernel,
+               attention.act_matmul_kernel, attention.softmax_quant_kernel]
     for k in kernels:
         k.run = lambda *args, grid, warmup, _k=k, **kwargs: caught.append((_k, args, kwargs))
     modules = (act_quant, gemm, attention)
@@ -216,7 +230,9 @@ def jobs() -> list[Job]:
         raise RuntimeError("the AOT compile needs compiled-mode Triton: run it with TRITON_INTERPRET unset or 0")
     # (kernel, variants, the wrapper call, the launch configs.py gives it, the kernel's tile constexprs)
     table = [("act_quant", configs.ACT_QUANT_VARIANTS, _launch_act_quant, lambda v: configs.ACT_QUANT, ("BP", "BC")),
-             ("qgemm", configs.GEMM_VARIANTS, _launch_qgemm, lambda v: v.launch(), ("BM", "BN", "BK")),
+             ("qgemm", configs.gemm_compile_list(), _launch_qgemm, lambda v: v.launch(), ("BM", "BN", "BK")),
+             ("streaming_attention", configs.STREAMING_ATTENTION_VARIANTS, _launch_streaming_attention,
+              lambda v: v.launch(), ("BM", "BN")),
              ("act_matmul", configs.ACT_MATMUL_VARIANTS, _launch_act_matmul, lambda v: v.launch(), ("BM", "BN", "BK")),
              ("softmax_quant", configs.SOFTMAX_QUANT_VARIANTS, _launch_softmax_quant, lambda v: configs.SOFTMAX_QUANT,
               ("BR", "BC"))]
@@ -340,17 +356,26 @@ def compile_all(archs=ARCHS, workers: int | None = None) -> list[Row]:
 
     global _JOBS
     _JOBS = jobs()
+    # launches Triton specializes alike are one binary (a batch-4 GEMM variant of a batch-1 one:
+    # the batch is only the grid): compiled once, each gets its row. A second compile of it in
+    # this run's cache would be a cache hit, without the ptxas report the row needs.
+    first: dict = {}
+    same = {}
+    for i, j in enumerate(_JOBS):
+        src, options = source(j)
+        same[i] = first.setdefault((src.hash(), repr(sorted(options.items()))), i)
     # the split/conv GEMMs take longest: start them first so the pool ends together
-    work = sorted(((i, a) for i in range(len(_JOBS)) for a in archs),
+    work = sorted(((i, a) for i in sorted(set(same.values())) for a in archs),
                   key=lambda ia: (_JOBS[ia[0]].kernel != "qgemm", ia[0]))
     workers = workers or os.cpu_count() or 1
     if workers == 1:
-        rows = [_compile_index(w) for w in work]
+        done = [_compile_index(w) for w in work]
     else:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            rows = list(pool.map(_compile_index, work))
-    order = {(j.kernel, j.variant): i for i, j in enumerate(_JOBS)}
-    return sorted(rows, key=lambda r: (order[(r.kernel, r.variant)], -r.arch))
+            done = list(pool.map(_compile_index, work))
+    compiled = dict(zip(work, done))
+    return [replace(compiled[(same[i], a)], kernel=j.kernel, variant=j.variant)
+            for i, j in enumerate(_JOBS) for a in sorted(archs, reverse=True)]
 
 
 def table(rows: list[Row]) -> str:

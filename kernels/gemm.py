@@ -2,7 +2,7 @@
 
     y[b, m, n] = sum_g  Da_g Dw_gn * sum_k (a_k - za_g)(b_kn - zb_gn)        int32 dot + zero points
                + sum_g  B'_gn Da_g Dw_gn * sum_k (a_k - za_g)                one-signed weight columns
-               + bias[n] + map[m, n]                                         LET / activation residual
+               + bias[n] + border[class(oh), class(ow), n]                   LET / activation residual
 
 A is the activation operand (uint8 or int8, as `operands.ActOperand` encodes it), read
 channels-last as (B, H*W, C); a linear layer is the 1x1 case with H = 1, W = M. K is ordered
@@ -12,52 +12,76 @@ grid value the fake-quant pads with. Split layers have two K-groups (channel hal
 own activation and weight scales: one int32 accumulator per group, summed in float.
 
 Weights arrive as the deploy IR's packed containers (N, taps, row_bytes): one byte per 8-bit
-code, or 4 6-bit codes in 3 bytes, unpacked in the load path (each code is read from the two
-bytes it can straddle). Operand value = container code + W_OFFSET (= -2^(b-1), the integer
-algebra's signed encoding), so both widths give int8 operands for the tensor-core dot.
+code, or 4 6-bit codes in 3 bytes, unpacked in the load path (each 3-byte word's bytes loaded
+once, its 4 codes extracted by shifts and interleaved into K order in registers). Operand
+value = container code + W_OFFSET (= -2^(b-1), the integer algebra's signed encoding), so both
+widths give int8 operands for the tensor-core dot.
 
 Zero-point algebra (spec section 6) instead of subtracting before the dot, because (a - za)
 does not fit int8:  sum (a-za)(b-zb) = sum ab - zb sum a - za sum b + K za zb,  with sum a
 counted in the kernel (row sums, padded taps included) and sum b precomputed per column.
 All four terms stay far inside int32 for K <= 11520 (sd21's largest, 1280 x 3 x 3).
+
+A padded conv's border map (the LET correction and activation residuals summed over the valid
+taps) is not stored per output pixel: its value depends only on how many taps of a window fall
+in the padding at each side, so the epilogue reads a (row class, column class, channel) table,
+the class of a row being (taps cut at the top) * (PAD + 1) + (taps cut at the bottom), the
+arithmetic of export/ir/plan.py's `border_class`. Same floats, same order of additions as a
+dense map: the output is bit-identical, the table the same for every input size.
 """
 from __future__ import annotations
 
 import torch
 
-from ._triton import check_device, tl, triton
-from .configs import qgemm_launch
+from . import tuning
+from ._triton import check_device, interpreting, tl, triton
+from .configs import Launch, qgemm_launches
 from .operands import ActOperand, Epilogue, PackedWeights
+
+TILE = ("BM", "BN", "BK")  # the kernel's block constexprs, in the order of a Launch's block
 
 
 @triton.jit
-def load_weight_tile(w_ptr, rk, rn, kmask, nmask, stride_wn, W_BITS: tl.constexpr, W_OFFSET: tl.constexpr):
-    """(BK, BN) int8 operand tile of a packed weight row segment (rk: channel indices in the row)."""
-    mask = kmask[:, None] & nmask[None, :]
-    base = w_ptr + rn[None, :] * stride_wn
+def load_weight_tile(w_ptr, k0, cg, rn, nmask, stride_wn,
+                     W_BITS: tl.constexpr, W_OFFSET: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr):
+    """(BK, BN) int8 operand tile of channels [k0, k0 + BK) of a packed weight row (w_ptr: the
+    row of one tap; cg: its channels, the rest of the tile is 0)."""
+    rk = k0 + tl.arange(0, BK)
+    mask = (rk < cg)[:, None] & nmask[None, :]
     if W_BITS == 8:
-        u = tl.load(base + rk[:, None], mask=mask, other=0).to(tl.int32)
+        u = tl.load(w_ptr + rn[None, :] * stride_wn + rk[:, None], mask=mask, other=0).to(tl.int32)
     else:
-        # code i of a 3-byte word sits at bits 6i..6i+5 of (b0 | b1 << 8 | b2 << 16)
-        byte = (rk // 4) * 3 + ((rk % 4) * 6) // 8
-        shift = ((rk % 4) * 6) % 8
-        lo = tl.load(base + byte[:, None], mask=mask, other=0).to(tl.int32)
-        straddles = (shift > 2)[:, None]  # codes 1 and 2 continue into the next byte
-        hi = tl.load(base + byte[:, None] + 1, mask=mask & straddles, other=0).to(tl.int32)
-        u = ((lo | (hi << 8)) >> shift[:, None]) & 63
+        # whole 3-byte words (BK is a power of two >= 16, k0 a multiple of it, and pack_codes
+        # starts every row on a word): each byte is loaded once, 3 loads per 4 codes instead of
+        # 2 per code, and the 4 codes of word w, bits 6i..6i+5 of (b0 | b1 << 8 | b2 << 16),
+        # come out by shifts
+        tl.static_assert(BK % 4 == 0)
+        rw = k0 // 4 + tl.arange(0, BK // 4)
+        wmask = nmask[:, None] & (rw * 4 < cg)[None, :]
+        word = w_ptr + rn[:, None] * stride_wn + rw[None, :] * 3  # (BN, BK/4)
+        b0 = tl.load(word, mask=wmask, other=0).to(tl.int32)
+        b1 = tl.load(word + 1, mask=wmask, other=0).to(tl.int32)
+        b2 = tl.load(word + 2, mask=wmask, other=0).to(tl.int32)
+        c0 = b0 & 63
+        c1 = (b0 >> 6) | ((b1 & 15) << 2)
+        c2 = (b1 >> 4) | ((b2 & 3) << 4)
+        c3 = b2 >> 2
+        # interleave in registers: join(join(c0, c2), join(c1, c3))[n, w, s, t] = c_(2s+t), so the
+        # row-major reshape puts code i of word w at channel 4w + i, K's order on both operands
+        u = tl.trans(tl.reshape(tl.join(tl.join(c0, c2), tl.join(c1, c3)), (BN, BK)))
     return tl.where(mask, u + W_OFFSET, 0).to(tl.int8)
 
 
 @triton.jit
 def qgemm_kernel(a_ptr, s_ab, s_ap, s_ac,
                  w_ptr, s_wg, s_wn, s_wt,
-                 za_ptr, zb_ptr, cs_ptr, scale_ptr, res_ptr, bias_ptr, map_ptr,
+                 za_ptr, zb_ptr, cs_ptr, scale_ptr, res_ptr, bias_ptr, border_ptr,
                  out_ptr, s_ob, s_op, s_on,
                  acc_ptr, rs_ptr,
                  N, H, W, HO, WO, C, C_SPLIT,
                  KH: tl.constexpr, KW: tl.constexpr, STRIDE: tl.constexpr, PAD: tl.constexpr,
                  G: tl.constexpr, W_BITS: tl.constexpr, W_OFFSET: tl.constexpr, A_U8: tl.constexpr,
-                 HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_MAP: tl.constexpr, STORE_INT: tl.constexpr,
+                 HAS_RES: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_BORDER: tl.constexpr, STORE_INT: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid_m, pid_n, b = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     P_OUT = HO * WO
@@ -86,7 +110,8 @@ def qgemm_kernel(a_ptr, s_ab, s_ap, s_ac,
         nkb = tl.cdiv(cg, BK)
         for kk in range(0, KH * KW * nkb):
             t = kk // nkb
-            rk = (kk - t * nkb) * BK + tl.arange(0, BK)
+            k0 = (kk - t * nkb) * BK
+            rk = k0 + tl.arange(0, BK)
             ih = oh * STRIDE - PAD + t // KW
             iw = ow * STRIDE - PAD + t % KW
             inside = mmask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
@@ -99,7 +124,7 @@ def qgemm_kernel(a_ptr, s_ab, s_ap, s_ac,
                 a = a - 128
             a = tl.where(inside[:, None], a, za)  # padded taps: (a - za) = 0
             a = tl.where(kmask[None, :], a, 0).to(tl.int8)  # K tail: no contribution at all
-            bt = load_weight_tile(w_row, rk, rn, kmask, nmask, s_wn, W_BITS, W_OFFSET)
+            bt = load_weight_tile(w_row, k0, cg, rn, nmask, s_wn, W_BITS, W_OFFSET, BK, BN)
             acc += tl.dot(a, bt, out_dtype=tl.int32)
             rs += tl.sum(a.to(tl.int32), axis=1)
         k_len = cg * KH * KW
@@ -119,8 +144,14 @@ def qgemm_kernel(a_ptr, s_ab, s_ap, s_ac,
                 tl.store(rs_ptr + base + rm, row_sum, mask=mmask)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rn, mask=nmask, other=0.0)[None, :]
-    if HAS_MAP:
-        y += tl.load(map_ptr + rm[:, None] * N + rn[None, :], mask=mmask[:, None] & nmask[None, :], other=0.0)
+    if HAS_BORDER:
+        # (taps in the leading padding) * (PAD + 1) + (taps in the trailing padding), per axis
+        r0 = oh * STRIDE - PAD
+        c0 = ow * STRIDE - PAD
+        rcls = tl.maximum(-r0, 0) * (PAD + 1) + tl.maximum(r0 + KH - H, 0)
+        ccls = tl.maximum(-c0, 0) * (PAD + 1) + tl.maximum(c0 + KW - W, 0)
+        cls = rcls * ((PAD + 1) * (PAD + 1)) + ccls  # table rows: (row class, column class)
+        y += tl.load(border_ptr + cls[:, None] * N + rn[None, :], mask=mmask[:, None] & nmask[None, :], other=0.0)
     tl.store(out_ptr + b * s_ob + rm[:, None] * s_op + rn[None, :] * s_on, y.to(out_ptr.dtype.element_ty),
              mask=mmask[:, None] & nmask[None, :])
 
@@ -128,7 +159,7 @@ def qgemm_kernel(a_ptr, s_ab, s_ap, s_ac,
 def qgemm(a: torch.Tensor, a_ops: list[ActOperand], w: PackedWeights, ep: Epilogue,
           spatial: tuple[int, int] | None = None, kernel: tuple[int, int] = (1, 1), stride: int = 1, padding: int = 0,
           out_dtype: torch.dtype = torch.float32, store_int: bool = False,
-          block: tuple[int, int, int] | None = None, out: torch.Tensor | None = None):
+          block: tuple[int, int, int] | None = None, out: torch.Tensor | None = None, launch: Launch | None = None):
     """Launch the integer GEMM / implicit-GEMM conv.
 
     a: (B, P, C) operands (uint8 or int8, channel stride 1 preferred), P = H*W for a conv
@@ -136,8 +167,12 @@ def qgemm(a: torch.Tensor, a_ops: list[ActOperand], w: PackedWeights, ep: Epilog
     `out_dtype`, channels-last; with `store_int` also the exact int32 parts: (G, B, P_out, N)
     sum_k (a-za)(b-zb) and (G, B, P_out) sum_k (a-za). `out`, when given, is the (B, P_out, N)
     tensor (any strides) the kernel writes y into: an NCHW conv output viewed as
-    `.view(B, N, P_out).transpose(1, 2)` gets y in NCHW order without a copy. block: (BM, BN, BK);
-    None: configs.qgemm_launch(groups), the GPU launch (whose warps and stages apply to any block)."""
+    `.view(B, N, P_out).transpose(1, 2)` gets y in NCHW order without a copy.
+
+    The launch: `launch` as given (aot.py compiles each listed one so); else `block` (BM, BN, BK)
+    with the warps and stages of the shape class's fixed launch (configs.GEMM_CLASSES); else, on
+    a GPU, the class's candidate tuned for this GPU (tuning.py: autotuned once, kept on disk),
+    and in Triton's interpreter (or with PASSION_DEPLOY_AUTOTUNE=0) the class's fixed launch."""
     if a.dim() != 3 or a.dtype not in (torch.uint8, torch.int8):
         raise ValueError(f"activation operands must be (B, P, C) uint8/int8, got {tuple(a.shape)} {a.dtype}")
     dt = "u8" if a.dtype == torch.uint8 else "s8"
@@ -145,6 +180,8 @@ def qgemm(a: torch.Tensor, a_ops: list[ActOperand], w: PackedWeights, ep: Epilog
         raise ValueError(f"need one {dt} activation operand per K-group ({w.groups})")
     if out_dtype not in (torch.float32, torch.float16):
         raise ValueError("output is float32 or float16")
+    if block is not None and launch is not None:
+        raise ValueError("give a block or a whole launch, not both")
     bsz, p, c = a.shape
     if sum(w.channels) != c:
         raise ValueError(f"weights cover {sum(w.channels)} input channels, activations have {c}")
@@ -158,8 +195,10 @@ def qgemm(a: torch.Tensor, a_ops: list[ActOperand], w: PackedWeights, ep: Epilog
         raise ValueError("a linear GEMM has one tap, stride 1 and no padding")
     ho, wo = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
     n = w.out_channels
-    if ep.map is not None and ep.map.shape != (ho * wo, n):
-        raise ValueError(f"epilogue map is {tuple(ep.map.shape)}, output needs ({ho * wo}, {n})")
+    classes = (padding + 1) ** 2  # per axis: export/ir/plan.py's border_classes
+    if ep.border is not None and ep.border.shape != (classes * classes, n):
+        raise ValueError(f"epilogue border table is {tuple(ep.border.shape)}, padding {padding} and {n} output "
+                         f"channels need ({classes * classes}, {n})")
     check_device(a, w.data)
     dev = a.device
     ep = ep.to(dev)
@@ -172,20 +211,32 @@ def qgemm(a: torch.Tensor, a_ops: list[ActOperand], w: PackedWeights, ep: Epilog
     g = w.groups
     acc = torch.empty((g, bsz, ho * wo, n) if store_int else (1,), dtype=torch.int32, device=dev)
     rs = torch.empty((g, bsz, ho * wo) if store_int else (1,), dtype=torch.int32, device=dev)
-    launch = qgemm_launch(g)
-    bm, bn, bk = launch.block if block is None else block
     dummy = ep.scale
-    grid = (triton.cdiv(ho * wo, bm), triton.cdiv(n, bn), bsz)
-    qgemm_kernel[grid](a, a.stride(0), a.stride(1), a.stride(2),
-                       w.data, w.data.stride(0), w.data.stride(1), w.data.stride(2),
-                       ep.act_zero, w.zero, w.colsum, ep.scale,
-                       dummy if ep.res_coef is None else ep.res_coef,
-                       dummy if ep.bias is None else ep.bias,
-                       dummy if ep.map is None else ep.map,
-                       out, out.stride(0), out.stride(1), out.stride(2), acc, rs,
-                       n, h, wd, ho, wo, c, w.channels[0],
-                       KH=kh, KW=kw, STRIDE=stride, PAD=padding, G=g, W_BITS=w.container_bits,
-                       W_OFFSET=w.offset, A_U8=dt == "u8", HAS_RES=ep.res_coef is not None,
-                       HAS_BIAS=ep.bias is not None, HAS_MAP=ep.map is not None, STORE_INT=store_int,
-                       BM=bm, BN=bn, BK=bk, **launch.options())
+    args = (a, a.stride(0), a.stride(1), a.stride(2),
+            w.data, w.data.stride(0), w.data.stride(1), w.data.stride(2),
+            ep.act_zero, w.zero, w.colsum, ep.scale,
+            dummy if ep.res_coef is None else ep.res_coef,
+            dummy if ep.bias is None else ep.bias,
+            dummy if ep.border is None else ep.border,
+            out, out.stride(0), out.stride(1), out.stride(2), acc, rs,
+            n, h, wd, ho, wo, c, w.channels[0])
+    constexprs = dict(KH=kh, KW=kw, STRIDE=stride, PAD=padding, G=g, W_BITS=w.container_bits, W_OFFSET=w.offset,
+                      A_U8=dt == "u8", HAS_RES=ep.res_coef is not None, HAS_BIAS=ep.bias is not None,
+                      HAS_BORDER=ep.border is not None, STORE_INT=store_int)
+
+    def grid(blk):
+        return triton.cdiv(ho * wo, blk[0]), triton.cdiv(n, blk[1]), bsz
+
+    cls, candidates = qgemm_launches(bsz * ho * wo, n, g)
+    if launch is None and block is not None:
+        launch = Launch(tuple(block), candidates[0].num_warps, candidates[0].num_stages)
+    if launch is None and (interpreting() or not tuning.enabled() or len(candidates) == 1):
+        launch = candidates[0]  # the interpreter has nothing to time: the class's fixed launch
+    if launch is not None:
+        qgemm_kernel[grid(launch.block)](*args, **constexprs, **dict(zip(TILE, launch.block)), **launch.options())
+    else:
+        # tuned per class and per what changes the kernel's main loop (K-groups, weight width,
+        # taps, operand and output dtypes); the epilogue's optional terms do not enter the key
+        key = f"qgemm/{cls.name}/g{g}/w{w.container_bits}/k{kh}x{kw}/{dt}-{str(out_dtype)[6:]}"
+        tuning.tuned_launch(qgemm_kernel, grid, args, constexprs, key, candidates, TILE, dev)
     return (out, acc, rs) if store_int else out

@@ -80,8 +80,13 @@ class Epilogue:
     scale: torch.Tensor  # float32 (G, N): Da * Dw
     res_coef: torch.Tensor | None  # float32 (G, N): B' * Da * Dw, None without weight residuals
     bias: torch.Tensor | None  # float32 (N,)
-    map: torch.Tensor | None  # float32 (P_out, N): per output position, conv only
+    # float32 (C * C, N), C = (padding + 1)^2: a padded conv's border map in compact form, one
+    # value per (row class, column class) and channel (export/ir/plan.py: border_class,
+    # LayerPlan.border_table), the same for every input size; the GEMM picks an output pixel's
+    # entry from (oh, ow). A dense (P_out, N) map per input size took ~1.6 GB per 128-channel
+    # conv at a 1792 px decoder tile; this is 16 * N floats for a 3x3 conv of padding 1.
+    border: torch.Tensor | None
 
     def to(self, device) -> "Epilogue":
         mv = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return Epilogue(mv(self.act_zero), mv(self.scale), mv(self.res_coef), mv(self.bias), mv(self.map))
+        return Epilogue(mv(self.act_zero), mv(self.scale), mv(self.res_coef), mv(self.bias), mv(self.border))

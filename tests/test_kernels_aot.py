@@ -19,7 +19,7 @@ import pytest
 from passion_deploy.kernels import aot, configs
 
 ARCHS = (90, 80)
-DOT_KERNELS = ("qgemm", "act_matmul")  # the kernels with an int8 tl.dot
+DOT_KERNELS = ("qgemm", "streaming_attention", "act_matmul")  # the kernels with an int8 tl.dot
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,8 @@ def test_every_configuration_compiles(report, capsys):
               if r.error]
     assert not errors, "compile errors:\n" + "\n".join(errors)
     listed = {("act_quant", v.name) for v in configs.ACT_QUANT_VARIANTS}
-    listed |= {("qgemm", v.name) for v in configs.GEMM_VARIANTS}
+    listed |= {("qgemm", v.name) for v in configs.gemm_compile_list()}
+    listed |= {("streaming_attention", v.name) for v in configs.STREAMING_ATTENTION_VARIANTS}
     listed |= {("act_matmul", v.name) for v in configs.ACT_MATMUL_VARIANTS}
     listed |= {("softmax_quant", v.name) for v in configs.SOFTMAX_QUANT_VARIANTS}
     compiled = {(r.kernel, r.variant, r.arch) for r in rows}
@@ -79,6 +80,24 @@ def test_int8_dots_run_on_tensor_cores(report):
 
 def test_dot_blocks_are_at_least_32_deep():
     """Triton's NVIDIA backend refuses an int8 dot with K < 32 (and M, N < 16)."""
-    launches = [v.launch() for v in configs.GEMM_VARIANTS + configs.ACT_MATMUL_VARIANTS]
-    launches += list(configs.QGEMM.values()) + [configs.ACT_MATMUL]
+    launches = [v.launch() for v in configs.gemm_compile_list() + configs.ACT_MATMUL_VARIANTS]
+    launches += [c for cls in configs.GEMM_CLASSES for c in cls.launches + cls.split_launches] + [configs.ACT_MATMUL]
     assert all(bm >= 16 and bn >= 16 and bk >= 32 for bm, bn, bk in (launch.block for launch in launches))
+    # streaming attention (BM, BN): BN keys are the QK^T dot's N and the PV dot's K
+    streaming = [v.launch() for v in configs.STREAMING_ATTENTION_VARIANTS] + [configs.STREAMING_ATTENTION]
+    assert all(bm >= 16 and bn >= 32 for bm, bn in (launch.block for launch in streaming))
+
+
+def test_every_gemm_launch_of_every_class_is_compiled():
+    """Each candidate of each shape class (the launches the GPU runtime tunes among) is in the
+    compile list, for 1 and 2 K-groups, with variants whose shapes fall in that class, so the
+    no-spill and tensor-core checks above cover every launch the runtime can choose."""
+    compiled = {(v.gemm_class().name, v.groups, v.config) for v in configs.gemm_compile_list() if v.block is None}
+    wanted = {(cls.name, g, c) for cls in configs.GEMM_CLASSES for g in (1, 2) for c in cls.candidates(g)}
+    assert wanted - compiled == set()
+    for v in configs.GEMM_VARIANTS:  # the class a variant is compiled for is the one qgemm picks at run time
+        cls, cands = configs.qgemm_launches(v.rows(), v.shape[-1], v.groups)
+        assert v.gemm_class() is cls and (v.block is not None or v.launches() == cands)
+    # runtime launches are at least one Hopper warpgroup tall (wgmma) and at most 4 per class
+    assert all(c.block[0] >= 64 and c.block[2] >= 32 for _, _, c in wanted)
+    assert all(1 < len(cls.candidates(g)) <= 4 for cls in configs.GEMM_CLASSES for g in (1, 2))

@@ -156,6 +156,11 @@ LINEAR_CASES = {
     "w6a6-signed-3d": ("w6a6-signed", False, (2, 5, 17), "u8", BLOCK, None),
     "w8a8-residuals": ("w8a8", False, (9, 21), "u8", BLOCK, "residuals"),
     "w8a8-fp16": ("w8a8", True, (2, 7, 18), "u8", BLOCK, "fp16"),
+    # int6 words across K blocks: 75-channel halves are 18 whole 3-byte words and one with 3
+    # codes, read in K blocks of 32 (3 blocks, the last 11 channels) and of 64 or 128
+    "w6a6-split-deep-k-bk32": ("w6a6", True, (9, 150), "u8", (16, 32, 32), None),
+    "w6a6-deep-k-bk64": ("w6a6", False, (2, 5, 150), "s8", (16, 16, 64), None),
+    "w6a6-signed-bk128": ("w6a6-signed", False, (7, 130), "u8", (16, 32, 128), None),
 }
 
 
@@ -219,6 +224,8 @@ CONV_CASES = {
     "1x1-w8a8-sym-split": ("w8a8-sym", True, dict(kernel_size=1), (1, 9, 5, 7), "u8", None),
     "3x3s1-residuals": ("w8a8", False, dict(kernel_size=3, padding=1), (1, 7, 6, 5), "u8", "residuals"),
     "3x3s1-w6a6-residuals-fp16": ("w6a6", True, dict(kernel_size=3, padding=1), (1, 7, 6, 5), "s8", "residuals"),
+    # every tap's row of 6-bit codes ends in a partial word (75 = 4 * 18 + 3), over 3 K blocks
+    "3x3s1-w6a6-deep-k": ("w6a6", False, dict(kernel_size=3, padding=1), (1, 75, 5, 4), "u8", None),
 }
 
 
@@ -242,13 +249,16 @@ def test_conv_kernel(case):
     assert y.shape == fq.shape and y.dtype == out_dtype
     spatial = tuple(shape[2:])
     ops = acts if len(acts) == len(rec.weights) else acts * len(rec.weights)
-    ep = kl._conv_epilogues[spatial]
+    ep = kl.conv_epilogue
+    dense = kl.plans[False].border_map(spatial)  # the reference adds the plan's dense map
+    dense = None if dense is None else dense.reshape(dense.shape[0], -1).t().float()
+    assert (dense is None) == (ep.border is None)
     y_ref = check_ints(codes, ops, rec, acc, rs, spatial)
-    y_ref = y_ref + (0 if ep.bias is None else ep.bias.double()) + (0 if ep.map is None else ep.map.double())
+    y_ref = y_ref + (0 if ep.bias is None else ep.bias.double()) + (0 if dense is None else dense.double())
     y_ref = y_ref.view(shape[0], *fq.shape[2:], -1).permute(0, 3, 1, 2)
     rel = 1e-3 if out_dtype == torch.float16 else 2e-6
     assert_close(y, y_ref, rel)
     assert_close(y, fq, rel)
     assert_close(y, run_layer(rec, x), rel)
     if any(rec.padding):  # the border rows really differ: the map is not a per-channel constant
-        assert ep.map is not None and not torch.allclose(ep.map[0], ep.map[ep.map.shape[0] // 2])
+        assert dense is not None and not torch.allclose(dense[0], dense[dense.shape[0] // 2])

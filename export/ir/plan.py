@@ -17,13 +17,16 @@ A layer's integer form (spec sections 3 and 6), for each row block r:
   offsets (`Encoding.act_taps`: the residual or shift times the valid-tap weight sums). Where
   they do not depend on the position (linear layers, convs without padding) they fold into
   one bias per row block; a padded conv keeps their per-tap kernel, whose conv over an
-  all-ones image (`ia.ones_conv_map`) is the exact border map.
+  all-ones image (`ia.ones_conv_map`) is the exact border map. Its value at an output pixel
+  depends only on which taps fall in the padding (`border_class` of its row and column), so a
+  target may keep it as one small table per layer for every input size (`border_table`).
 
 Every zero point, shift and residual comes from int_algebra through the `Encoding`; this
 module only composes them.
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -127,6 +130,66 @@ class LayerPlan:
             return None
         rec = self.rec
         return ia.ones_conv_map(torch.from_numpy(self.map_taps), in_spatial, rec.stride, rec.padding, rec.dilation)
+
+    def border_table(self) -> torch.Tensor | None:
+        """The border map in compact form: (Cout, C_1, ..., C_d) float64, C_i = border_classes(
+        padding_i), where entry [n, c_1, ..., c_d] is the map's value at every output position
+        whose axis-i class (`border_class`) is c_i, for every input size. Sizes of one layer
+        differ only in which class each output row/column has, so the table is built once.
+
+        Each value comes from the dense map's own arithmetic (`ia.ones_conv_map`), on the
+        smallest input where its combination of classes occurs. F.conv2d's float64 sums can
+        differ in the last bit between input sizes (its summation order follows the image
+        size), which the float32 epilogue's rounding removes: tests/test_border_maps.py holds
+        the expanded float32 table equal to the float32 dense map for many sizes."""
+        if self.map_taps is None:
+            return None
+        rec = self.rec
+        if any(d != 1 for d in rec.dilation):
+            raise ValueError(f"{rec.name}: the compact border map is derived for dilation 1")
+        axes = [_class_witnesses(k, s, p) for k, s, p in zip(rec.kernel, rec.stride, rec.padding)]
+        taps = torch.from_numpy(self.map_taps)
+        # classes no output row can have (a stride may skip some overhangs) stay 0, never read
+        table = torch.zeros((rec.out_channels,) + tuple(border_classes(p) for p in rec.padding), dtype=torch.float64)
+        maps: dict[tuple[int, ...], torch.Tensor] = {}  # input size -> its dense map
+        for combo in itertools.product(*(sorted(a.items()) for a in axes)):
+            classes = tuple(c for c, _ in combo)
+            size = tuple(n for _, (n, _) in combo)
+            if size not in maps:
+                maps[size] = ia.ones_conv_map(taps, size, rec.stride, rec.padding, rec.dilation)
+            table[(slice(None),) + classes] = maps[size][(slice(None),) + tuple(o for _, (_, o) in combo)]
+        return table
+
+
+def border_classes(padding: int) -> int:
+    """Classes of output rows (or columns) along one axis padded by `padding`: the taps a row
+    loses to the padding at the start (0..padding) times those it loses at the end (0..padding)."""
+    return (padding + 1) ** 2
+
+
+def border_class(o, n: int, kernel: int, stride: int, padding: int):
+    """Class of output row `o` (an int or an integer tensor) of an axis of input length `n`:
+    (taps in the leading padding) * (padding + 1) + (taps in the trailing padding). Output row o
+    reads input rows o*stride - padding + [0, kernel), so the valid taps, and with them the border
+    map's value, depend on these two counts only. Each is at most `padding` for any output row
+    (the output size formula keeps the last window's overhang within the padding); the kernel
+    computes the same two maxima from (oh, ow) to index the table."""
+    start = o * stride - padding
+    if isinstance(o, torch.Tensor):
+        return (-start).clamp(min=0) * (padding + 1) + (start + kernel - n).clamp(min=0)
+    return max(0, -start) * (padding + 1) + max(0, start + kernel - n)
+
+
+def _class_witnesses(kernel: int, stride: int, padding: int) -> dict[int, tuple[int, int]]:
+    """For each class `border_class` can give along one axis: (input length, output row) of its
+    smallest occurrence. A row has at most `padding` taps cut at either end, so the lengths up
+    to kernel + 2 * (padding + stride) reach every class (one with a cut at each end needs a
+    short input; an uncut row, input kernel + stride past the first uncut start)."""
+    found: dict[int, tuple[int, int]] = {}
+    for n in range(1, kernel + 2 * (padding + stride) + 1):
+        for o in range(max(0, (n + 2 * padding - kernel) // stride + 1)):
+            found.setdefault(border_class(o, n, kernel, stride, padding), (n, o))
+    return found
 
 
 def fold_constants(rec: QLayerRecipe, taps: list[np.ndarray]) -> tuple[np.ndarray | None, np.ndarray | None]:

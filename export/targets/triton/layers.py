@@ -10,6 +10,8 @@ tests hold against the fake-quant modules and the IR's own integer reference.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from passion_deploy.kernels.act_quant import act_quant
@@ -19,7 +21,7 @@ from passion_deploy.kernels.gemm import qgemm
 from ...ir import int_algebra as ia
 from ...ir.plan import LayerPlan, layer_plan
 from ...ir.recipes import QAttentionRecipe, QLayerRecipe
-from .operands import RowLaunch, conv_out_size, encoding, kernel_act, pack_weights, row_launch, with_border_map
+from .operands import RowLaunch, conv_out_size, encoding, kernel_act, pack_weights, row_launch, with_border_table
 
 
 def kernel_attention(rec: QAttentionRecipe, a_dtype: str = "u8", b_dtype: str = "s8", **blocks) -> KernelAttention:
@@ -56,8 +58,14 @@ class KernelLayer:
         self._pre = {} if rec.let_scale is None else dict(
             pre="let", scale=torch.from_numpy(rec.let_scale), offset=torch.from_numpy(rec.let_input_offset))
         # everything a call reads is built once and kept on the layer's device: a call copies
-        # nothing to the device and recomputes nothing on the host (CUDA-graph capture needs both)
-        self._conv_epilogues = {}  # in_spatial -> Epilogue with the border map of that input size
+        # nothing to the device and recomputes nothing on the host (CUDA-graph capture needs both).
+        # A padded conv's border map is the plan's compact table, the same for every input size,
+        # so one epilogue serves every size (a dense map per size grew without bound with the
+        # VAE's tiles: ~1.6 GB per 128-channel conv at a 1792 px decoder tile)
+        self.conv_epilogue = None
+        if rec.kind == "conv":
+            (row,) = self.launches[False]
+            self.conv_epilogue = with_border_table(row.epilogue, self.plans[False].border_table())
 
     def plan(self, x_ndim: int) -> LayerPlan:
         """The layer plan for an input of rank `x_ndim`."""
@@ -69,7 +77,10 @@ class KernelLayer:
         self.weights = self.weights.to(self.device)
         self._pre = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in self._pre.items()}
         self.launches = {k: [r.to(self.device) for r in rows] for k, rows in self.launches.items()}
-        self._conv_epilogues = {k: ep.to(self.device) for k, ep in self._conv_epilogues.items()}
+        if self.conv_epilogue is not None:
+            (row,) = self.launches[False]  # the moved vectors, shared with the row's epilogue
+            border = self.conv_epilogue.border
+            self.conv_epilogue = replace(row.epilogue, border=None if border is None else border.to(self.device))
         return self
 
     def _quantize(self, x3: torch.Tensor, row: RowLaunch) -> torch.Tensor:
@@ -85,10 +96,7 @@ class KernelLayer:
         bsz, c, h, w = x.shape
         spatial = (h, w)
         (row,) = self.launches[False]
-        if spatial not in self._conv_epilogues:
-            border = self.plans[False].border_map(spatial)
-            self._conv_epilogues[spatial] = with_border_map(row.epilogue, border).to(self.device)
-        ep = self._conv_epilogues[spatial]
+        ep = self.conv_epilogue
         codes = self._quantize(x.reshape(bsz, c, h * w).transpose(1, 2), row)  # NCHW read, NHWC codes
         ho, wo = conv_out_size(spatial, rec)
         y = torch.empty((bsz, rec.out_channels, ho, wo), dtype=out_dtype, device=x.device)

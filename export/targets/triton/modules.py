@@ -189,9 +189,8 @@ class KernelAttnProcessor(nn.Module):
     def attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
         if self.interpreting:
             nq, nk, d = q.shape[1], k.shape[1], q.shape[2]
-            self.core.block = interpreter_blocks(nq, max(nk, d), max(nk, d))  # QK^T: (nq, nk, d); PV: (nq, d, nk)
+            self.core.block = interpreter_blocks(nq, nk, d)[:2]  # streaming: (query rows, keys) per step
             self.core.act_block = (_fit(max(nq, nk), INTERPRETER_CAP_M), _fit(d, INTERPRETER_CAP_NK))
-            self.core.softmax_block = (_fit(q.shape[0] * nq, INTERPRETER_CAP_M // _fit(nk, 1024)), _fit(nk, 1024))
         return self.core(q, k, v).to(q.dtype)  # the recipe carries the scale d^-0.5
 
 

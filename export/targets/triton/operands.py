@@ -15,8 +15,9 @@ the per-group float scales:
   output column the int8 operand zero point, the column sum of the operands and B';
 - `row_launch`: one row block of the plan as one GEMM launch: the activation operands
   `act_quant` writes and the GEMM reads (kernels' `ActOperand` copies, `kernel_act`), and the
-  float epilogue Da*Dw, B'*Da*Dw and the plan's bias; `with_border_map` adds a padded conv's
-  map for one input size.
+  float epilogue Da*Dw, B'*Da*Dw and the plan's bias; `with_border_table` adds a padded conv's
+  border map in the plan's compact form (one (row class, column class) table for every input
+  size: LayerPlan.border_table), laid out as the GEMM's epilogue indexes it.
 """
 from __future__ import annotations
 
@@ -95,7 +96,7 @@ class RowLaunch:
     quant: list[ActOperand]  # what act_quant writes: the row's one operand, or one per channel half
     c_split: int | None  # the channel where the second of two channel halves starts
     gemm: list[ActOperand]  # the operand each K-group's GEMM reads
-    epilogue: Epilogue  # without a border map (that depends on a conv's input size)
+    epilogue: Epilogue  # without a border map (KernelLayer adds a padded conv's table)
 
     def to(self, device) -> "RowLaunch":
         return replace(self, epilogue=self.epilogue.to(device))
@@ -120,11 +121,15 @@ def epilogue(row: RowPlan) -> Epilogue:
     return Epilogue(act_zero, torch.from_numpy(scale.astype(np.float32)), res, bias, None)
 
 
-def with_border_map(ep: Epilogue, border_map: torch.Tensor | None) -> Epilogue:
-    """`ep` plus a conv's (N, *out_spatial) border map, in the kernel's NHWC order (P_out, N)."""
-    if border_map is None:
+def with_border_table(ep: Epilogue, table: torch.Tensor | None) -> Epilogue:
+    """`ep` plus a conv's (N, row classes, column classes) border table (LayerPlan.border_table)
+    as the kernel reads it: (row classes * column classes, N) float32, channels contiguous so a
+    tile of output channels loads one class's values together."""
+    if table is None:
         return ep
-    return replace(ep, map=border_map.reshape(border_map.shape[0], -1).t().contiguous().float())
+    if table.dim() != 3 or table.shape[1] != table.shape[2]:
+        raise ValueError(f"the GEMM takes a 2-D conv's square border table, got {tuple(table.shape)}")
+    return replace(ep, border=table.reshape(table.shape[0], -1).t().contiguous().float())
 
 
 def conv_out_size(in_spatial: tuple[int, int], rec: QLayerRecipe) -> tuple[int, int]:
