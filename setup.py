@@ -34,11 +34,17 @@ setup(
     extras_require={
         # scikit-image: the tiny model's photos (training, held-out crops); triton: kernel tests in its interpreter
         "test": ["pytest>=7", "onnx>=1.16", "onnxruntime>=1.17", "scikit-image>=0.22", "triton>=3.0", "matplotlib>=3.5",
-                 "import-linter>=2.1"],  # lint-imports: the layering contracts in .importlinter
+                 "import-linter>=2.1",  # lint-imports: the layering contracts in .importlinter
+                 "nvidia-pytriton>=0.5", "tritonclient[http,grpc]>=2.40", "ray>=2.9",  # the serve and Ray tests
+                 "openvino>=2025.0", "nncf>=2.14"],  # the openvino target's tests and passion-bench's NNCF INT8 baseline
         "onnx": ["onnx>=1.16", "onnxruntime>=1.17"],  # the onnx export target and its runtime
+        # the openvino target (it lowers through ONNX) and passion-bench's OpenVINO / NNCF INT8 baselines
+        "openvino": ["openvino>=2025.0", "nncf>=2.14", "onnx>=1.16", "onnxruntime>=1.17"],
         "train": ["scikit-image>=0.22"],
         "report": ["matplotlib>=3.5"],  # passion-bench --report charts
         "gpu": ["tensorrt", "pycuda", "onnxruntime-gpu"],
+        # passion-serve (Triton Inference Server via PyTriton, clients via tritonclient), passion-batch (Ray)
+        "serve": ["nvidia-pytriton>=0.5", "tritonclient[http,grpc]>=2.40", "ray>=2.9", "onnxruntime>=1.17"],
     },
     entry_points={
         "console_scripts": [
@@ -48,6 +54,8 @@ setup(
             "passion-export=passion_deploy.cli.export:main",
             "passion-bench=passion_deploy.cli.bench:main",
             "passion-import=passion_deploy.cli.import_passionsr:main",
+            "passion-serve=passion_deploy.cli.serve:main",
+            "passion-batch=passion_deploy.cli.batch:main",
         ]
     },
 )

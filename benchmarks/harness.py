@@ -11,11 +11,25 @@ A trt artifact (GPU with TensorRT; its fixed tile is the input, whatever --vae-s
     trt_int8    the INT8 engines (Q/DQ convs and matmuls, float ops as exported: FP16 by default)
     trt_fp16    the FP16 engines of the same components' float graphs
     torch_fp16  the FP model in PyTorch FP16, captured in CUDA graphs at the same shapes
+An openvino artifact (its Q/DQ graph in OpenVINO's CPU plugin), against what CPU users pick
+(benchmarks/cpu_baselines.py):
+    ov_int8 / ov_dequant   the artifact, in the mode its manifest records
+    fp32_onnx, torch_fp32  as for an onnx artifact
+    ov_fp32     the FP32 graph in OpenVINO, f32;  ov_default  the same at OpenVINO's default
+                precision (bf16 where the CPU has it; not timed twice where that is f32)
+    nncf_int8   NNCF's post-training INT8 of ov_fp32 (default min-max recipe, the same
+                calibration photos as the project's calibration)
 A triton artifact (an FP32 ONNX Runtime baseline would be a CPU number next to a GPU one):
     triton      the diffusers graph with the integer layers on the Triton kernels, CUDA graphs
     torch_fp16  on a GPU: the FP model in PyTorch FP16, captured in CUDA graphs the same way
     torch_fp32  on a CPU, where the kernels run in Triton's interpreter: the record says so,
                 and its timings describe the interpreter, not the kernels
+
+`vs`: another artifact of the same checkpoint (another target) whose own variant is timed in
+the same alternation (passion-bench --vs), e.g. the onnx against the openvino artifact.
+`fidelity`: every variant's output on a real photo's input scored against the FP32 PyTorch
+pipeline's (PSNR as --verify computes it). `sr_px`: full SR at that output size (encoder, tiled
+UNet, decoder, the SR pipeline's default tiling) as one more row, every variant end to end.
 
 Every variant is warmed up, then the variants are timed in alternation (run 1 of each, run 2
 of each, ...) so that load changes on a shared machine hit all of them alike; the median of
@@ -130,12 +144,11 @@ def versions() -> dict:
 
     v = {"passion_deploy": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
          "onnx": onnx.__version__, "numpy": np.__version__, "diffusers": diffusers.__version__}
-    try:
-        import triton
-
-        v["triton"] = triton.__version__
-    except ImportError:
-        pass
+    for name in ("triton", "openvino", "nncf"):  # where installed: the triton and openvino targets, NNCF's baseline
+        try:
+            v[name] = __import__(name).__version__
+        except ImportError:
+            pass
     return v
 
 
@@ -221,25 +234,45 @@ class Baselines:
     runtime's device, or `device`; on a GPU captured in CUDA graphs at the runtime's tile shapes)."""
 
     def __init__(self, rt: ArtifactRuntime, names: list[str], components: list[str], threads: int | None, workdir: Path, log,
-                 device: torch.device | None = None):
+                 device: torch.device | None = None, shapes: dict | None = None, fidelity: bool = False,
+                 sr_px: int | None = None, calib_dir: str | Path | None = None):
         from passion_deploy.export import artifact
         from passion_deploy.export.fp_model import fp_copy
 
-        self.rt, self.names, self.threads, self.dir = rt, names, threads, workdir
+        from .cpu_baselines import OV_BASELINES, OpenVinoBaselines, PhotoData, require
+
+        require(names)
+        self.rt, self.names, self.threads, self.dir = rt, list(names), threads, workdir
         self.device = torch.device(device) if device is not None else rt.device
-        self.fp = self.graphs = None
+        self.fp = self.graphs = self.photos = self.ov = None
         self.onnx_files: dict[str, list[str]] = {}
-        if not names:
+        self.skipped: dict[str, str] = {}
+        if not names and not fidelity and not sr_px:
             return
         m = rt.manifest
         log(f"passion-bench: loading the fake-quant checkpoint for the baselines {', '.join(names)} "
             f"({m['source_checkpoint']['name']})")
         pipe = artifact.load_source_pipeline(m, rt.dir, *rt.source_weights)
-        if "fp32_onnx" in names:
+        ov_names = [n for n in names if n in OV_BASELINES]
+        if "fp32_onnx" in names or ov_names:
             self.onnx_files = self.lower_float(pipe, components, log)
+        fp32 = None
+        if fidelity or sr_px or "nncf_int8" in names:
+            # real-photo inputs, FP32 references and NNCF's calibration data, all computed now on the CPU
+            # in FP32, before the PyTorch baseline may move that pipeline to a GPU or FP16
+            log("passion-bench: FP32 references on real photos (fidelity, calibration)")
+            fp32 = fp_copy(pipe, inplace=True).to("cpu", torch.float32)
+            self.photos = PhotoData(fp32, rt, shapes or {}, calib_dir, sr_px, log)
+            if "nncf_int8" in names:
+                self.photos.calibration("unet")
+        if ov_names:
+            self.ov = OpenVinoBaselines(rt, workdir, threads, self.photos, log)
+            self.skipped = {k: v for k, v in self.ov.skipped().items() if k in names}
+            self.names = [n for n in self.names if n not in self.skipped]
         dtype = next((TORCH_DTYPES[n] for n in names if n in TORCH_DTYPES), None)
         if dtype is not None:
-            self.fp = fp_copy(pipe, inplace=True).to(self.device, dtype)  # the fake-quant model is done with
+            # the fake-quant model is done with: its FP copy is converted in place
+            self.fp = (fp32 if fp32 is not None else fp_copy(pipe, inplace=True)).to(self.device, dtype)
             if self.device.type == "cuda":
                 from passion_deploy.export.cuda_graphs import GraphCache
 
@@ -263,7 +296,10 @@ class Baselines:
 
     def variants(self, comp: str, x: torch.Tensor) -> list[TimingVariant]:
         build = {"fp32_onnx": self.fp32_onnx, "torch_fp32": self.pytorch, "torch_fp16": self.pytorch}
-        return [build[n](n, comp, x) for n in self.names]
+        out = [build[n](n, comp, x) if n in build else self.ov.variant(n, comp, x) for n in self.names]
+        if self.ov is not None:
+            self.ov.release()  # the variants hold what they compile from; the cache need not
+        return out
 
     def fp32_onnx(self, name: str, comp: str, x: torch.Tensor) -> TimingVariant:
         from passion_deploy.export.ort_runtime import session_variant
@@ -300,12 +336,50 @@ def warm_up(v: TimingVariant, runs: int, rec: dict):
     return partial(fn, v.x)
 
 
-def time_component(variants: list[TimingVariant], runs: int, warmup: int, progress: bool, desc: str) -> dict:
-    """{variant: its fields, memory and samples}: each warmed up, then all timed in alternation."""
+def time_component(variants: list[TimingVariant], runs: int, warmup: int, progress: bool, desc: str,
+                   loaded: dict | None = None) -> dict:
+    """{variant: its fields, memory and samples}: each warmed up, then all timed in alternation.
+    `loaded`, when given, receives each variant's loaded function (to score its output after)."""
     rec = {v.name: dict(v.fields) for v in variants}
     calls = {v.name: warm_up(v, warmup, rec[v.name]) for v in variants}
+    for v in variants:  # what a variant learnt while loading (OpenVINO: the precision it compiled to)
+        rec[v.name].update({k: val for k, val in v.fields.items() if k not in rec[v.name]})
     sync = torch.cuda.synchronize if any(v.x.is_cuda for v in variants) else None
     time_alternating(calls, rec, runs, progress, desc, sync)
+    if loaded is not None:
+        loaded.update({name: call.func for name, call in calls.items()})
+    return rec
+
+
+def score_fidelity(variants: list[TimingVariant], fns: dict, rec: dict, x: torch.Tensor, ref: torch.Tensor,
+                   image: bool) -> None:
+    """Each variant's output on the real-photo input x, in dB vs the FP32 PyTorch pipeline's `ref`."""
+    from .cpu_baselines import psnr_db
+
+    with torch.no_grad():
+        for v in variants:
+            rec[v.name]["psnr_vs_fp32_db"] = psnr_db(fns[v.name](x.to(v.x.device, v.x.dtype)), ref, image)
+
+
+def time_full_sr(groups: dict[str, dict], rt: ArtifactRuntime, photos, runs: int, warmup: int, progress: bool) -> dict:
+    """Full SR of the fidelity photo, every variant end to end (its three components loaded at
+    once, the SR pipeline's default tiling), alternating; `groups`: variant -> {component: TimingVariant}."""
+    from .cpu_baselines import ComposedSR, psnr_db
+
+    rec = {name: {} for name in groups}
+    calls, outs = {}, {}
+    for name, vs in groups.items():
+        with torch.no_grad(), PeakRSS() as mem:
+            sr = ComposedSR(rt, {c: v.load() for c, v in vs.items()}, vs)
+            call = partial(photos.super_resolve, sr)
+            for _ in range(max(warmup, 1)):  # at least once: the output is scored, OpenVINO compiles each tile shape
+                outs[name] = call()
+        rec[name]["load_and_warmup_rss_increase_bytes"] = mem.increase
+        rec[name]["psnr_vs_fp32_db"] = psnr_db(outs[name], photos.sr_ref, image=True)
+        for v in vs.values():
+            rec[name].update({k: val for k, val in v.fields.items() if k not in rec[name] and "bytes" not in k})
+        calls[name] = call
+    time_alternating(calls, rec, runs, progress, "bench full SR")
     return rec
 
 
@@ -326,10 +400,13 @@ def result_line(comp: str, rec: dict, speed: dict) -> str:
 def run_benchmark(model_dir: str | Path, components: list[str] | None = None, runs: int = 5, warmup: int = 1,
                   vae_px: int | None = None, threads: int | None = None, torch_eager: bool = True,
                   progress: bool = True, log=print, timing_only_isa: bool = False, memory: bool = True,
-                  weights: str | Path | None = None, lora: str | Path | None = None, device=None) -> dict:
+                  weights: str | Path | None = None, lora: str | Path | None = None, device=None,
+                  vs: str | Path | None = None, fidelity: bool = False, sr_px: int | None = None,
+                  calib_dir: str | Path | None = None) -> dict:
     """passion-bench's record. `weights` / `lora`: the FP weights of a source checkpoint saved
     without them (the baselines are built from it); `device`: where the PyTorch baseline runs
-    (default: where the artifact runs)."""
+    (default: where the artifact runs); `vs`, `fidelity`, `sr_px`: see the module docstring;
+    `calib_dir`: NNCF's calibration images instead of the checkpoint's own calibration photos."""
     if runs < 5:
         raise ValueError("--runs must be at least 5 (the median of fewer runs is not reported)")
     if threads:
@@ -341,28 +418,83 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
     missing = [c for c in components if c not in m["components"]]
     if missing:
         raise ValueError(f"{model_dir}: the artifact has no {missing[0]} component")
+    other = open_other(vs, rt, components, threads, timing_only_isa, log) if vs else None
+    if sr_px and set(m["components"]) != {"unet", "vae_encoder", "vae_decoder"}:
+        raise ValueError(f"{model_dir}: full SR (--sr-size) needs an artifact with all three components")
+    if sr_px and sr_px % (4 * rt.size_multiple):
+        raise ValueError(f"--sr-size {sr_px} must be a multiple of {4 * rt.size_multiple} (4x an LR the model takes)")
     # before any warm-up: importing ONNX Runtime (versions) is the process's cost, not the first variant's
     machine, installed = machine_info(gpu=rt.device.type == "cuda"), versions()
     inputs = bench_inputs(rt, vae_px)
     names = [n for n in rt.timing_baselines if torch_eager or n not in TORCH_DTYPES]
     results, art = {}, None
+    sr_comps = ("vae_encoder", "unet", "vae_decoder") if sr_px else ()
     with tempfile.TemporaryDirectory(prefix="passion-bench-") as tmp:
-        baselines = Baselines(rt, names, components, threads, Path(tmp), log, device)
+        baselines = Baselines(rt, names, sorted(set(components) | set(sr_comps)), threads, Path(tmp), log, device,
+                              {c: tuple(inputs[c][1].shape) for c in components}, fidelity, sr_px, calib_dir)
+        photos = baselines.photos
+
+        def variants_of(comp: str, x: torch.Tensor) -> list:
+            own = rt.timing_variants(comp, x)
+            return own + (other.timing_variants(comp, x)[:1] if other is not None else []) + baselines.variants(comp, x)
+
         for comp in components:
             name, x = inputs[comp]
-            variants = rt.timing_variants(comp, x) + baselines.variants(comp, x)
+            variants = variants_of(comp, x)
             art = variants[0].name  # the artifact's own: speed-ups are against it
-            rec = time_component(variants, runs, warmup, progress, f"bench {comp}")
+            fns: dict = {}
+            rec = time_component(variants, runs, warmup, progress, f"bench {comp}", fns)
+            if fidelity:
+                score_fidelity(variants, fns, rec, photos.inputs[comp], photos.refs[comp], component(comp).output_is_image)
+            del fns
             if memory:
                 probe_onnx_files(rt, comp, x, variants, rec, threads, Path(tmp))
             speed = speedups(rec, art)
             results[comp] = {"input": {name: list(x.shape)}, "variants": rec, "speedup": speed,
                              "ir_vs_fp32_bytes": m["components"][comp]["ir_vs_fp32"]}
             log(result_line(comp, rec, speed))
+        if sr_px:
+            groups: dict[str, dict] = {}
+            for comp in sr_comps:
+                for v in variants_of(comp, inputs[comp][1]):
+                    groups.setdefault(v.name, {})[comp] = v
+            art = next(iter(groups))
+            rec = time_full_sr(groups, rt, photos, runs, warmup, progress)
+            speed = speedups(rec, art)
+            results[f"sr_{sr_px}px"] = {"input": {"lr": list(photos.sr_lr[None].shape)}, "output_px": sr_px,
+                                        "variants": rec, "speedup": speed}
+            log(result_line(f"SR {sr_px} px", rec, speed))
     machine["load_average_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    extra = {}
+    if other is not None:
+        extra["vs"] = {"model_dir": str(vs), "target": other.manifest["target"], **other.timing_record()}
+    if baselines.skipped:
+        extra["baselines_not_timed"] = baselines.skipped
+    if fidelity:
+        extra["fidelity"] = {"photo": FIDELITY_NOTE, "reference": "the FP32 PyTorch pipeline (the checkpoint's FP weights)"}
     return {"model_dir": str(model_dir), "target": m["target"], "artifact_variant": art,
             "source_checkpoint": m["source_checkpoint"], "quant_config": m["quant_config_name"], **rt.timing_record(),
             "machine": machine, "versions": installed,
             "settings": {"runs": runs, "warmup": warmup, **rt.timing_settings(),
                          "order": "variants alternate within each run"},
-            "components": results}
+            **extra, "components": results}
+
+
+FIDELITY_NOTE = ("the held-out photo 'coffee': its centre square at each timed shape (the encoder's image, the FP32 "
+                 "encoder's latent for the UNet, the FP32 z0 for the decoder), PSNR as --verify computes it")
+
+
+def open_other(vs, rt: ArtifactRuntime, components: list[str], threads, timing_only_isa: bool, log) -> ArtifactRuntime:
+    """The --vs artifact: another target's export of the same checkpoint at the same tile."""
+    other = open_for_timing(vs, threads, timing_only_isa, log)
+    a, b = rt.manifest, other.manifest
+    if a["source_checkpoint"]["sha256"] != b["source_checkpoint"]["sha256"] or tuple(rt.latent_tile) != tuple(other.latent_tile):
+        raise ValueError(f"--vs {vs}: exported from a different checkpoint or tile than {rt.dir}; compare exports of one checkpoint")
+    if a["target"] == b["target"]:
+        raise ValueError(f"--vs {vs}: both artifacts are {a['target']!r} exports, whose variants share a name; "
+                         "compare artifacts of two targets")
+    missing = [c for c in components if c not in b["components"]]
+    if missing:
+        raise ValueError(f"--vs {vs}: the artifact has no {missing[0]} component")
+    other.source_weights = rt.source_weights
+    return other

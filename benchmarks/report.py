@@ -28,6 +28,16 @@ def _load(v) -> str:
     return ", ".join(f"{x:.2f}" for x in v) if isinstance(v, (list, tuple)) else str(v)
 
 
+def variant_name(var: str, r: dict) -> str:
+    """A row's variant: its label, and for OpenVINO the precision it really compiled to where that is
+    not f32 (OpenVINO's default is bf16 on CPUs with bf16), or the recipe's calibration for NNCF."""
+    name = label(var)
+    ran = (r.get("ov_compiled") or {}).get("precision")
+    if ran and (ran != "f32" or var == "ov_default"):
+        name += f" ({ran})"
+    return name
+
+
 def machine_line(rec: dict) -> str:
     m = rec.get("machine", {})
     flags_d = m.get("cpu_flags") or {}
@@ -64,25 +74,38 @@ def markdown(rec: dict) -> str:
     ]
     if s.get("note"):
         lines.append(f"- **{s['note']}**")
+    for var, why in (rec.get("baselines_not_timed") or {}).items():
+        lines.append(f"- {label(var)}: not timed, {why}")
+    if rec.get("vs"):
+        lines.append(f"- also timed, alternating with the rest: `{rec['vs'].get('model_dir')}` ({rec['vs'].get('runtime', rec['vs'].get('target'))})")
+    if rec.get("fidelity"):
+        lines.append(f"- dB vs FP32: each variant's output against {rec['fidelity'].get('reference', 'FP32')}, on "
+                     f"{rec['fidelity'].get('photo', 'a photo')}")
+    if s.get("cpu_check_skipped_outputs_invalid"):
+        lines.append("- **timing only**: this OpenVINO int8 artifact's kernels saturate on this CPU without VNNI; its "
+                     "outputs are wrong here and only its latency is meaningful")
     if s.get("isa_check_skipped_outputs_invalid"):
         lines.append("- **timing only**: this int8-everywhere (vnni) artifact saturates int16 on this CPU without "
                      "VNNI; its outputs are wrong here and only its latency is meaningful (the int8 GEMMs run faster still with VNNI)")
+    # the fidelity column only where the record has it (records before it render as they did)
+    fid = any("psnr_vs_fp32_db" in r for c in rec["components"].values() for r in c["variants"].values())
     lines += [
         "",
-        "| component | input | variant | median ms | min-max ms | variant ms / artifact ms | weights on disk MB | peak RSS MB, own process | load+warm-up RSS MB, in-process |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| component | input | variant | median ms | min-max ms | variant ms / artifact ms | weights on disk MB | peak RSS MB, own process | load+warm-up RSS MB, in-process |"
+        + (" dB vs FP32 |" if fid else ""),
+        "|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if fid else ""),
     ]
     for comp, c in rec["components"].items():
         shape = "x".join(str(d) for d in next(iter(c.get("input", {"": []}).values()), []))
         base = c["variants"].get(art, {}).get("median_s")
         for var, r in c["variants"].items():
             sp = (f"{r['median_s'] / base:.2f}x" if base and isinstance(r.get("median_s"), (int, float)) else "-")
-            disk = r.get("weight_bytes_on_disk", r.get("weight_bytes_in_memory"))
+            disk = r.get("weight_bytes_on_disk", r.get("weight_bytes_in_memory", r.get("weight_bytes_in_model")))
             sub = r.get("subprocess_memory") if isinstance(r.get("subprocess_memory"), dict) else {}
-            lines.append(f"| {comp} | {shape} | {label(var)} | {_ms(r, 'median_s')} | "
+            lines.append(f"| {comp} | {shape} | {variant_name(var, r)} | {_ms(r, 'median_s')} | "
                          f"{_ms(r, 'min_s')}-{_ms(r, 'max_s')} | {sp} | {_mb(disk)} | "
                          f"{_mb(sub.get('peak_rss_bytes'))} | "
-                         f"{_mb(r.get('load_and_warmup_rss_increase_bytes'))} |")
+                         f"{_mb(r.get('load_and_warmup_rss_increase_bytes'))} |" + (f" {r.get('psnr_vs_fp32_db', '-')} |" if fid else ""))
     ratios = ", ".join(f"{k} {c['ir_vs_fp32_bytes']:.3f}x" for k, c in rec["components"].items() if "ir_vs_fp32_bytes" in c)
     lines += ["", "Speed-up = variant median / artifact median. PyTorch weights are its float parameters in memory.",
               "Peak RSS, own process: the model loaded and run once in a fresh process (includes ~100 MB of "

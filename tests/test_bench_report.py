@@ -367,7 +367,7 @@ def test_a_trt_artifact_without_engines_is_refused_in_one_sentence(tmp_path, cap
     assert bench_cli.main(["--model", str(d), "--runs", "5", "--no-progress"]) == 2
     assert capsys.readouterr().err.splitlines() == [
         f"passion-bench: {d}: a trt artifact is benchmarked through its engines, but it has no engines; its Q/DQ ONNX "
-        "runs in ONNX Runtime only to check the graph (dequantized float ops), which says nothing about TensorRT's speed"]
+        "runs in ONNX Runtime only to check the graph, which says nothing about TensorRT's speed"]
 
 
 def test_timing_only_times_a_vnni_artifact_on_a_cpu_without_vnni(tmp_path, capsys, monkeypatch):

@@ -45,7 +45,7 @@ def echo_registered(monkeypatch):
 
 
 def test_registry_lists_the_targets_and_refuses_unknown_ones_by_name():
-    assert targets.target_names() == ("onnx", "triton", "trt")
+    assert targets.target_names() == ("onnx", "openvino", "triton", "trt")
     assert {targets.get_target(n).name for n in targets.target_names()} == set(targets.target_names())
     with pytest.raises(artifact.ArtifactError, match="target 'tflite' has no implementation"):
         targets.get_target("tflite")

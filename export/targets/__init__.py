@@ -20,6 +20,7 @@ from .. import artifact
 
 REGISTRY = {
     "onnx": "passion_deploy.export.targets.onnx",  # integer ONNX for ONNX Runtime's CPU int8 kernels
+    "openvino": "passion_deploy.export.targets.openvino",  # OpenVINO IR of the Q/DQ graph for its CPU plugin
     "triton": "passion_deploy.export.targets.triton",  # packed IR run by the Triton kernels (GPU)
     "trt": "passion_deploy.export.targets.trt",  # explicit Q/DQ ONNX -> TensorRT engines (GPU)
 }

@@ -1,5 +1,7 @@
 """passion-bench: latency and memory of an exported artifact vs its float baselines (FP32 ONNX
-Runtime and PyTorch; on a GPU PyTorch FP16 and, for a trt artifact, its FP16 engines);
+Runtime and PyTorch; for an openvino artifact also OpenVINO FP32, OpenVINO's default precision and
+NNCF's post-training INT8; on a GPU PyTorch FP16 and, for a trt artifact, its FP16 engines), each
+variant's fidelity vs FP32 on a real photo, optionally full SR end to end (--sr-size);
 --report writes Markdown with PNG charts (also from a saved record: --from-json)."""
 from __future__ import annotations
 
@@ -32,6 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time an --isa vnni artifact on a CPU without VNNI (its int8 GEMMs saturate there: timings "
                         "only, outputs invalid; recorded in the JSON)")
     p.add_argument("--no-memory", action="store_true", help="skip the per-model peak-memory probes (fresh processes)")
+    p.add_argument("--vs", metavar="DIR", help="another target's artifact of the same checkpoint, its own variant timed in the "
+                                                "same alternation (e.g. --model build/ov --vs build/tiny: OpenVINO vs ONNX Runtime)")
+    p.add_argument("--sr-size", type=int, metavar="PX",
+                   help="also time full SR to a PX x PX output (encoder + tiled UNet + decoder, every variant end to end; "
+                        "needs all three components)")
+    p.add_argument("--no-fidelity", action="store_true",
+                   help="skip scoring each variant's output on a real photo against the FP32 PyTorch pipeline (dB vs FP32)")
+    p.add_argument("--calib-images", metavar="DIR",
+                   help="calibration images for the NNCF INT8 baseline (HR images, or lr/ + hr/; default: the photos the "
+                        "project's own calibration of the checkpoint uses)")
     p.add_argument("--device", help="where the PyTorch baseline runs: auto, cpu, cuda or cuda:N (default: where the "
                                      "artifact runs)")
     p.add_argument("--weights", help="FP weights of a source checkpoint saved without them (the baselines are built from it)")
@@ -67,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                                 torch_eager=not args.no_torch, progress=not args.no_progress,
                                 timing_only_isa=args.timing_only, memory=not args.no_memory,
                                 weights=args.weights, lora=args.lora,
-                                device=resolve_device(args.device) if args.device else None)
+                                device=resolve_device(args.device) if args.device else None,
+                                vs=args.vs, fidelity=not args.no_fidelity, sr_px=args.sr_size, calib_dir=args.calib_images)
         except (CheckpointError, ValueError, OSError) as e:
             print(f"passion-bench: {e}", file=sys.stderr)
             return 2

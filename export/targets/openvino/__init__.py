@@ -1,0 +1,129 @@
+"""The openvino target: the rule-checked Q/DQ graph the trt target writes (export/qdq: one graph,
+two engines), converted to OpenVINO IR (`<component>.xml` + `.bin`, int8 weights kept) and run by
+OpenVINO's CPU plugin (runtime.OpenVinoSR), always with an explicit inference precision.
+
+Two ways the CPU plugin can run that graph (`--ov-mode`), measured on this project's CPUs:
+
+    int8     OpenVINO's low-precision transformations turn every Q/DQ Conv/Gemm/MatMul into an
+             int8 primitive (u8 activations, i8 weights). Exact on CPUs with VNNI (spec section
+             6: tiny-w8a8 UNet 57.7, encoder 68.4, decoder 55.6 dB vs the Q/DQ graph). Without
+             VNNI the kernels add u8 x i8 products in pairs in int16 with saturation
+             (vpmaddubsw): a single Q/DQ conv with 8-bit weight codes is off by up to 5.6e4
+             codes, one with codes inside [-64, 63] is exact, and Gemm (jit_gemm_i8) differs
+             even then; --verify of tiny-w8a8 gives 34.0 / 12.4 / 11.0 dB vs fake-quant (UNet /
+             encoder / decoder; tiny-w6a6, 8-bit first and last layers: 47.3 / 17.0 / 39.0) on
+             an AVX2 EPYC. Refused on such CPUs.
+    dequant  the low-precision transformations off (the CPU plugin's LP_TRANSFORMS_MODE=NO) and
+             each activation Q/DQ pair written out as Div -> Round -> Clip -> Mul (convert.py
+             says why): the rounding in f32, convs and matmuls in f32 on the dequantized int8
+             weights (Gemm weights stay int8 in memory, decompressed inside the kernel). The
+             fake-quant computation itself, so exact on every x86 CPU: --verify 58.3 / 68.3 /
+             55.8 dB (tiny-w8a8; end to end 49.4) on the same CPU, at f32 speed.
+
+`auto` (the default) takes int8 where the CPU has VNNI and dequant elsewhere, and says which.
+The manifest records the mode, the precision and the CPU it was exported on; the runtime
+refuses an int8 artifact on a CPU without VNNI, by name, as the onnx target refuses --isa vnni.
+"""
+from __future__ import annotations
+
+from ... import artifact
+from ...ir.trace import ExportError
+from .. import Target
+
+MODES = ("int8", "dequant")
+PRECISIONS = ("f32", "bf16")
+DEFAULTS = {"mode": "auto", "precision": "f32"}
+INSTALL_HINT = "pip install 'passion-deploy[openvino]'"
+MISSING = f"the openvino target needs OpenVINO, which is not installed here: {INSTALL_HINT}"
+# why int8 is refused without VNNI, in the words both the exporter and the runtime use
+SATURATES = ("OpenVINO's int8 kernels add 8-bit products in pairs in int16 with saturation on a CPU without VNNI "
+             "(measured: wrong by up to 5.6e4 codes on one conv)")
+
+
+def openvino_missing() -> bool:
+    try:
+        import openvino  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+def resolve_mode(mode: str) -> tuple[str, str]:
+    """(mode, why): auto picks int8 where the CPU has VNNI and dequant elsewhere; an explicit int8
+    on a CPU without VNNI is refused, since --verify could only measure its saturation here."""
+    vnni = artifact.cpu_has_vnni()
+    if mode == "auto":
+        return ("int8", "auto: this CPU has VNNI") if vnni else (
+            "dequant", "auto: this CPU has no VNNI, where OpenVINO's int8 kernels saturate")
+    if mode not in MODES:
+        raise ExportError(f"--ov-mode {mode!r}: choose auto, int8 or dequant")
+    if mode == "int8" and not vnni:
+        raise ExportError(f"--ov-mode int8 is not exact on this CPU: {SATURATES}; use --ov-mode dequant (exact on "
+                          "every x86 CPU) or auto, or export on a CPU with VNNI")
+    return mode, "asked for"
+
+
+class OpenVinoTarget(Target):
+    name = "openvino"
+    help = "OpenVINO IR of the Q/DQ graph for OpenVINO's CPU plugin"
+
+    def add_arguments(self, parser) -> None:
+        g = parser.add_argument_group("openvino target")
+        g.add_argument("--ov-mode", default="auto", choices=["auto", *MODES],
+                       help="int8: OpenVINO's int8 primitives (fast; exact only on CPUs with VNNI, refused elsewhere); "
+                            "dequant: Q/DQ rounding in f32 around f32 convs/matmuls (exact on every x86 CPU); auto "
+                            "(default): int8 where this CPU has VNNI, else dequant")
+        g.add_argument("--ov-precision", default="f32", choices=list(PRECISIONS),
+                       help="OpenVINO's inference precision for the float ops, set explicitly (default f32: exact); bf16 "
+                            "is OpenVINO's own default on CPUs with bf16, faster there and judged by --verify like any "
+                            "other setting (on a CPU without bf16 OpenVINO runs f32 and the manifest says so)")
+
+    def options_from_args(self, args) -> dict:
+        return {"mode": args.ov_mode, "precision": args.ov_precision}
+
+    def resolve_options(self, options: dict) -> dict:
+        unknown = sorted(set(options) - set(DEFAULTS))
+        if unknown:
+            raise ExportError(f"the openvino target has no option {unknown[0]!r}")
+        opts = {**DEFAULTS, **options}
+        if openvino_missing():
+            raise ExportError(MISSING)
+        if opts["precision"] not in PRECISIONS:
+            raise ExportError(f"--ov-precision {opts['precision']!r}: choose f32 or bf16")
+        mode, why = resolve_mode(opts["mode"])
+        return {"mode": mode, "mode_chosen": why, "precision": opts["precision"]}
+
+    def write_component(self, job, name: str, graph) -> tuple[list[str], dict]:
+        from .convert import write_openvino_ir
+
+        return write_openvino_ir(job, name, graph)
+
+    def manifest_fields(self, job) -> dict:
+        from .ovcore import cpu_info, openvino_version
+
+        o = job.options
+        return {"openvino": {"version": openvino_version(), "mode": o["mode"], "mode_chosen": o["mode_chosen"],
+                             "precision": o["precision"], "exact_on": "CPUs with VNNI" if o["mode"] == "int8" else "every x86 CPU",
+                             "exported_on": cpu_info()}}
+
+    def summary(self, manifest: dict) -> str:
+        o = manifest["openvino"]
+        kernels = "int8 kernels" if o["mode"] == "int8" else "dequant mode (Q/DQ in f32, exact without VNNI)"
+        return f"openvino {o['version'].split('-')[0]}, {kernels} ({o['mode_chosen']}), {o['precision']} precision"
+
+    def report_lines(self, manifest: dict) -> list[str]:
+        return [f"  {comp:12s} OpenVINO IR {c['openvino_bytes'] / 1e6:.2f} MB (int8 weights {c['openvino_int8_weight_bytes'] / 1e6:.2f} MB), "
+                f"{c['qdq_integer_ops']} Q/DQ convs/matmuls" for comp, c in manifest["components"].items()]
+
+    def open(self, model_dir, **kwargs):
+        from .runtime import OpenVinoSR
+
+        return OpenVinoSR(model_dir, **kwargs)
+
+    def open_for_timing(self, model_dir, threads=None, timing_only_isa=False):
+        from .runtime import open_for_timing
+
+        return open_for_timing(model_dir, threads, timing_only_isa)
+
+
+TARGET = OpenVinoTarget()

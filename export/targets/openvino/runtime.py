@@ -1,0 +1,131 @@
+"""Run an openvino artifact: its OpenVINO IR in the CPU plugin, in the mode and precision the
+manifest records (targets/openvino/__init__.py), checked against the CPU at hand on load.
+
+An int8 artifact is refused on a CPU without VNNI (its int8 kernels saturate there); every
+compiled model is checked to run the precision the artifact was verified in, and a dequant one
+to hold no int8 primitive (ovcore.check_compiled). Batches run one tile at a time, as the
+graphs are exported at batch 1; the VAE runs at any size (one compiled model per size).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ... import artifact
+from ...runtime import ArtifactRuntime, TimingVariant
+from . import MISSING, SATURATES, openvino_missing
+
+
+def check_cpu(m: dict, where: str) -> None:
+    """The CPU check of the module docstring (the manifest's mode against this CPU's VNNI)."""
+    if m["openvino"]["mode"] == "int8" and not artifact.cpu_has_vnni():
+        raise artifact.ArtifactError(f"{where}: exported with --ov-mode int8, which is not exact on this CPU: {SATURATES}; "
+                                     "re-export it here with --ov-mode dequant (or auto)")
+
+
+class OpenVinoSR(ArtifactRuntime):
+    backend = "openvino"
+    target = "openvino"
+
+    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, check_isa: bool = True, **_):
+        super().__init__(model_dir)
+        if openvino_missing():
+            raise artifact.ArtifactError(f"{self.dir}: {MISSING}")
+        if check_isa:
+            check_cpu(self.manifest, str(self.dir))
+        from . import ovcore
+
+        o = self.manifest["openvino"]
+        self.mode, self.precision, self.threads = o["mode"], o["precision"], threads
+        self.config = ovcore.compile_config(self.precision, self.mode, threads)
+        self.models = {}  # component -> ovcore.StaticModels, read on first use
+
+    def static_models(self, name: str):
+        from . import ovcore
+
+        if name not in self.models:
+            xml = self.dir / self.manifest["components"][name]["openvino_xml"]
+            self.models[name] = ovcore.StaticModels(
+                ovcore.core().read_model(str(xml)), self.config,
+                lambda c: ovcore.check_compiled(c, self.mode, self.precision, f"{self.dir}: {name}"))
+        return self.models[name]
+
+    @property
+    def description(self) -> str:
+        o = self.manifest["openvino"]
+        found = [f"{c} {m.found['int8_primitives']}/{m.found['convs_and_matmuls']} int8"
+                 for c, m in self.models.items() if m.found]
+        ran = {m.found["precision"] for m in self.models.values() if m.found}
+        prec = self.precision if not ran or ran == {self.precision} else f"{self.precision} asked, {'/'.join(sorted(ran))} ran"
+        kernels = "int8 kernels" if self.mode == "int8" else "dequant mode (Q/DQ rounding in f32, f32 convs/matmuls)"
+        return (f"OpenVINO {o['version'].split('-')[0]} CPU, {kernels}, {prec} precision, {self.manifest['quant_config_name']} "
+                f"from {self.dir} [{', '.join(found) if found else ', '.join(self.components)}]")
+
+    def feeds(self, name: str, x: np.ndarray) -> dict:
+        return {self.main_input(name): np.ascontiguousarray(x, np.float32), **self.constant_feeds(name)}
+
+    def artifact_fn(self, name: str):
+        models = self.static_models(name)
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            xs = x.detach().float().cpu().numpy()
+            return torch.from_numpy(np.concatenate([models(self.feeds(name, xs[i:i + 1])) for i in range(xs.shape[0])]))
+        return run
+
+    def run_with_layers(self, name: str, x: torch.Tensor, layers: list[str]):
+        """The component's output on x and the named quantized layers' outputs: the IR lowered to
+        the same Q/DQ graph with those values as extra outputs, converted for the artifact's mode
+        and compiled with its settings (a separate model: the artifact runs unchanged)."""
+        import tempfile
+
+        from ...ir.irfile import load_ir
+        from ...onnx_graph import PROBE_PREFIX
+        from ...qdq.lower import lower_graph_qdq
+        from . import ovcore
+        from .convert import convert
+
+        g = load_ir(self.dir / self.manifest["components"][name]["ir"])
+        value = {n.name: n.outputs[0] for n in g.nodes if n.name in layers}
+        with tempfile.TemporaryDirectory(prefix="passion-ov-probes-") as tmp:
+            model = convert(lower_graph_qdq(g, probes=[value[n] for n in layers]), self.mode, Path(tmp), "probes")
+        feeds = self.feeds(name, x.detach().float().cpu().numpy())
+        probe = ovcore.StaticModels(model, self.config, lambda c: ovcore.check_compiled(c, self.mode, self.precision, str(self.dir)))
+        res = probe.get(feeds)(feeds)
+        outs = {n: np.asarray(res[PROBE_PREFIX + value[n]]) for n in layers}
+        return self.run(name, x), outs
+
+    # -- passion-bench --------------------------------------------------------------------------
+    # ORT FP32 and PyTorch FP32 as for every CPU artifact, and what a CPU user of OpenVINO picks
+    timing_baselines = ("fp32_onnx", "ov_fp32", "ov_default", "nncf_int8", "torch_fp32")
+
+    @property
+    def variant_name(self) -> str:
+        return f"ov_{self.mode}"
+
+    def timing_variants(self, name: str, x: torch.Tensor) -> list[TimingVariant]:
+        c = self.manifest["components"][name]
+
+        def load():
+            fn = self.artifact_fn(name)
+            fn(x)  # compiles for x's shape here, inside the warm-up's memory sampling
+            return fn
+        return [TimingVariant(self.variant_name, load, x, {"weight_bytes_on_disk": c["openvino_bytes"],
+                                                           "ir_bytes_on_disk": c["ir_file_bytes"]})]
+
+    def timing_record(self) -> dict:
+        return {"runtime": self.description, "openvino": self.manifest["openvino"]}
+
+    def timing_settings(self) -> dict:
+        found = {c: m.found for c, m in self.models.items() if m.found}
+        return {"ov_inference_num_threads": self.threads or "default", "ov_mode": self.mode, "ov_precision": self.precision,
+                "ov_compiled": found,
+                "cpu_check_skipped_outputs_invalid": self.mode == "int8" and not artifact.cpu_has_vnni()}
+
+
+def open_for_timing(model_dir: str | os.PathLike, threads: int | None = None, timing_only_isa: bool = False) -> OpenVinoSR:
+    """passion-bench's way in; timing_only_isa opens an int8 artifact on a CPU without VNNI, where
+    its kernels saturate: its timing is meaningful, its outputs are not (the record says so)."""
+    return OpenVinoSR(model_dir, threads, check_isa=not timing_only_isa)

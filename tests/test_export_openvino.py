@@ -1,0 +1,266 @@
+"""The openvino target: the Q/DQ graph as OpenVINO IR with int8 weights, compiled in f32 unless bf16
+is asked for, exact on the CPU at hand or refused (int8 kernels saturate without VNNI), verified
+on the bundled checkpoints, and benchmarked against OpenVINO FP32 and NNCF INT8."""
+import io
+import json
+import sys
+from contextlib import redirect_stderr
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+ov = pytest.importorskip("openvino")
+
+from passion_deploy.cli import bench as bench_cli  # noqa: E402
+from passion_deploy.cli import export as export_cli  # noqa: E402
+from passion_deploy.export import artifact  # noqa: E402
+from passion_deploy.export.ir.trace import ExportError  # noqa: E402
+from passion_deploy.export.targets import open_artifact  # noqa: E402
+from passion_deploy.export.targets import openvino as ov_target  # noqa: E402
+from passion_deploy.export.targets.openvino import ovcore  # noqa: E402
+from passion_deploy.export.targets.openvino.runtime import OpenVinoSR  # noqa: E402
+
+VNNI = artifact.cpu_has_vnni()
+
+
+def _export(out, *args):
+    err = io.StringIO()
+    with redirect_stderr(err):
+        rc = export_cli.main(["--target", "openvino", "--out", str(out), "--no-progress", "--bench-runs", "0", *args])
+    return rc, err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def w8a8(tmp_path_factory):
+    """The Done-when command, on this CPU: passion-export --ckpt tiny-w8a8 --target openvino --verify."""
+    out = tmp_path_factory.mktemp("ov") / "w8a8"
+    rc, err = _export(out, "--ckpt", "tiny-w8a8", "--verify", "--probes", "1")
+    return out, rc, err
+
+
+def test_tiny_w8a8_exports_verifies_and_records_the_mode_this_cpu_needs(w8a8):
+    out, rc, err = w8a8
+    assert rc == 0, err
+    m = artifact.read_manifest(out)
+    o = m["openvino"]
+    assert m["target"] == "openvino" and o["precision"] == "f32"
+    assert o["mode"] == ("int8" if VNNI else "dequant") and o["mode_chosen"].startswith("auto: this CPU has")
+    assert o["exported_on"]["vnni"] == VNNI
+    for comp, c in m["components"].items():
+        assert {c["openvino_xml"], c["openvino_bin"], c["ir"]} <= set(m["files"])  # sealed like every file
+        assert c["qdq_integer_ops"] > 0 and c["openvino_int8_weight_bytes"] > 0
+    # the weights stay int8 in the .bin: the UNet's i8 constants hold its packed-weight bytes (not fp16/fp32 copies)
+    model = ov.Core().read_model(str(out / m["components"]["unet"]["openvino_xml"]))
+    i8 = sum(op.get_byte_size() for op in model.get_ops()
+             if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8)
+    assert i8 >= m["components"]["unet"]["packed_weight_bytes"]
+    assert not any(op.get_element_type() == ov.Type.f16 for op in model.get_ops() if op.get_type_name() == "Constant")
+    assert m["components"]["unet"]["input_shapes"]["latent"] == [1, 4] + m["pipeline"]["latent_tile"]
+    assert m["components"]["vae_decoder"]["input_shapes"]["latent"] == [1, 4, None, None]
+    report = json.loads((out / "verify.json").read_text())
+    assert report["passed"] and report["target"] == "openvino"
+    assert all(r["psnr_vs_fakequant_db"] >= 45 for r in report["components"].values())
+    assert ("dequant mode" in report["runtime"]) != VNNI
+
+
+def test_tiny_w6a6_verifies(tmp_path):
+    """W6A6's first and last layers are 8-bit (where int8 kernels break without VNNI), and its 6-bit
+    codes make the decoder the component most sensitive to a code rounded the other way (44.99 dB
+    with OpenVINO's own FakeQuantize rounding, see convert.explicit_rounding)."""
+    rc, err = _export(tmp_path / "w6", "--ckpt", "tiny-w6a6", "--components", "vae_encoder,vae_decoder", "--verify",
+                      "--probes", "1")
+    assert rc == 0, err
+    report = json.loads((tmp_path / "w6" / "verify.json").read_text())
+    assert report["passed"] and all(r["psnr_vs_fakequant_db"] >= 45 for r in report["components"].values())
+
+
+def test_the_runtime_compiles_f32_and_runs_the_vae_at_any_size(w8a8):
+    rt = open_artifact(w8a8[0])
+    assert isinstance(rt, OpenVinoSR) and rt.config["INFERENCE_PRECISION_HINT"] == "f32"
+    assert ("LP_TRANSFORMS_MODE" in rt.config) == (rt.mode == "dequant")
+    th, tw = rt.latent_tile
+    for hw in ((th, tw), (th // 2, tw)):
+        img = rt.decode(torch.randn(1, 4, *hw))
+        assert img.shape == (1, 3, hw[0] * rt.vae_factor, hw[1] * rt.vae_factor)
+    found = rt.models["vae_decoder"].found
+    assert len(rt.models["vae_decoder"].compiled) == 2 and found["precision"] == "f32"
+    assert (found["int8_primitives"] == 0) == (rt.mode == "dequant")
+    with pytest.raises(ValueError, match="latent tiles"):
+        rt.unet_eps(torch.randn(1, 4, th // 2, tw))
+
+
+# -- exactness: measured on a single Q/DQ conv, then the refusals built on it ----------------------
+
+def test_dequant_mode_rounds_activations_as_onnx_quantizelinear_does(tmp_path):
+    """OpenVINO's FakeQuantize (what it makes of a Q/DQ pair) multiplies by 1/scale; the written-out
+    Div -> Round of the dequant IR divides, as QuantizeLinear in ONNX Runtime: the same codes."""
+    import onnxruntime as ort
+
+    from passion_deploy.export.onnx_graph import save_onnx
+    from passion_deploy.export.targets.openvino.convert import convert
+
+    s, c = 0.0173, 0.0519
+    inits = [numpy_helper.from_array(np.float32(s), "s"), numpy_helper.from_array(np.int8(0), "z"),
+             numpy_helper.from_array(np.float32(c), "c")]
+    nodes = [helper.make_node("Sub", ["x", "c"], ["xs"]), helper.make_node("QuantizeLinear", ["xs", "s", "z"], ["q"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 400000])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    qdq = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1, 400000)) * 0.5).astype(np.float32)
+    x[0, :100000] = ((rng.integers(-140, 140, 100000) + 0.5) * s + c).astype(np.float32)  # half steps, saturation
+    save_onnx(qdq, tmp_path, "qdq")
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.disable_quant_qdq", "1")
+    ref = ort.InferenceSession(str(tmp_path / "qdq.onnx"), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    cfg = ovcore.compile_config("f32", "dequant", 1)
+    fq = ovcore.core().compile_model(ov.Core().read_model(str(tmp_path / "qdq.onnx")), "CPU", cfg)({"x": x})[0]
+    model = convert(onnx.load(str(tmp_path / "qdq.onnx")), "dequant", tmp_path, "rounded")
+    assert not {"FakeQuantize", "QuantizeLinear"} & {op.get_type_name() for op in model.get_ops()}
+    y = ovcore.core().compile_model(model, "CPU", cfg)({"x": x})[0]
+    assert np.array_equal(y, ref)
+    assert not np.array_equal(fq, ref)  # the measured reason for the rewrite (0.01-0.02% of values differ)
+
+def _qdq_conv(path, w: np.ndarray):
+    c = w.shape[0]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.float32(0.5), "s"),
+             numpy_helper.from_array(np.int8(0), "z"), numpy_helper.from_array(np.ones(c, np.float32), "sw"),
+             numpy_helper.from_array(np.zeros(c, np.int8), "zw")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["a"]),
+             helper.make_node("DequantizeLinear", ["w", "sw", "zw"], ["dw"], axis=0),
+             helper.make_node("Conv", ["a", "dw"], ["y"], pads=[1, 1, 1, 1])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 8, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return ov.Core().read_model(str(path))
+
+
+@pytest.fixture(scope="module")
+def conv8(tmp_path_factory):
+    """A Q/DQ conv with full-range 8-bit codes (weights and activations), its exact result in float64."""
+    rng = np.random.default_rng(0)
+    w = rng.integers(-128, 128, (32, 32, 3, 3)).astype(np.int8)
+    codes = rng.integers(-128, 128, (1, 32, 8, 8)).astype(np.float32)
+    exact = torch.nn.functional.conv2d(torch.from_numpy(codes).double(), torch.from_numpy(w).double(), padding=1).numpy() * 0.5
+    return _qdq_conv(tmp_path_factory.mktemp("conv") / "conv.onnx", w), codes * 0.5, exact
+
+
+def _run(model, mode, x):
+    c = ovcore.core().compile_model(model, "CPU", ovcore.compile_config("f32", mode, 1))
+    return c, c({"x": x})[0]
+
+
+def test_dequant_mode_is_exact_on_any_cpu(conv8):
+    model, x, exact = conv8
+    c, y = _run(model, "dequant", x)
+    assert np.abs(y - exact).max() == 0
+    assert ovcore.check_compiled(c, "dequant", "f32", "t")["int8_primitives"] == 0
+
+
+@pytest.mark.skipif(VNNI, reason="OpenVINO's int8 kernels are exact with VNNI; their saturation shows only without it")
+def test_int8_mode_saturates_without_vnni(conv8):
+    model, x, exact = conv8
+    c, y = _run(model, "int8", x)
+    assert ovcore.int8_primitives(c)[0] == 1
+    assert np.abs(y - exact).max() > 1000  # pair sums clipped at 16 bits: thousands of codes off, not rounding
+    with pytest.raises(artifact.ArtifactError, match="int8 primitives with its low-precision transformations switched off"):
+        ovcore.check_compiled(c, "dequant", "f32", "t")  # what the runtime says if an OpenVINO ignored the switch
+
+
+def test_auto_mode_follows_vnni_and_int8_is_refused_without_it(monkeypatch):
+    monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: True)
+    assert ov_target.resolve_mode("auto") == ("int8", "auto: this CPU has VNNI")
+    assert ov_target.resolve_mode("int8") == ("int8", "asked for")
+    monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: False)
+    assert ov_target.resolve_mode("auto")[0] == "dequant"
+    with pytest.raises(ExportError, match="--ov-mode int8 is not exact on this CPU") as e:
+        ov_target.resolve_mode("int8")
+    assert "\n" not in str(e.value)
+
+
+def test_passion_export_refuses_int8_without_vnni_in_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: False)
+    rc, err = _export(tmp_path / "x", "--ckpt", "tiny-w8a8", "--ov-mode", "int8")
+    assert rc == 2 and len(err.strip().splitlines()) == 1 and "--ov-mode dequant" in err
+    assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_an_int8_artifact_is_refused_on_a_cpu_without_vnni(w8a8, tmp_path, monkeypatch):
+    import shutil
+
+    d = tmp_path / "int8"
+    shutil.copytree(w8a8[0], d)
+    m = json.loads((d / "manifest.json").read_text())
+    m["openvino"]["mode"] = "int8"  # as exported on a VNNI machine
+    (d / "manifest.json").write_text(json.dumps(m))
+    monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: False)
+    with pytest.raises(artifact.ArtifactError, match="exported with --ov-mode int8, which is not exact on this CPU"):
+        open_artifact(d)
+    monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: True)
+    assert open_artifact(d).mode == "int8"
+
+
+class _Compiled:
+    """What check_compiled reads of a compiled model: its precision and its runtime graph."""
+
+    def __init__(self, precision, inner):
+        self.precision, self.inner = precision, inner
+
+    def get_property(self, key):
+        return self.precision if key == "INFERENCE_PRECISION_HINT" else self.inner.get_property(key)
+
+    def get_runtime_model(self):
+        return self.inner.get_runtime_model()
+
+
+def test_a_bf16_compile_is_refused_unless_asked_for(conv8):
+    c, _ = _run(conv8[0], "dequant", conv8[1])
+    bf16 = _Compiled(ov.Type.bf16, c)
+    with pytest.raises(artifact.ArtifactError, match="compiled it in bf16 although the artifact was exported and verified in f32"):
+        ovcore.check_compiled(bf16, "dequant", "f32", "t")
+    assert ovcore.check_compiled(bf16, "dequant", "bf16", "t")["precision"] == "bf16"
+    # asked for, bf16 is passed to OpenVINO; a CPU without bf16 runs f32, and says so
+    got = ovcore.core().compile_model(conv8[0], "CPU", ovcore.compile_config("bf16", "dequant", 1))
+    assert ovcore.effective_precision(got) == ("bf16" if ovcore.cpu_info()["bf16"] else "f32")
+    assert ovcore.compile_config(None)["PERFORMANCE_HINT"] == "LATENCY" and "INFERENCE_PRECISION_HINT" not in ovcore.compile_config(None)
+
+
+def test_without_openvino_the_target_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino -> ImportError
+    rc, err = _export(tmp_path / "x", "--ckpt", "tiny-w8a8")
+    assert rc == 2 and err.strip() == ("passion-export: the openvino target needs OpenVINO, which is not installed here: "
+                                       "pip install 'passion-deploy[openvino]'")
+
+
+# -- passion-bench: the CPU users' baselines, fidelity, full SR -----------------------------------
+
+def test_bench_times_openvino_fp32_and_nncf_int8_with_fidelity_and_full_sr(w8a8, tmp_path, capsys):
+    pytest.importorskip("nncf")
+    rec_path = tmp_path / "rec.json"
+    assert bench_cli.main(["--model", str(w8a8[0]), "--components", "vae_decoder", "--vae-size", "32", "--runs", "5",
+                           "--threads", "1", "--no-memory", "--no-torch", "--no-progress", "--sr-size", "64",
+                           "--json", str(rec_path)]) == 0
+    rec = json.loads(rec_path.read_text())
+    art = "ov_int8" if VNNI else "ov_dequant"
+    assert rec["artifact_variant"] == art and rec["openvino"]["mode"] == art[3:]
+    for row in ("vae_decoder", "sr_64px"):
+        vs = rec["components"][row]["variants"]
+        expect = {art, "fp32_onnx", "ov_fp32", "nncf_int8"} | ({"ov_default"} if ovcore.default_precision() != "f32" else set())
+        assert set(vs) == expect
+        assert all(len(v["samples_s"]) == 5 for v in vs.values())
+        assert vs["fp32_onnx"]["psnr_vs_fp32_db"] == "inf" or vs["fp32_onnx"]["psnr_vs_fp32_db"] > 90
+        assert vs["ov_fp32"]["psnr_vs_fp32_db"] == "inf" or vs["ov_fp32"]["psnr_vs_fp32_db"] > 90
+        assert 20 < vs["nncf_int8"]["psnr_vs_fp32_db"] < 90 and 20 < vs[art]["psnr_vs_fp32_db"] < 90
+    assert rec["components"]["sr_64px"]["input"] == {"lr": [1, 3, 16, 16]}
+    nncf_row = rec["components"]["vae_decoder"]["variants"]["nncf_int8"]
+    assert nncf_row["calibration_samples"] == 18 and "calibration set" in nncf_row["calibration"]
+    assert nncf_row["ov_compiled"]["precision"] == "f32" and nncf_row["ov_compiled"]["int8_primitives"] > 0
+    if ovcore.default_precision() == "f32":
+        assert "no bf16" in rec["baselines_not_timed"]["ov_default"]
+    md = capsys.readouterr().out
+    assert "| vae_decoder | 1x4x8x8 | NNCF INT8 (OpenVINO) |" in md and " dB vs FP32 |" in md
+    assert "OpenVINO default precision: not timed" in md or "OpenVINO default precision (" in md
