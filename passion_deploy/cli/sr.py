@@ -83,16 +83,13 @@ class UsageError(ValueError):
 
 
 def parse_vae_tile(text: str):
-    t = text.strip().lower()
-    if t in ("auto", "off"):
-        return t
+    """--vae-tile's value (serving.spec owns the parsing: passion-serve takes the same flag)."""
+    from passion_deploy.serving.spec import parse_vae_tile as parse
+
     try:
-        vals = [int(v) for v in t.split(",")]
-    except ValueError:
-        vals = []
-    if len(vals) not in (1, 2) or min(vals) < 1:
-        raise UsageError(f"--vae-tile {text!r} must be auto, off, N or ENC,DEC (latent pixels, at least 1)")
-    return vals[0] if len(vals) == 1 else (vals[0], vals[1])
+        return parse(text)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 @dataclass
