@@ -51,7 +51,7 @@ def test_tiny_w8a8_exports_verifies_and_records_the_mode_this_cpu_needs(w8a8):
     assert o["exported_on"]["vnni"] == VNNI
     for comp, c in m["components"].items():
         assert {c["openvino_xml"], c["openvino_bin"], c["ir"]} <= set(m["files"])  # sealed like every file
-        assert c["qdq_integer_ops"] > 0 and c["openvino_int8_weight_bytes"] > 0
+        assert c["quantized_ops"] > 0 and c["openvino_int8_weight_bytes"] > 0
     # the weights stay int8 in the .bin: the UNet's i8 constants hold its packed-weight bytes (not fp16/fp32 copies)
     model = ov.Core().read_model(str(out / m["components"]["unet"]["openvino_xml"]))
     i8 = sum(op.get_byte_size() for op in model.get_ops()
@@ -69,7 +69,7 @@ def test_tiny_w8a8_exports_verifies_and_records_the_mode_this_cpu_needs(w8a8):
 def test_tiny_w6a6_verifies(tmp_path):
     """W6A6's first and last layers are 8-bit (where int8 kernels break without VNNI), and its 6-bit
     codes make the decoder the component most sensitive to a code rounded the other way (44.99 dB
-    with OpenVINO's own FakeQuantize rounding, see convert.explicit_rounding)."""
+    with OpenVINO's own FakeQuantize rounding, see convert.py)."""
     rc, err = _export(tmp_path / "w6", "--ckpt", "tiny-w6a6", "--components", "vae_encoder,vae_decoder", "--verify",
                       "--probes", "1")
     assert rc == 0, err
@@ -94,36 +94,67 @@ def test_the_runtime_compiles_f32_and_runs_the_vae_at_any_size(w8a8):
 
 # -- exactness: measured on a single Q/DQ conv, then the refusals built on it ----------------------
 
-def test_dequant_mode_rounds_activations_as_onnx_quantizelinear_does(tmp_path):
-    """OpenVINO's FakeQuantize (what it makes of a Q/DQ pair) multiplies by 1/scale; the written-out
-    Div -> Round of the dequant IR divides, as QuantizeLinear in ONNX Runtime: the same codes."""
+def _ort(path, x):
     import onnxruntime as ort
 
-    from passion_deploy.export.onnx_graph import save_onnx
-    from passion_deploy.export.targets.openvino.convert import convert
-
-    s, c = 0.0173, 0.0519
-    inits = [numpy_helper.from_array(np.float32(s), "s"), numpy_helper.from_array(np.int8(0), "z"),
-             numpy_helper.from_array(np.float32(c), "c")]
-    nodes = [helper.make_node("Sub", ["x", "c"], ["xs"]), helper.make_node("QuantizeLinear", ["xs", "s", "z"], ["q"]),
-             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 400000])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
-    qdq = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    rng = np.random.default_rng(0)
-    x = (rng.standard_normal((1, 400000)) * 0.5).astype(np.float32)
-    x[0, :100000] = ((rng.integers(-140, 140, 100000) + 0.5) * s + c).astype(np.float32)  # half steps, saturation
-    save_onnx(qdq, tmp_path, "qdq")
     opts = ort.SessionOptions()
     opts.add_session_config_entry("session.disable_quant_qdq", "1")
-    ref = ort.InferenceSession(str(tmp_path / "qdq.onnx"), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+
+def test_dequant_mode_rounds_activations_as_onnx_runtime_does(tmp_path):
+    """The dequant graph's quantizer behind an LET transform, (x - o) / s, then Div(D) -> Round ->
+    Clip -> Mul (fq_graph.fake_quant), against ONNX Runtime, which divides as the fake-quant does.
+    OpenVINO divides by multiplying with the reciprocal (one ulp off), so only values within an ulp
+    or so of a half step may take the neighbouring code: none of 4e5 random activations do. On
+    values built to sit on half steps, guard_divisions (which keeps the CPU plugin from folding the
+    Sub and both Divs into one multiply-add) moves a tenth as many codes as the unguarded graph,
+    each by one code. OpenVINO's own FakeQuantize (what it makes of a Q/DQ pair, the int8 mode's
+    graph) also multiplies by 1/scale, which is why the dequant graph does not use Q/DQ pairs."""
+    from passion_deploy.export.ir.int_algebra import Grid
+    from passion_deploy.export.onnx_graph import OnnxBuilder, save_onnx
+    from passion_deploy.export.targets.openvino.convert import convert, guard_divisions
+    from passion_deploy.export.targets.openvino.fq_graph import fake_quant
+
+    s, o, d = 1.37, 0.0519, 0.0173
+    grid = Grid(np.array(d, np.float32), np.array(-140), 8, False)  # codes j in [-140, 115]
+    b = OnnxBuilder()
+    let = b.node("Div", [b.node("Sub", ["x", b.scalar(np.float32(o), np.float32)], "let"), b.scalar(np.float32(s), np.float32)], "let")
+    y = fake_quant(b, let, grid, "act")
+    b.nodes.append(helper.make_node("Identity", [y], ["y"]))
+
+    def model():
+        g = helper.make_graph(list(b.nodes), "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 400000])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], list(b.inits))
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)], ir_version=10)
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1, 400000)) * 1.2).astype(np.float32)
+    half = x.copy()
+    half[0, :100000] = ((rng.integers(-160, 140, 100000) + 0.5) * d * s + o).astype(np.float32)  # half steps, clipping
+    save_onnx(model(), tmp_path, "fq")
     cfg = ovcore.compile_config("f32", "dequant", 1)
+    guarded = ovcore.core().compile_model(convert(guard_divisions(model()), tmp_path, "guarded"), "CPU", cfg)
+    plain = ovcore.core().compile_model(convert(model(), tmp_path, "plain"), "CPU", cfg)
+    ref = _ort(tmp_path / "fq.onnx", x)
+    assert len(np.unique(ref)) == 256  # every code of the grid is met
+    assert np.array_equal(guarded({"x": x})[0], ref)
+    ref = _ort(tmp_path / "fq.onnx", half)
+    moved_guarded = np.abs(guarded({"x": half})[0] - ref) / d
+    moved_plain = int((plain({"x": half})[0] != ref).sum())
+    assert moved_guarded.max() < 1.001 and 10 * int((moved_guarded > 0).sum()) < moved_plain
+
+    inits = [numpy_helper.from_array(np.float32(d), "d"), numpy_helper.from_array(np.int8(0), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "d", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "d", "z"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 400000])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    save_onnx(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path, "qdq")
+    x = (rng.standard_normal((1, 400000)) * 0.5).astype(np.float32)
+    x[0, :100000] = ((rng.integers(-140, 140, 100000) + 0.5) * d).astype(np.float32)  # half steps, saturation
+    qdq_ref = _ort(tmp_path / "qdq.onnx", x)
     fq = ovcore.core().compile_model(ov.Core().read_model(str(tmp_path / "qdq.onnx")), "CPU", cfg)({"x": x})[0]
-    model = convert(onnx.load(str(tmp_path / "qdq.onnx")), "dequant", tmp_path, "rounded")
-    assert not {"FakeQuantize", "QuantizeLinear"} & {op.get_type_name() for op in model.get_ops()}
-    y = ovcore.core().compile_model(model, "CPU", cfg)({"x": x})[0]
-    assert np.array_equal(y, ref)
-    assert not np.array_equal(fq, ref)  # the measured reason for the rewrite (0.01-0.02% of values differ)
+    assert not np.array_equal(fq, qdq_ref)
+
 
 def _qdq_conv(path, w: np.ndarray):
     c = w.shape[0]

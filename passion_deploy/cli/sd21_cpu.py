@@ -4,9 +4,11 @@ benchmarked on this CPU.
 
     python -m passion_deploy.cli.sd21_cpu --work /tmp/sd21 [--results benchmarks/results]
 
-Takes about an hour on 2 busy cores (calibration ~20 min, each export ~5 min, each benchmark
-~20 min). The checkpoint keeps the FP weights: a random-weight checkpoint cannot be rebuilt
-from its preset alone.
+Records: the onnx target (`portable`; `vnni` UNet timing only), and the openvino target against
+what CPU users pick instead (FP32 ONNX Runtime, OpenVINO FP32, NNCF INT8; full SR to 512 px).
+`--only` runs one of them. Takes one to two hours on 2 cores (calibration ~5-20 min, each export
+~3-5 min, each benchmark 20-60 min). The checkpoint keeps the FP weights: a random-weight
+checkpoint cannot be rebuilt from its preset alone.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work", required=True, help="scratch folder (checkpoint ~3.5 GB, artifacts ~2 GB)")
     p.add_argument("--results", default="benchmarks/results")
     p.add_argument("--vae-size", type=int, default=256, help="image side for the VAE benchmarks (512 px is slow on 2 cores)")
+    p.add_argument("--only", choices=["portable", "vnni", "openvino"], help="one record instead of all three")
     args = p.parse_args(argv)
     from passion_deploy import runner
     from passion_deploy.checkpoint import save_checkpoint
@@ -34,16 +37,20 @@ def main(argv: list[str] | None = None) -> int:
         runner.calibrate_on_photos(pipe, latent_tile=64, exclude=("chelsea", "coffee"))
         save_checkpoint(pipe, ckpt, include_fp_weights=True)
         del pipe
-    steps = [
+    steps = {"portable": [
         (export.main, ["--ckpt", str(ckpt), "--target", "onnx", "--out", str(work / "portable"), "--isa", "portable"]),
         (bench.main, ["--model", str(work / "portable"), "--vae-size", str(args.vae_size),
-                      "--json", str(res / "sd21-w8a8-portable-cpu.json"), "--report", str(res / "sd21-w8a8-portable-cpu.md")]),
-        (export.main, ["--ckpt", str(ckpt), "--target", "onnx", "--out", str(work / "vnni"), "--isa", "vnni", "--components", "unet"]),
+                      "--json", str(res / "sd21-w8a8-portable-cpu.json"), "--report", str(res / "sd21-w8a8-portable-cpu.md")])],
+        "vnni": [(export.main, ["--ckpt", str(ckpt), "--target", "onnx", "--out", str(work / "vnni"), "--isa", "vnni", "--components", "unet"]),
         (bench.main, ["--model", str(work / "vnni"), "--components", "unet", "--timing-only",
                       "--json", str(res / "sd21-w8a8-vnni-unet-timing-only-cpu.json"),
-                      "--report", str(res / "sd21-w8a8-vnni-unet-timing-only-cpu.md")]),
-    ]
-    for fn, a in steps:
+                      "--report", str(res / "sd21-w8a8-vnni-unet-timing-only-cpu.md")])],
+        "openvino": [
+        (export.main, ["--ckpt", str(ckpt), "--target", "openvino", "--out", str(work / "ov"), "--bench-runs", "0"]),
+        (bench.main, ["--model", str(work / "ov"), "--vae-size", str(args.vae_size), "--sr-size", "512", "--no-torch",
+                      "--json", str(res / "sd21-w8a8-openvino-cpu.json"), "--report", str(res / "sd21-w8a8-openvino-cpu.md")])],
+    }
+    for fn, a in [step for name, group in steps.items() if args.only in (None, name) for step in group]:
         rc = fn(a)
         if rc:
             return rc

@@ -1,24 +1,24 @@
-"""The openvino target: the rule-checked Q/DQ graph the trt target writes (export/qdq: one graph,
-two engines), converted to OpenVINO IR (`<component>.xml` + `.bin`, int8 weights kept) and run by
-OpenVINO's CPU plugin (runtime.OpenVinoSR), always with an explicit inference precision.
+"""The openvino target: the deploy IR as OpenVINO IR (`<component>.xml` + `.bin`, int8 weights kept),
+run by OpenVINO's CPU plugin (runtime.OpenVinoSR), always with an explicit inference precision.
 
-Two ways the CPU plugin can run that graph (`--ov-mode`), measured on this project's CPUs:
+Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
 
-    int8     OpenVINO's low-precision transformations turn every Q/DQ Conv/Gemm/MatMul into an
-             int8 primitive (u8 activations, i8 weights). Exact on CPUs with VNNI (spec section
-             6: tiny-w8a8 UNet 57.7, encoder 68.4, decoder 55.6 dB vs the Q/DQ graph). Without
-             VNNI the kernels add u8 x i8 products in pairs in int16 with saturation
+    int8     the rule-checked Q/DQ graph the trt target writes (export/qdq: one graph, two
+             engines); OpenVINO's low-precision transformations turn every Q/DQ Conv/Gemm/MatMul
+             into an int8 primitive (u8 activations, i8 weights). Exact on CPUs with VNNI (spec
+             section 6: tiny-w8a8 UNet 57.7, encoder 68.4, decoder 55.6 dB vs the Q/DQ graph).
+             Without VNNI the kernels add u8 x i8 products in pairs in int16 with saturation
              (vpmaddubsw): a single Q/DQ conv with 8-bit weight codes is off by up to 5.6e4
              codes, one with codes inside [-64, 63] is exact, and Gemm (jit_gemm_i8) differs
              even then; --verify of tiny-w8a8 gives 34.0 / 12.4 / 11.0 dB vs fake-quant (UNet /
              encoder / decoder; tiny-w6a6, 8-bit first and last layers: 47.3 / 17.0 / 39.0) on
              an AVX2 EPYC. Refused on such CPUs.
-    dequant  the low-precision transformations off (the CPU plugin's LP_TRANSFORMS_MODE=NO) and
-             each activation Q/DQ pair written out as Div -> Round -> Clip -> Mul (convert.py
-             says why): the rounding in f32, convs and matmuls in f32 on the dequantized int8
-             weights (Gemm weights stay int8 in memory, decompressed inside the kernel). The
-             fake-quant computation itself, so exact on every x86 CPU: --verify 58.3 / 68.3 /
-             55.8 dB (tiny-w8a8; end to end 49.4) on the same CPU, at f32 speed.
+    dequant  the fake-quant function itself (fq_graph.py): each activation rounded to its grid
+             by Div -> Round -> Clip -> Mul in f32, one f32 Conv/MatMul per layer on the
+             int8-stored weights (decompressed by the plugin), the low-precision transformations
+             off (the CPU plugin's LP_TRANSFORMS_MODE=NO). No integer shifts or split convs: a
+             float engine needs none of the Q/DQ graph's int8 constraints. Exact on every x86 CPU,
+             at f32 speed.
 
 `auto` (the default) takes int8 where the CPU has VNNI and dequant elsewhere, and says which.
 The manifest records the mode, the precision and the CPU it was exported on; the runtime
@@ -65,13 +65,13 @@ def resolve_mode(mode: str) -> tuple[str, str]:
 
 class OpenVinoTarget(Target):
     name = "openvino"
-    help = "OpenVINO IR of the Q/DQ graph for OpenVINO's CPU plugin"
+    help = "OpenVINO IR for OpenVINO's CPU plugin (int8 kernels on the Q/DQ graph, or the fake-quant graph in f32)"
 
     def add_arguments(self, parser) -> None:
         g = parser.add_argument_group("openvino target")
         g.add_argument("--ov-mode", default="auto", choices=["auto", *MODES],
                        help="int8: OpenVINO's int8 primitives (fast; exact only on CPUs with VNNI, refused elsewhere); "
-                            "dequant: Q/DQ rounding in f32 around f32 convs/matmuls (exact on every x86 CPU); auto "
+                            "dequant: the fake-quant graph, rounding and convs/matmuls in f32 (exact on every x86 CPU); auto "
                             "(default): int8 where this CPU has VNNI, else dequant")
         g.add_argument("--ov-precision", default="f32", choices=list(PRECISIONS),
                        help="OpenVINO's inference precision for the float ops, set explicitly (default f32: exact); bf16 "
@@ -108,12 +108,13 @@ class OpenVinoTarget(Target):
 
     def summary(self, manifest: dict) -> str:
         o = manifest["openvino"]
-        kernels = "int8 kernels" if o["mode"] == "int8" else "dequant mode (Q/DQ in f32, exact without VNNI)"
+        kernels = "int8 kernels" if o["mode"] == "int8" else "dequant mode (fake-quant graph in f32, exact without VNNI)"
         return f"openvino {o['version'].split('-')[0]}, {kernels} ({o['mode_chosen']}), {o['precision']} precision"
 
     def report_lines(self, manifest: dict) -> list[str]:
         return [f"  {comp:12s} OpenVINO IR {c['openvino_bytes'] / 1e6:.2f} MB (int8 weights {c['openvino_int8_weight_bytes'] / 1e6:.2f} MB), "
-                f"{c['qdq_integer_ops']} Q/DQ convs/matmuls" for comp, c in manifest["components"].items()]
+                f"{c['quantized_ops']} {'Q/DQ' if manifest['openvino']['mode'] == 'int8' else 'fake-quantized'} convs/matmuls"
+                for comp, c in manifest["components"].items()]
 
     def open(self, model_dir, **kwargs):
         from .runtime import OpenVinoSR

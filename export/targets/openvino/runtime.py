@@ -60,7 +60,7 @@ class OpenVinoSR(ArtifactRuntime):
                  for c, m in self.models.items() if m.found]
         ran = {m.found["precision"] for m in self.models.values() if m.found}
         prec = self.precision if not ran or ran == {self.precision} else f"{self.precision} asked, {'/'.join(sorted(ran))} ran"
-        kernels = "int8 kernels" if self.mode == "int8" else "dequant mode (Q/DQ rounding in f32, f32 convs/matmuls)"
+        kernels = "int8 kernels" if self.mode == "int8" else "dequant mode (the fake-quant graph: rounding and convs/matmuls in f32)"
         return (f"OpenVINO {o['version'].split('-')[0]} CPU, {kernels}, {prec} precision, {self.manifest['quant_config_name']} "
                 f"from {self.dir} [{', '.join(found) if found else ', '.join(self.components)}]")
 
@@ -77,20 +77,19 @@ class OpenVinoSR(ArtifactRuntime):
 
     def run_with_layers(self, name: str, x: torch.Tensor, layers: list[str]):
         """The component's output on x and the named quantized layers' outputs: the IR lowered to
-        the same Q/DQ graph with those values as extra outputs, converted for the artifact's mode
-        and compiled with its settings (a separate model: the artifact runs unchanged)."""
+        the artifact's graph for its mode with those values as extra outputs, compiled with its
+        settings (a separate model: the artifact runs unchanged)."""
         import tempfile
 
         from ...ir.irfile import load_ir
         from ...onnx_graph import PROBE_PREFIX
-        from ...qdq.lower import lower_graph_qdq
         from . import ovcore
-        from .convert import convert
+        from .convert import convert, lower_component
 
         g = load_ir(self.dir / self.manifest["components"][name]["ir"])
         value = {n.name: n.outputs[0] for n in g.nodes if n.name in layers}
         with tempfile.TemporaryDirectory(prefix="passion-ov-probes-") as tmp:
-            model = convert(lower_graph_qdq(g, probes=[value[n] for n in layers]), self.mode, Path(tmp), "probes")
+            model = convert(lower_component(g, self.mode, probes=[value[n] for n in layers])[0], Path(tmp), "probes")
         feeds = self.feeds(name, x.detach().float().cpu().numpy())
         probe = ovcore.StaticModels(model, self.config, lambda c: ovcore.check_compiled(c, self.mode, self.precision, str(self.dir)))
         res = probe.get(feeds)(feeds)
