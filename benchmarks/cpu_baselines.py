@@ -183,7 +183,7 @@ class OpenVinoBaselines:
         self.ovcore = ovcore
         self.default_precision = ovcore.default_precision()
         self._model = (None, None)
-        self.nncf: dict[str, object] = {}
+        self.nncf: dict[str, Path] = {}  # component -> its NNCF INT8 model, saved as OpenVINO IR
         self.nncf_info: dict[str, dict] = {}
 
     def skipped(self) -> dict[str, str]:
@@ -210,18 +210,25 @@ class OpenVinoBaselines:
             import time
 
             import nncf
+            import openvino as ov
 
             if self.photos is None:
                 raise ValueError("the nncf_int8 baseline needs the calibration photos (run without --no-fidelity)")
             feeds = [self.feeds(comp, x) for x in self.photos.calibration(comp)]
             self.log(f"passion-bench: NNCF post-training INT8 of {comp} ({len(feeds)} calibration samples)")
             t0 = time.perf_counter()
-            self.nncf[comp] = nncf.quantize(self.fp32_model(comp), nncf.Dataset(feeds))
+            quantized = nncf.quantize(self.fp32_model(comp), nncf.Dataset(feeds))
+            # kept on disk for full SR, not in memory (its weights are f32 until OpenVINO compiles it:
+            # 3.5 GB for the sd21 UNet); read_model maps the file back when full SR needs it
+            path = self.dir / f"{comp}.nncf_int8.xml"
+            ov.save_model(quantized, str(path), compress_to_fp16=False)
+            del quantized
+            self.nncf[comp] = path
             self.nncf_info[comp] = {"nncf_version": nncf.__version__, "calibration_samples": len(feeds),
                                     "calibration": self.photos.calib_names,
                                     "quantize_seconds": round(time.perf_counter() - t0, 1),
                                     "recipe": "nncf.quantize defaults (min-max ranges, performance preset)"}
-        return self.nncf[comp]
+        return self.ovcore.core().read_model(str(self.nncf[comp]))
 
     def feeds(self, comp: str, x: torch.Tensor) -> dict:
         return {self.rt.main_input(comp): np.ascontiguousarray(x.detach().float().cpu().numpy()),
