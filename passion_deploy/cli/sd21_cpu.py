@@ -5,7 +5,8 @@ benchmarked on this CPU.
     python -m passion_deploy.cli.sd21_cpu --work /tmp/sd21 [--results benchmarks/results]
 
 Records: the onnx target (`portable`; `vnni` UNet timing only), and the openvino target against
-what CPU users pick instead (FP32 ONNX Runtime, OpenVINO FP32, NNCF INT8; full SR to 512 px).
+the portable one and what CPU users pick instead (FP32 ONNX Runtime, OpenVINO FP32, NNCF INT8;
+full SR to 512 px).
 `--only` runs one of them. Takes one to two hours on 2 cores (calibration ~5-20 min, each export
 ~3-5 min, each benchmark 20-60 min). The checkpoint keeps the FP weights: a random-weight
 checkpoint cannot be rebuilt from its preset alone.
@@ -47,9 +48,12 @@ def main(argv: list[str] | None = None) -> int:
                       "--report", str(res / "sd21-w8a8-vnni-unet-timing-only-cpu.md")])],
         "openvino": [
         (export.main, ["--ckpt", str(ckpt), "--target", "openvino", "--out", str(work / "ov"), "--bench-runs", "0"]),
-        (bench.main, ["--model", str(work / "ov"), "--vae-size", str(args.vae_size), "--sr-size", "512", "--no-torch",
-                      "--json", str(res / "sd21-w8a8-openvino-cpu.json"), "--report", str(res / "sd21-w8a8-openvino-cpu.md")])],
+        (bench.main, ["--model", str(work / "ov"), "--vs", str(work / "portable"), "--vae-size", str(args.vae_size),
+                      "--sr-size", "512", "--no-torch", "--json", str(res / "sd21-w8a8-openvino-cpu.json"),
+                      "--report", str(res / "sd21-w8a8-openvino-cpu.md")])],
     }
+    if args.only == "openvino" and not (work / "portable" / "manifest.json").exists():
+        steps["openvino"].insert(0, steps["portable"][0])  # the onnx target it is timed against
     for fn, a in [step for name, group in steps.items() if args.only in (None, name) for step in group]:
         rc = fn(a)
         if rc:
