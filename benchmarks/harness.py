@@ -406,11 +406,12 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
                   progress: bool = True, log=print, timing_only_isa: bool = False, memory: bool = True,
                   weights: str | Path | None = None, lora: str | Path | None = None, device=None,
                   vs: str | Path | None = None, fidelity: bool = False, sr_px: int | None = None,
-                  calib_dir: str | Path | None = None) -> dict:
+                  calib_dir: str | Path | None = None, baselines: list[str] | None = None) -> dict:
     """passion-bench's record. `weights` / `lora`: the FP weights of a source checkpoint saved
     without them (the baselines are built from it); `device`: where the PyTorch baseline runs
     (default: where the artifact runs); `vs`, `fidelity`, `sr_px`: see the module docstring;
-    `calib_dir`: NNCF's calibration images instead of the checkpoint's own calibration photos."""
+    `calib_dir`: NNCF's calibration images instead of the checkpoint's own calibration photos;
+    `baselines`: the subset of the runtime's float baselines to time (default: all)."""
     if runs < 5:
         raise ValueError("--runs must be at least 5 (the median of fewer runs is not reported)")
     if threads:
@@ -430,7 +431,11 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
     # before any warm-up: importing ONNX Runtime (versions) is the process's cost, not the first variant's
     machine, installed = machine_info(gpu=rt.device.type == "cuda"), versions()
     inputs = bench_inputs(rt, vae_px)
-    names = [n for n in rt.timing_baselines if torch_eager or n not in TORCH_DTYPES]
+    unknown = sorted(set(baselines or ()) - set(rt.timing_baselines))
+    if unknown:
+        raise ValueError(f"--baselines: a {m['target']} artifact has no baseline {unknown[0]!r} "
+                         f"(it has {', '.join(rt.timing_baselines)})")
+    names = [n for n in rt.timing_baselines if (torch_eager or n not in TORCH_DTYPES) and (baselines is None or n in baselines)]
     results, art = {}, None
     sr_comps = ("vae_encoder", "unet", "vae_decoder") if sr_px else ()
     with tempfile.TemporaryDirectory(prefix="passion-bench-") as tmp:

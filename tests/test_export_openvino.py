@@ -328,3 +328,18 @@ def test_bench_times_openvino_fp32_and_nncf_int8_with_fidelity_and_full_sr(w8a8,
     md = capsys.readouterr().out
     assert "| vae_decoder | 1x4x8x8 | NNCF INT8 (OpenVINO) |" in md and " dB vs FP32 |" in md
     assert "OpenVINO default precision: not timed" in md or "OpenVINO default precision (" in md
+
+
+def test_bench_times_only_the_baselines_asked_for(w8a8, tmp_path, capsys):
+    """--baselines: a subset of the float baselines (full SR of sd21 with every baseline at once
+    outgrew 24 GiB); a name the artifact has not is refused in one sentence that lists its own."""
+    rec_path = tmp_path / "rec.json"
+    assert bench_cli.main(["--model", str(w8a8[0]), "--components", "vae_decoder", "--vae-size", "32", "--runs", "5",
+                           "--threads", "1", "--no-memory", "--no-torch", "--no-progress", "--no-fidelity",
+                           "--baselines", "ov_fp32", "--json", str(rec_path)]) == 0
+    rec = json.loads(rec_path.read_text())
+    assert set(rec["components"]["vae_decoder"]["variants"]) == {rec["artifact_variant"], "ov_fp32"}
+    capsys.readouterr()
+    assert bench_cli.main(["--model", str(w8a8[0]), "--baselines", "trt_fp16", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no baseline 'trt_fp16'" in err and "nncf_int8" in err

@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--vae-size", type=int, metavar="PX", help="image side for the VAE components (default: the UNet tile's image size)")
     p.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime and PyTorch (default: all cores)")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch baseline (FP32 eager; FP16 in CUDA graphs on a GPU)")
+    p.add_argument("--baselines", metavar="NAMES",
+                   help="comma-separated subset of the artifact's float baselines to time (default: all of them, e.g. "
+                        "fp32_onnx,ov_fp32,ov_default,nncf_int8,torch_fp32 for an openvino artifact); fewer at once when "
+                        "full SR of a large model needs every variant's pipeline in memory together")
     p.add_argument("--timing-only", action="store_true",
                    help="time an --isa vnni artifact on a CPU without VNNI (its int8 GEMMs saturate there: timings "
                         "only, outputs invalid; recorded in the JSON)")
@@ -77,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             rec = run_benchmark(args.model, comps, args.runs, args.warmup, args.vae_size, args.threads,
                                 torch_eager=not args.no_torch, progress=not args.no_progress,
+                                baselines=[b.strip() for b in args.baselines.split(",")] if args.baselines else None,
                                 timing_only_isa=args.timing_only, memory=not args.no_memory,
                                 weights=args.weights, lora=args.lora,
                                 device=resolve_device(args.device) if args.device else None,
