@@ -51,12 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         (bench.main, ["--model", str(work / "ov"), "--vs", str(work / "portable"), "--vae-size", str(args.vae_size),
                       "--no-torch", "--json", str(res / "sd21-w8a8-openvino-cpu.json"),
                       "--report", str(res / "sd21-w8a8-openvino-cpu.md")]),
-        # full SR in a process of its own, without the onnx target: every variant's three components are
-        # loaded at once there, and with five variants (sd21 UNets of 1-3.5 GB each, VAEs at 512 px)
-        # the process outgrew 24 GiB
-        (bench.main, ["--model", str(work / "ov"), "--components", "vae_encoder", "--vae-size", str(args.vae_size),
-                      "--sr-size", "512", "--no-torch", "--json", str(res / "sd21-w8a8-openvino-sr512-cpu.json"),
-                      "--report", str(res / "sd21-w8a8-openvino-sr512-cpu.md")])],
+        # full SR against a subset of the baselines per passion-bench run: every variant's three components
+        # are loaded at once there (sd21: 6-8 GB each with its VAE at 512 px), and with four or five
+        # variants the process outgrew 24 GiB
+        *[(bench.main, ["--model", str(work / "ov"), "--components", "vae_encoder", "--baselines", b,
+                        "--vae-size", str(args.vae_size), "--sr-size", "512", "--no-torch", "--no-memory",
+                        "--json", str(res / f"sd21-w8a8-openvino-sr512-vs-{name}-cpu.json"),
+                        "--report", str(res / f"sd21-w8a8-openvino-sr512-vs-{name}-cpu.md")])
+          for name, b in (("fp32_onnx", "fp32_onnx"), ("openvino", "ov_fp32,nncf_int8"))]],
     }
     if args.only == "openvino" and not (work / "portable" / "manifest.json").exists():
         steps["openvino"].insert(0, steps["portable"][0])  # the onnx target it is timed against
