@@ -328,6 +328,19 @@ PROBE_PREFIX = "probe:"
 QUANTIZED_OPS = ("qconv", "qlinear", "qattention")
 
 
+def quantized_lowering(conv: Callable, linear: Callable, attention: Callable, **kw) -> Callable:
+    """lower_ir's `lower_quantized` from a lowering's three layer functions, conv(b, rec, x),
+    linear(b, rec, x, x_shape) and attention(b, rec, q, k, v, consts), each also given `kw`."""
+
+    def lower(b: OnnxBuilder, n: Node, rec, ins: list[str], g: Graph) -> str:
+        if n.op == "qconv":
+            return conv(b, rec, ins[0], **kw)
+        if n.op == "qlinear":
+            return linear(b, rec, ins[0], g.shapes[n.inputs[0]], **kw)
+        return attention(b, rec, *ins, g.consts, **kw)
+    return lower
+
+
 def lower_ir(g: Graph, lower_quantized, probes: list[str] | None = None, input_shapes: dict[str, tuple] | None = None,
              opsets: tuple[tuple[str, int], ...] = (("", OPSET),)) -> onnx.ModelProto:
     """The walk every ONNX lowering shares: float ops by `lower_fp`, the quantized ones by

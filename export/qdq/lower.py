@@ -33,7 +33,7 @@ from ..ir.graph import Graph
 from ..ir.plan import Encoding, GroupPlan, layer_plan
 from ..ir.recipes import QAttentionRecipe, QLayerRecipe, WeightGroup
 from ..onnx_graph import (AttentionOps, OnnxBuilder, add_constants, add_offset_products, add_ones_column, group_input,
-                           let_transform, lower_attention, lower_ir, row_inputs, shared, weight_only)
+                           let_transform, lower_attention, lower_ir, quantized_lowering, row_inputs, shared, weight_only)
 from .static_maps import fold_border_maps
 
 
@@ -162,14 +162,6 @@ def lower_graph_qdq(g: Graph, input_shapes: dict[str, tuple] | None = None,
                     probes: list[str] | None = None) -> onnx.ModelProto:
     """The explicit-quantization ONNX of IR graph `g` (see onnx_graph.lower_ir). `input_shapes`:
     the fixed shape of each input (the artifact's tile); default: the IR's traced shapes."""
-
-    def quantized(b: OnnxBuilder, n, rec, ins: list[str], g: Graph) -> str:
-        if n.op == "qconv":
-            return lower_qconv(b, rec, ins[0])
-        if n.op == "qlinear":
-            return lower_qlinear(b, rec, ins[0], g.shapes[n.inputs[0]])
-        return lower_qattention(b, rec, *ins, consts=g.consts)
-
-    model = lower_ir(g, quantized, probes, input_shapes)
+    model = lower_ir(g, quantized_lowering(lower_qconv, lower_qlinear, lower_qattention), probes, input_shapes)
     # at a fixed tile the border maps are constants (static_maps.py); size-generic graphs keep them computed
     return model if input_shapes is None else fold_border_maps(model)

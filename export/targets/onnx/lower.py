@@ -27,12 +27,12 @@ import onnx
 import torch
 
 from ...ir import int_algebra as ia
-from ...ir.graph import Graph, Node
+from ...ir.graph import Graph
 from ...ir.plan import Encoding, GroupPlan, layer_plan
 from ...ir.recipes import QAttentionRecipe, QLayerRecipe
 from ...onnx_graph import (INT64_MAX, OPSET, AttentionOps, OnnxBuilder, add_constants, add_offset_products,
-                           add_ones_column, group_input, let_transform, lower_attention, lower_ir, row_inputs, shared,
-                           weight_only)
+                           add_ones_column, group_input, let_transform, lower_attention, lower_ir, quantized_lowering, row_inputs,
+                           shared, weight_only)
 
 MS_DOMAIN = "com.microsoft"
 NP_OF = {"u8": np.uint8, "s8": np.int8}
@@ -187,11 +187,5 @@ def lower_graph(g: Graph, isa: str = "portable", probes: list[str] | None = None
     if isa not in ia.ISAS:
         raise ValueError(f"unknown ISA {isa!r}; choose one of {', '.join(ia.ISAS)}")
 
-    def quantized(b: OnnxBuilder, n: Node, rec, ins: list[str], g: Graph) -> str:
-        if n.op == "qconv":
-            return lower_qconv(b, rec, ins[0], isa)
-        if n.op == "qlinear":
-            return lower_qlinear(b, rec, ins[0], g.shapes[n.inputs[0]], isa)
-        return lower_qattention(b, rec, *ins, consts=g.consts, isa=isa)
-
-    return lower_ir(g, quantized, probes, opsets=(("", OPSET), (MS_DOMAIN, 1)))
+    return lower_ir(g, quantized_lowering(lower_qconv, lower_qlinear, lower_qattention, isa=isa), probes,
+                    opsets=(("", OPSET), (MS_DOMAIN, 1)))

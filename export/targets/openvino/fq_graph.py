@@ -31,7 +31,7 @@ from ...ir.graph import Graph
 from ...ir.plan import fold_constants
 from ...ir.recipes import QAttentionRecipe, QLayerRecipe
 from ...onnx_graph import (INT64_MAX, AttentionOps, OnnxBuilder, add_constants, let_transform, lower_attention,
-                           lower_ir, weight_only)
+                           lower_ir, quantized_lowering, weight_only)
 
 
 def fake_quant(b: OnnxBuilder, x: str, grid: ia.Grid, hint: str) -> str:
@@ -128,15 +128,7 @@ def lower_qattention(b: OnnxBuilder, rec: QAttentionRecipe, q: str, k: str, v: s
 
 def lower_graph_fq(g: Graph, probes: list[str] | None = None) -> onnx.ModelProto:
     """The dequant mode's ONNX of IR graph `g` (module docstring), traced input shapes kept."""
-
-    def quantized(b: OnnxBuilder, n, rec, ins: list[str], g: Graph) -> str:
-        if n.op == "qconv":
-            return lower_qconv(b, rec, ins[0])
-        if n.op == "qlinear":
-            return lower_qlinear(b, rec, ins[0], g.shapes[n.inputs[0]])
-        return lower_qattention(b, rec, *ins, consts=g.consts)
-
-    return lower_ir(g, quantized, probes)
+    return lower_ir(g, quantized_lowering(lower_qconv, lower_qlinear, lower_qattention), probes)
 
 
 def fake_quant_op_count(g: Graph) -> int:
