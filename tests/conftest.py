@@ -26,3 +26,18 @@ def tiny_w8a8(calib_batches):
     pipe = quantize_pipeline(build_pipeline("tiny"), NAMED_CONFIGS["w8a8"])
     statistics_pass(pipe, calib_batches, progress=False)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_traced(tiny_w8a8, calib_batches):
+    """Each tiny W8A8 component traced to the deploy IR on the reference's own input:
+    {component: (graph, fake-quant output, input name, input)}."""
+    from passion_deploy.export.ir.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
+
+    x = calib_batches[0]
+    with torch.no_grad():
+        z = tiny_w8a8.encode(x)
+        z0 = tiny_w8a8.denoise(z)
+        traced = {"unet": (trace_unet(tiny_w8a8, z), "latent", z), "vae_encoder": (trace_vae_encoder(tiny_w8a8, x), "image", x),
+                  "vae_decoder": (trace_vae_decoder(tiny_w8a8, z0), "latent", z0)}
+    return {comp: (g, ref, name, inp) for comp, ((g, ref), name, inp) in traced.items()}

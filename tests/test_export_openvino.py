@@ -92,25 +92,18 @@ def test_the_runtime_compiles_f32_and_runs_the_vae_at_any_size(w8a8):
         rt.unet_eps(torch.randn(1, 4, th // 2, tw))
 
 
-def test_dequant_graph_is_one_float_op_per_layer_and_tracks_fake_quant(tiny_w8a8, calib_batches):
+def test_dequant_graph_is_one_float_op_per_layer_and_tracks_fake_quant(tiny_traced):
     """The dequant mode's graph (fq_graph) of every tiny component: one Conv / MatMul per quantized
     layer on its fake-quantized activation (two per attention core), no Split, no Q/DQ pair, fewer
     ops than the Q/DQ graph of the same IR; run in ONNX Runtime (true division) on the reference's
     own input, it stays within the flipped-code level of the other lowerings (> 40 dB)."""
-    from passion_deploy.export.ir.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
     from passion_deploy.export.onnx_graph import session
     from passion_deploy.export.qdq.lower import lower_graph_qdq
     from passion_deploy.export.targets.openvino.convert import guard_divisions
     from passion_deploy.export.targets.openvino.fq_graph import fake_quant_op_count, lower_graph_fq
     from passion_deploy.metrics import psnr
 
-    x = calib_batches[0]
-    with torch.no_grad():
-        z = tiny_w8a8.encode(x)
-        z0 = tiny_w8a8.denoise(z)
-        cases = {"unet": (trace_unet(tiny_w8a8, z), "latent", z), "vae_encoder": (trace_vae_encoder(tiny_w8a8, x), "image", x),
-                 "vae_decoder": (trace_vae_decoder(tiny_w8a8, z0), "latent", z0)}
-    for comp, ((g, ref), name, inp) in cases.items():
+    for comp, (g, ref, name, inp) in tiny_traced.items():
         model = guard_divisions(lower_graph_fq(g))
         producer = {o: n for n in model.graph.node for o in n.output}
         ops = [n.op_type for n in model.graph.node]

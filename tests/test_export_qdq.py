@@ -13,7 +13,6 @@ from passion_deploy.export.qdq.lower import lower_graph_qdq
 from passion_deploy.export.qdq.rules import qdq_violations, quantized_op_count
 from passion_deploy.export.ir.recipes import layer_recipe
 from passion_deploy.export.onnx_graph import session
-from passion_deploy.export.ir.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
 from passion_deploy.quant.layers import QuantConv, QuantLinear
 from passion_deploy.quant.quantizer import QuantSpec
 from calib_helpers import calibrated_layer
@@ -134,16 +133,10 @@ def psnr(a, b):
     return 10 * np.log10(float(b.max() - b.min()) ** 2 / mse) if mse else float("inf")
 
 
-def test_tiny_components_follow_the_rules_and_track_fake_quant(tiny_w8a8, calib_batches):
+def test_tiny_components_follow_the_rules_and_track_fake_quant(tiny_traced):
     """Every component of the calibrated tiny W8A8 pipeline, at a fixed input shape, run on the
     reference's own input: within the flipped-code level of the integer onnx target (> 40 dB)."""
-    x = calib_batches[0]
-    with torch.no_grad():
-        z = tiny_w8a8.encode(x)
-        z0 = tiny_w8a8.denoise(z)
-        cases = {"unet": (trace_unet(tiny_w8a8, z), "latent", z), "vae_encoder": (trace_vae_encoder(tiny_w8a8, x), "image", x),
-                 "vae_decoder": (trace_vae_decoder(tiny_w8a8, z0), "latent", z0)}
-    for comp, ((g, ref), name, inp) in cases.items():
+    for comp, (g, ref, name, inp) in tiny_traced.items():
         model = lower_graph_qdq(g, {name: tuple(inp.shape)})
         assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == list(inp.shape)
         recs = [(g.recipes[n.attrs["recipe"]], len(g.shapes[n.inputs[0]])) for n in g.nodes if n.op in ("qconv", "qlinear")]
