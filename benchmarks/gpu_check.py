@@ -250,7 +250,7 @@ def make_context(args, argv: list[str]) -> Context:
     device, interpreter = choose_device(args.dry_run)
     if args.dry_run:
         # Triton's interpreter surrounds every launch with small torch copies; a second OpenMP
-        # thread spin-waits on them and slows it (tests/test_export_triton.py measured 95 s vs 56 s)
+        # thread spin-waits on them and slows it (tests/targets/test_export_triton.py measured 95 s vs 56 s)
         torch.set_num_threads(1)
     sizes = DRY_SIZES if args.dry_run else GPU_SIZES
     fdt = torch.float16 if device.type == "cuda" else torch.float32  # FP16 kernels and baselines on a GPU

@@ -15,8 +15,8 @@ import sys
 import time
 from pathlib import Path
 
-GPU_TESTS = ("tests/test_kernels_gemm.py", "tests/test_kernels_attention.py", "tests/test_kernels_aot.py",
-             "tests/test_export_triton.py")
+GPU_TESTS = ("tests/kernels/test_kernels_gemm.py", "tests/kernels/test_kernels_attention.py", "tests/kernels/test_kernels_aot.py",
+             "tests/targets/test_export_triton.py")
 # the dry run's selection: one quick test of each file's module (imports, fixtures, collection),
 # so the step's code runs without the minutes the full files take in the interpreter
 DRY_RUN_SELECTION = "rejects_bad_shapes or checks_shapes or at_least_32_deep or weight_only_layers"

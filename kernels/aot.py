@@ -11,7 +11,7 @@ specialization of the arguments (integers equal to 1 become constants, multiples
 not a hand-written approximation of it. ptxas's own report (`-v`) gives registers and spills.
 
 This needs compiled-mode Triton: it sets TRITON_INTERPRET=0 before importing Triton, so run it
-in its own process (tests/test_kernels_aot.py does); the interpreter would hand out
+in its own process (tests/kernels/test_kernels_aot.py does); the interpreter would hand out
 InterpretedFunctions, which do not compile. Every run compiles from scratch, in a fresh
 Triton cache directory removed afterwards, so no earlier result can hide a failure.
 """

@@ -23,7 +23,7 @@ latent at batch 2, and no size or stride of the codes can overflow the streaming
 The materialised path, `act_matmul` (QK^T) -> `softmax_quant` -> `act_matmul` (PV), stores the
 (Z, N, N) scores and P codes; `KernelAttention(store_int=True)` runs it to hand the tests those
 intermediates and their exact int32 parts. Both paths give the same output bit for bit, on any
-target and with any blocks (tests/test_kernels_attention.py asserts it), because every step
+target and with any blocks (tests/kernels/test_kernels_attention.py asserts it), because every step
 either is exact or is the same float operations on the same values in the same order:
 - the integer dots and the row/column sums of the zero-point algebra are exact, whatever the
   blocking, and both paths finish them with one float epilogue (`_matmul_out`);

@@ -5,7 +5,7 @@ and dtype choices a model's layers and attention cores lead to).
 The kernel wrappers (act_quant, qgemm, streaming_attention, act_matmul, softmax_quant,
 KernelAttention) take their GPU defaults from the launches here; `aot.py` compiles every
 variant below for sm_90 and sm_80 with Triton's own compiler, no GPU needed
-(tests/test_kernels_aot.py: no compile error, no register spill, wgmma on Hopper). A new
+(tests/kernels/test_kernels_aot.py: no compile error, no register spill, wgmma on Hopper). A new
 launch or variant is added here, and is then compiled on every CI run. Triton's interpreter
 ignores warps and stages, and the triton target's interpreter block caps
 (export/targets/triton/modules.py) are CPU-only: not listed here.
@@ -242,7 +242,7 @@ GEMM_VARIANTS = (
     GemmVariant("conv1-split-w8-fp16", "up-block shortcut on cat(h, skip)", (1, 1), 2, 8, "fp16",
                 shape=SPLIT_CONV, channels=(640, 320)),
     GemmVariant("conv1-w6-fp32", "1x1 conv, W6A6 with residuals", (1, 1), 1, 6, "fp32", res=True, shape=CONV),
-    # what the kernel tests launch on a GPU (tests/test_kernels_gemm.py): the exact int32 parts,
+    # what the kernel tests launch on a GPU (tests/kernels/test_kernels_gemm.py): the exact int32 parts,
     # int8 activations, and their small tiles (the smallest the int8 dot takes)
     GemmVariant("test-linear-s8", "kernel tests: int8 activations, int32 parts", None, 1, 8, "fp32",
                 act="s8", store_int=True, block=(64, 32, 32), shape=(37, 21, 19)),
@@ -316,7 +316,7 @@ class StreamingAttentionVariant:
 STREAMING_ATTENTION_VARIANTS = (
     StreamingAttentionVariant("self", "self-attention (KernelAttention's call), tokens a multiple of 64", 1024),
     StreamingAttentionVariant("cross", "cross-attention on 77 text tokens (no multiple of 16)", 77),
-    # what the kernel tests launch on a GPU (tests/test_kernels_attention.py): 16 query rows x 32
+    # what the kernel tests launch on a GPU (tests/kernels/test_kernels_attention.py): 16 query rows x 32
     # keys (the PV dot's K minimum), head dim 8 padded to 32, and both operand dtypes on each side
     StreamingAttentionVariant("test-small", "kernel tests: 16x32 tiles, head dim 8", 37, queries=19, head_dim=8,
                               block=(16, 32)),
@@ -348,7 +348,7 @@ ACT_MATMUL_VARIANTS = (
     ActMatmulVariant("self-pv", "self-attention P @ V", "pv", 1024, store_int=True),
     ActMatmulVariant("cross-qk", "cross-attention on 77 text tokens (no multiple of 16)", "qk", 77, store_int=True),
     ActMatmulVariant("cross-pv", "cross-attention P @ V: K = 77 keys", "pv", 77, store_int=True),
-    ActMatmulVariant("test-small", "kernel tests (tests/test_kernels_attention.py): 16x16x32, int32 parts",
+    ActMatmulVariant("test-small", "kernel tests (tests/kernels/test_kernels_attention.py): 16x16x32, int32 parts",
                      "qk", 21, store_int=True, block=(16, 16, 32), queries=19, head_dim=37),
 )
 

@@ -41,3 +41,18 @@ def tiny_traced(tiny_w8a8, calib_batches):
         traced = {"unet": (trace_unet(tiny_w8a8, z), "latent", z), "vae_encoder": (trace_vae_encoder(tiny_w8a8, x), "image", x),
                   "vae_decoder": (trace_vae_decoder(tiny_w8a8, z0), "latent", z0)}
     return {comp: (g, ref, name, inp) for comp, ((g, ref), name, inp) in traced.items()}
+
+
+def pytest_configure(config):
+    # the markers this suite uses, registered so a typo in one fails (--strict-markers in pytest.ini)
+    for line in ("slow: minutes of work (sd21-sized models, calibration, many exports)",
+                 "serve: starts a Triton Inference Server or a Ray cluster",
+                 "gpu: needs a CUDA GPU (skips with the reason without one)"):
+        config.addinivalue_line("markers", line)
+
+
+def pytest_collection_modifyitems(config, items):
+    # every test under tests/serving/ starts a server or a cluster: `-m "not serve"` skips them all
+    for item in items:
+        if "serving" in item.path.parts:
+            item.add_marker(pytest.mark.serve)

@@ -140,7 +140,7 @@ class LayerPlan:
         Each value comes from the dense map's own arithmetic (`ia.ones_conv_map`), on the
         smallest input where its combination of classes occurs. F.conv2d's float64 sums can
         differ in the last bit between input sizes (its summation order follows the image
-        size), which the float32 epilogue's rounding removes: tests/test_border_maps.py holds
+        size), which the float32 epilogue's rounding removes: tests/ir/test_border_maps.py holds
         the expanded float32 table equal to the float32 dense map for many sizes."""
         if self.map_taps is None:
             return None

@@ -7,7 +7,9 @@ bundled server) for requests, Ray for folders of images.
     batcher.py       TileBatcher: component calls of concurrent images stacked into one call
     service.py       SRService: request tensors -> checked images -> 4x uint8 images, each bad
                      request refused in one sentence (no Triton needed; what the model runs)
-    triton_model.py  the Triton Python-backend model around SRService
+    tritonserver_model.py  Triton Inference Server's Python-backend model around SRService (the
+                     server, not the `triton` export target of Triton kernels)
+    tritonserver_z0.py     the z0 step of --write-repo's tile ensemble, a Python-backend model
     repository.py    Triton model repositories: the one passion-serve serves, and --write-repo's
                      (component models, an ensemble, the whole-image model) for a full Triton
     server.py        PyTriton's Triton Inference Server on a repository: libpython, SIGTERM drain

@@ -3,7 +3,7 @@
 Two kinds:
 
 - the serving repository (passion-serve): one Python-backend model, `passion_sr`, whole images
-  of any size in, 4x images out (triton_model.py), reading the artifact where it lies;
+  of any size in, 4x images out (tritonserver_model.py), reading the artifact where it lies;
 - the deployment repository (passion-serve --write-repo DIR), for a full Triton server:
     passion_sr        the same whole-image model, the artifact copied into passion_sr/1/artifact
                       (the server's Python needs passion-deploy installed)
@@ -37,11 +37,11 @@ ARTIFACT_SUBDIR = "artifact"
 
 SHIM = {
     SR_MODEL: ("# Written by passion-serve. Triton's Python backend loads TritonPythonModel from this file; the\n"
-               "# model itself is passion_deploy.serving.triton_model (pip install 'passion-deploy[serve]' in the\n"
+               "# model itself is passion_deploy.serving.tritonserver_model (pip install 'passion-deploy[serve]' in the\n"
                "# Python environment of the server), configured by the parameters of config.pbtxt.\n"
-               "from passion_deploy.serving.triton_model import TritonPythonModel  # noqa: F401\n"),
-    Z0_MODEL: ("# Written by passion-serve: z0 from latent and eps, passion_deploy.serving.triton_z0.\n"
-               "from passion_deploy.serving.triton_z0 import TritonPythonModel  # noqa: F401\n"),
+               "from passion_deploy.serving.tritonserver_model import TritonPythonModel  # noqa: F401\n"),
+    Z0_MODEL: ("# Written by passion-serve: z0 from latent and eps, passion_deploy.serving.tritonserver_z0.\n"
+               "from passion_deploy.serving.tritonserver_z0 import TritonPythonModel  # noqa: F401\n"),
 }
 
 

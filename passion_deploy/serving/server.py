@@ -8,7 +8,7 @@
   inherits it, so this process need not restart.
 - startup: PyTriton waits up to two minutes for a server that is ready; a model that fails to
   load instead makes the server exit. A watcher thread sees the model's one-line load error
-  (triton_model.py writes it) or the server's exit, and interrupts the wait with that reason.
+  (tritonserver_model.py writes it) or the server's exit, and interrupts the wait with that reason.
   PyTriton has to start the server from the main thread: the server dies with the thread that
   started it (PR_SET_PDEATHSIG).
 - drain: SIGTERM or SIGINT sends SIGINT to tritonserver, as PyTriton's stop does. Triton then

@@ -25,7 +25,7 @@ after it into one x * (1/(s*D)) + c', and every quantizer here sits behind such 
 transform (x - o) / s then / D; P * s_vw then / D). A Max(x, -FLT_MAX) in front of each Div by a
 constant, an identity on every finite value, stops that folding: on 1e5 values built to sit on
 half steps behind an LET transform, 719 moved by one code with the guard, 18391 without
-(tests/test_export_openvino.py).
+(tests/targets/test_export_openvino.py).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from passion_deploy.config import NAMED_CONFIGS, ConfigError
 from passion_deploy.models import build_pipeline
 from passion_deploy.quant import quantize_pipeline
 
-SEED = Path(__file__).parent / "data" / "passionsr_ptq_seed.yaml"
+SEED = Path(__file__).parents[1] / "data" / "passionsr_ptq_seed.yaml"
 
 
 def test_seed_readme_config_becomes_a_job():

@@ -18,7 +18,7 @@ from PIL import Image  # noqa: E402
 from passion_deploy.benchmarks import charts, report  # noqa: E402
 from passion_deploy.cli import bench as bench_cli  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHA = "ab" * 32
 
 

@@ -299,7 +299,7 @@ def test_both_lora_layouts_merge_alike(files, w8):
 
 
 def test_sd21_config_maps_to_the_sd21_preset():
-    cfg = read_ldm_config(Path(__file__).parent / "data" / "v2-inference-v-fp32.yaml")
+    cfg = read_ldm_config(Path(__file__).parents[1] / "data" / "v2-inference-v-fp32.yaml")
     assert matching_preset(cfg) == "sd21"
 
 

@@ -7,7 +7,7 @@ from passion_deploy.config import (NAMED_CONFIGS, ComponentConfig, ConfigError, 
 
 from pathlib import Path
 
-SEED = Path(__file__).parent / "data" / "passionsr_ptq_seed.yaml"
+SEED = Path(__file__).parents[1] / "data" / "passionsr_ptq_seed.yaml"
 
 
 def test_seed_readme_example_loads():
