@@ -11,6 +11,7 @@ every file and refuses a missing, resized, modified or foreign file with one sen
 """
 from __future__ import annotations
 
+from passion_deploy.errors import PassionError
 import json
 import os
 import platform
@@ -25,7 +26,7 @@ MANIFEST = "manifest.json"
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 
 
-class ArtifactError(ValueError):
+class ArtifactError(PassionError):
     """An artifact directory that cannot be used; the message names the file and the problem."""
 
 

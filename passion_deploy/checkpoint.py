@@ -14,6 +14,7 @@ of tensor names and every shape. A bad file fails with one sentence that names t
 """
 from __future__ import annotations
 
+from .errors import PassionError
 import json
 from pathlib import Path
 
@@ -31,7 +32,7 @@ CUSTOM_PRESET = "custom"  # the preset name of a model built from recorded diffu
 CONTEXT_TENSOR = "pipeline.context"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PassionError):
     """A checkpoint that cannot be used; the message names the file and the problem."""
 
 

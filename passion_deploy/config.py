@@ -13,6 +13,7 @@ stored inside every calibrated checkpoint.
 """
 from __future__ import annotations
 
+from .errors import PassionError
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from .quant.quantizer import QuantSpec
 LET_FORMS = ("consistent", "reference")
 
 
-class ConfigError(ValueError):
+class ConfigError(PassionError):
     """A config that cannot be used; the message names the file and the key."""
 
 

@@ -6,6 +6,8 @@ Triton's CPU interpreter on from this answer.
 """
 from __future__ import annotations
 
+from .errors import PassionError
+
 
 def cuda_available() -> bool:
     """A CUDA GPU that this torch build can use."""
@@ -41,7 +43,7 @@ def gpu_name(index: int = 0) -> str:
     return cuda.Device(index).name()
 
 
-class DeviceError(ValueError):
+class DeviceError(PassionError):
     """A --device this machine cannot give; the message says what is missing."""
 
 

@@ -5,6 +5,7 @@ images), applied per channel in float mode so no 8-bit rounding sneaks in.
 """
 from __future__ import annotations
 
+from .errors import PassionError
 import os
 import warnings
 from pathlib import Path
@@ -20,7 +21,7 @@ from .metrics import psnr  # noqa: F401  (its home is metrics.py; kept importabl
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
-class ImageError(ValueError):
+class ImageError(PassionError):
     """An image file that cannot be used; the message names the file and the problem."""
 
 

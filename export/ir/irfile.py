@@ -8,6 +8,7 @@ lowered from a loaded IR file; `load_ir(save_ir(g)) == g` is tested.
 """
 from __future__ import annotations
 
+from passion_deploy.errors import PassionError
 import json
 from pathlib import Path
 
@@ -24,7 +25,7 @@ FORMAT = "passion-deploy/deploy-ir"
 FORMAT_VERSION = 1
 
 
-class IRFileError(ValueError):
+class IRFileError(PassionError):
     pass
 
 

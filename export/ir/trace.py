@@ -21,6 +21,7 @@ diffusers modules themselves (triton) replace those layers by these constants.
 """
 from __future__ import annotations
 
+from passion_deploy.errors import PassionError
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,7 +39,7 @@ from .recipes import attention_recipe, layer_recipe
 
 
 
-class ExportError(ValueError):
+class ExportError(PassionError):
     """A model the exporter cannot represent; the message says what and where."""
 
 

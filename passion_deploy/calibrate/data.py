@@ -1,6 +1,7 @@
 """Calibration inputs: LR/HR pairs made the way the SR pipeline sees them (spec section 5)."""
 from __future__ import annotations
 
+from ..errors import PassionError
 from pathlib import Path
 
 import torch
@@ -36,7 +37,7 @@ def photo_batches(paths: list[Path], size_px: int) -> list[torch.Tensor]:
     return [pair_from_hr(center_square(read_image(p), size_px))[0][None] for p in paths]
 
 
-class CalibrationDataError(ValueError):
+class CalibrationDataError(PassionError):
     """Calibration images that cannot be used; the message names the folder or file."""
 
 

@@ -6,6 +6,7 @@ bounded on large ones. Outputs are written atomically; a rerun skips finished ou
 """
 from __future__ import annotations
 
+from ..errors import PassionError
 import argparse
 import sys
 import time
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class UsageError(ValueError):
+class UsageError(PassionError):
     """A bad option value; the message says which and why."""
 
 

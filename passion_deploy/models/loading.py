@@ -8,6 +8,7 @@ a failed load leaves the models exactly as they were.
 """
 from __future__ import annotations
 
+from ..errors import PassionError
 import json
 import re
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ PEFT_DEFAULT_LORA_ALPHA = 8.0
 LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 
 
-class WeightsError(ValueError):
+class WeightsError(PassionError):
     """Weights that cannot be used; the message names the file and the problem."""
 
 

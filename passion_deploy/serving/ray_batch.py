@@ -17,6 +17,7 @@ dropped silently: the result lists every input as written, kept, or failed.
 """
 from __future__ import annotations
 
+from ..errors import PassionError
 import os
 import time
 from collections import deque
@@ -31,7 +32,7 @@ QUEUE_PER_WORKER = 2
 START_TIMEOUT_S = 600  # a worker's start (scheduling and loading the model), when no worker is up
 
 
-class BatchError(RuntimeError):
+class BatchError(PassionError, RuntimeError):
     """The job cannot run (no Ray, no cluster, no worker could load the model): one sentence."""
 
 

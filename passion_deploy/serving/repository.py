@@ -21,6 +21,7 @@ own protobuf definitions (tritonclient's model_config_pb2).
 """
 from __future__ import annotations
 
+from ..errors import PassionError
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -45,7 +46,7 @@ SHIM = {
 }
 
 
-class RepositoryError(ValueError):
+class RepositoryError(PassionError):
     """A repository that cannot be written; the message says why."""
 
 

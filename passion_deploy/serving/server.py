@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+from ..errors import PassionError
 import os
 import signal
 import sysconfig
@@ -33,7 +34,7 @@ DEFAULT_DRAIN_TIMEOUT_S = 120
 INSTALL_HINT = "pip install 'passion-deploy[serve]' (nvidia-pytriton, tritonclient)"
 
 
-class ServeError(RuntimeError):
+class ServeError(PassionError, RuntimeError):
     """The server cannot start or stopped on its own; the message says why in one sentence."""
 
 

@@ -12,6 +12,7 @@ super_resolve on a BatchedRuntime, so their tiles meet in stacked component call
 """
 from __future__ import annotations
 
+from ..errors import PassionError
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -26,7 +27,7 @@ from .spec import SRSettings, array_image, decode_image, sr_uint8
 SCALE = 4
 
 
-class BadRequest(ValueError):
+class BadRequest(PassionError):
     """A request the model refuses; the message is one sentence for the client."""
 
 

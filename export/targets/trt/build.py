@@ -15,6 +15,7 @@ GPU model it was built with; the manifest records both and the runtime checks th
 """
 from __future__ import annotations
 
+from passion_deploy.errors import PassionError
 import importlib
 import os
 import tempfile
@@ -29,7 +30,7 @@ INSTALL_HINT = ("on a machine with an NVIDIA GPU and driver, `pip install tensor
                 "(or `pip install -e '.[gpu]'`), then rerun passion-export --target trt")
 
 
-class EngineBuildError(RuntimeError):
+class EngineBuildError(PassionError, RuntimeError):
     """TensorRT refused a graph or failed to build it; the message names the file."""
 
 
