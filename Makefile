@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test venv
+.PHONY: demo test venv lint
 venv: $(VENV)/.installed
 
 # torch is pinned first so pip takes the CPU build (on these machines it lies on disk);
@@ -29,6 +29,10 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q tests
+
+# the layering contracts of .importlinter, on the installed package layout (tests/test_layering.py)
+lint: venv
+	$(BIN)/python -m pytest -q tests/test_layering.py
 
 # -- the GPU check (benchmarks/gpu_check.py; issue 15) -----------------------------------------
 # `make gpu-check GPU_OUT=DIR` on a GPU machine: the device image has no diffusers and no

@@ -8,10 +8,15 @@ HERE = Path(__file__).parent
 VERSION = re.search(r'__version__ = "([^"]+)"', (HERE / "passion_deploy" / "__init__.py").read_text()).group(1)
 
 # kernels/, export/ and benchmarks/ are top-level folders in the repo but install inside the
-# package, so nothing generic lands in site-packages: passion_deploy/<name> is a symbolic link to
-# each, which find_packages follows. Python, the installer and import-linter (whose contracts name
-# passion_deploy.export...) then all see one tree, the installed one.
+# package (passion_deploy.kernels, passion_deploy.export, passion_deploy.benchmarks), so nothing
+# generic lands in site-packages. package_dir maps each package name to its folder; an editable
+# install (pip install -e) maps them the same way through setuptools' import finder.
+TOP_LEVEL = ("export", "kernels", "benchmarks")
+package_dir = {"passion_deploy": "passion_deploy"}
 packages = ["passion_deploy"] + [f"passion_deploy.{p}" for p in find_packages("passion_deploy")]
+for top in TOP_LEVEL:
+    package_dir[f"passion_deploy.{top}"] = top
+    packages += [f"passion_deploy.{top}"] + [f"passion_deploy.{top}.{p}" for p in find_packages(top)]
 
 setup(
     name="passion-deploy",
@@ -21,6 +26,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=packages,
+    package_dir=package_dir,
     package_data={"passion_deploy": ["assets/*", "assets/*/*", "assets/*/*/*"]},
     install_requires=[
         "torch>=2.1",
