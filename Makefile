@@ -44,6 +44,8 @@ GPU_OUT      ?= out/gpu-check
 GPU_BUDGET_S ?= 480
 GPU_PYTHON   ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 GPU_SITE     ?= /tmp/site
+# the checkout laid out as installed (passion_deploy.layout): it runs uninstalled on the GPU machine
+GPU_TREE     ?= /tmp/passion-tree
 WHEEL_PLATFORMS := $(foreach n,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(n)_x86_64)
 
 gpu-wheels:
@@ -53,7 +55,8 @@ gpu-wheels:
 gpu-check:
 	@$(GPU_PYTHON) -c "import diffusers" 2>/dev/null || $(GPU_PYTHON) -m pip install -q --no-index --no-deps \
 		--no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl
-	PYTHONPATH=$(GPU_SITE):$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
+	$(GPU_PYTHON) -m passion_deploy.layout $(GPU_TREE) >/dev/null
+	PYTHONPATH=$(GPU_SITE):$(GPU_TREE)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
 		$(GPU_PYTHON) -m passion_deploy.benchmarks.gpu_check --out $(GPU_OUT) --budget-s $(GPU_BUDGET_S)
 
 gpu-check-dry: venv

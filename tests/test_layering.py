@@ -3,8 +3,8 @@ each other, the CLI on top, no import cycles): `lint-imports` run on this checko
 
 import-linter finds a package's modules by walking its folder, and setup.py's package_dir maps
 the top-level export/, kernels/ and benchmarks/ folders into passion_deploy only for the
-installer. So the test lays the installed package out in a temporary folder (links to the
-checkout's files) and lints that: the same modules, under the names the code imports them by.
+installer. So the test lays the installed package out in a temporary folder (passion_deploy.layout:
+links to the checkout's files) and lints that: the same modules, under the names the code imports them by.
 """
 import os
 import shutil
@@ -15,22 +15,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MAPPED_INTO_PACKAGE = ("export", "kernels", "benchmarks")  # setup.py's package_dir
-
-
-def installed_layout(dest: Path) -> Path:
-    """dest/passion_deploy as the installer lays it out, every entry a link into the checkout."""
-    pkg = dest / "passion_deploy"
-    pkg.mkdir()
-    for entry in (ROOT / "passion_deploy").iterdir():
-        (pkg / entry.name).symlink_to(entry)
-    for top in MAPPED_INTO_PACKAGE:
-        (pkg / top).symlink_to(ROOT / top)
-    return dest
 
 
 def test_top_level_folders_are_mapped_not_linked():
     # package_dir, not links in the tree (a link breaks on Windows checkouts and in sdists)
+    from passion_deploy.layout import MAPPED_INTO_PACKAGE
+
     for top in MAPPED_INTO_PACKAGE:
         assert not (ROOT / "passion_deploy" / top).exists(), f"passion_deploy/{top} should not exist in the checkout"
     import passion_deploy.export
@@ -44,7 +34,9 @@ def test_import_contracts_are_kept(tmp_path):
     exe = shutil.which("lint-imports") or str(Path(sys.executable).with_name("lint-imports"))
     if not Path(exe).exists():
         pytest.fail("lint-imports is not installed: pip install -e '.[test]' brings import-linter")
-    env = dict(os.environ, PYTHONPATH=str(installed_layout(tmp_path)))
+    from passion_deploy.layout import lay_out_installed_package
+
+    env = dict(os.environ, PYTHONPATH=str(lay_out_installed_package(tmp_path)))
     out = subprocess.run([exe, "--config", str(ROOT / ".importlinter"), "--no-cache"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
