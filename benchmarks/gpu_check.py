@@ -107,8 +107,12 @@ class Check:
 
     def write(self, final: bool = False) -> None:
         rep = dict(self.report, targets=targets(self.report), finished=final, wall_s=round(self.elapsed(), 1))
+        try:
+            md = markdown(rep)
+        except Exception as e:  # noqa: BLE001 - a record cut short must not cost the JSON or the run
+            md = f"# GPU check\n\nThe report could not be written ({type(e).__name__}: {e}); {JSON_NAME} has every number.\n"
         self.out.mkdir(parents=True, exist_ok=True)
-        for name, text in ((JSON_NAME, json.dumps(rep, indent=1, default=str) + "\n"), (MD_NAME, markdown(rep))):
+        for name, text in ((JSON_NAME, json.dumps(rep, indent=1, default=str) + "\n"), (MD_NAME, md)):
             (self.out / (name + ".tmp")).write_text(text)
             (self.out / (name + ".tmp")).replace(self.out / name)
 
@@ -175,7 +179,7 @@ def end_to_end(c: Check) -> dict:
                      "components": {k: {f: v for f, v in r.items() if not f.startswith("per_probe")}
                                     for k, r in ver["components"].items()}}
     c.write()
-    rec["bench"] = run_benchmark(art, components=["unet"], runs=sz["runs"], warmup=1 if c.dry else 2, sr_px=sr_px, memory=False,
+    rec["bench"] = run_benchmark(art, components=["unet"], runs=sz["runs"], warmup=0 if c.dry else 2, sr_px=sr_px, memory=False,
                                  progress=False, log=c.log)
     c.write()
     if c.budget_s - c.elapsed() < sz["w6_needs_s"]:
@@ -255,7 +259,8 @@ def markdown(rep: dict) -> str:
               for n, s in steps.items()]
     lines += ["", f"Machine: {machine_line(rep)}" + (f"; CUDA {gpu['cuda']}, cuDNN {gpu['cudnn']}, compute capability "
                                                     f"{gpu['compute_capability']}" if gpu else "")]
-    lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items())] * ("versions" in rep)
+    if "versions" in rep:
+        lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in rep["versions"].items())]
     if _get(steps, "kernels", "shapes") is not None:
         lines += ["", "## Kernels (kernels/bench.py)", ""] + table(steps["kernels"])
     e2e = steps.get("end_to_end") or {}
@@ -287,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     import triton  # the kernels' language: its version decides what they compile to
 
     c.report["versions"] = {**versions(), "triton": triton.__version__}  # after the steps: all they imported
+    c.report["machine"]["load_average_end"] = os.getloadavg()
     c.write(final=True)
     for t in targets(c.report):
         print(f"  {t['target']}: {t['measured']} -> {t['status']}", flush=True)

@@ -61,7 +61,7 @@ def test_each_step_measured_something(dry_run):
     e2e = steps["end_to_end"]
     unet = e2e["bench"]["components"]["unet"]["variants"]
     assert e2e["bench"]["artifact_variant"] == "triton" and set(unet) == {"triton", "torch_fp32"}
-    assert all(v["median_s"] > 0 and len(v["samples_s"]) == gpu_check.DRY_SIZES.runs for v in unet.values())
+    assert all(v["median_s"] > 0 and len(v["samples_s"]) == gpu_check.SIZES[True]["runs"] for v in unet.values())
     assert e2e["sr_out_px"] is None and list(e2e["bench"]["components"]) == ["unet"]  # full SR: on a GPU only
     assert e2e["verify"]["passed"], e2e["verify"]
     w8, w6 = e2e["weights"]["int8"], e2e["weights"]["int6"]
