@@ -24,7 +24,6 @@ from passion_deploy.models.components import component
 NEEDS = {"ov_fp32": ["openvino"], "ov_default": ["openvino"], "nncf_int8": ["openvino", "nncf"]}  # Python packages
 OV_BASELINES = tuple(NEEDS)
 FIDELITY_PHOTO = "coffee"  # one of calibrate/data.py's HELD_OUT photos: no checkpoint here was calibrated on it
-INSTALL = "pip install 'passion-deploy[openvino]'"
 
 
 def require(names: list[str]) -> None:
@@ -34,7 +33,8 @@ def require(names: list[str]) -> None:
     for name in names:
         for module in NEEDS.get(name, ()):
             if find_spec(module) is None:
-                raise ValueError(f"the {name} baseline needs {module}, which is not installed here: {INSTALL}")
+                raise ValueError(f"the {name} baseline needs {module}, which is not installed here: "
+                                 "pip install 'passion-deploy[openvino]'")
 
 
 def to_tensor(out) -> torch.Tensor:

@@ -39,10 +39,9 @@ JSON_NAME, MD_NAME = "gpu_check.json", "gpu_check.md"
 STEP_ORDER = ("kernels", "end_to_end")
 KERNEL_TARGET = "triton"  # the export target whose runtime calls kernels/: what this check measures
 GEMM_BAR, UNET_BAR, BYTES_BARS = 1.6, 1.5, {8: 0.51, 6: 0.385}  # issue 15's, on an H100 / H200
-# what differs between the GPU run and the dry run: the latent tile, the W6A6 export's (packed bytes
-# do not depend on it), the full SR's LR side (none in the dry run: seven SRs in the interpreter take
-# minutes), passion-bench's runs (>= 5), the budget share of the kernels, the budget the W6A6 export
-# needs left
+# the GPU run's and the dry run's: latent tile, the W6A6 export's (packed bytes do not depend on it),
+# full SR's LR side (none in the dry run: seven SRs in the interpreter take minutes), passion-bench's
+# runs (>= 5), the kernels' share of the budget, the budget the W6A6 export needs left
 SIZES = {False: dict(preset="sd21", tile=64, w6_tile=16, lr_px=128, kernel_runs=20, runs=20, kernel_share=0.2,
                      w6_needs_s=150),
          True: dict(preset="tiny", tile=8, w6_tile=8, lr_px=None, kernel_runs=2, runs=5, kernel_share=0.2,
@@ -203,22 +202,26 @@ def targets(rep: dict) -> list[dict]:
         if ok is None and not why:
             s = steps.get(step, {})
             why = f"the {step} step {s.get('status', 'did not run')}: {s.get('error') or 'no value recorded'}"[:300]
-        status = "not measured" if ok is None else "not judged (dry run: CPU, interpreter)" if rep["dry_run"] else \
-            "met" if ok else "not met"
+        status = "not measured" if ok is None else "met" if ok else "not met"
+        if ok is not None and rep["dry_run"]:
+            status = "not judged (dry run: CPU, interpreter)"
         return {"target": name, "bar": bar, "status": status, "measured": measured, **({"why": why} if why else {})}
+
     out = []
     name, bar = "int8 GEMM vs cuBLAS FP16 at the sd21 UNet's large shapes", f">= {GEMM_BAR}x on every large shape"
     shapes = [s for s in _get(steps, "kernels", "shapes") or [] if s.get("large") and "speedup" in s]
-    x = {s["shape"]: s["speedup"]["int8"] for s in shapes}
-    wrong = [s["shape"] for s in shapes if not s["check_passed"]]
-    out.append(verdict(name, bar, min(x.values()) >= GEMM_BAR and not wrong, f"min {min(x.values()):.2f}x, geomean "
-                       f"{math.exp(sum(map(math.log, x.values())) / len(x)):.2f}x over {len(x)} shapes", "kernels",
-                       f"wrong output (reference check) at: {', '.join(wrong)}" if wrong else "")
-               if x else verdict(name, bar, None, step="kernels"))
+    if shapes:
+        x = [s["speedup"]["int8"] for s in shapes]
+        wrong = [s["shape"] for s in shapes if not s["check_passed"]]
+        measured = f"min {min(x):.2f}x, geomean {math.exp(sum(map(math.log, x)) / len(x)):.2f}x over {len(x)} shapes"
+        why = f"wrong output (reference check) at: {', '.join(wrong)}" if wrong else ""
+        out.append(verdict(name, bar, min(x) >= GEMM_BAR and not wrong, measured, "kernels", why))
+    else:
+        out.append(verdict(name, bar, None, step="kernels"))
     name, bar = "sd21 UNet end to end vs PyTorch FP16, both with CUDA graphs", f">= {UNET_BAR}x"
     bench = _get(steps, "end_to_end", "bench") or {}
     unet = _get(bench, "components", "unet") or {}
-    if unet.get("speedup"):
+    if unet.get("speedup"):  # passion-bench's: baseline median / artifact median
         art = unet["variants"][bench["artifact_variant"]]["median_s"]
         base, x = next(iter(unet["speedup"].items()))
         out.append(verdict(name, bar, x >= UNET_BAR, f"{x:.2f}x ({x * art * 1e3:.2f} ms {base[3:]} / {art * 1e3:.2f} ms int8)"))
@@ -227,13 +230,18 @@ def targets(rep: dict) -> list[dict]:
     for bits, bar_v in BYTES_BARS.items():
         name, bar = f"int{bits} weights vs FP16 (the UNet's integer layers)", f"<= {bar_v}x"
         w = _get(steps, "end_to_end", "weights", f"int{bits}") or {}
-        out.append(verdict(name, bar, w["ratio"] <= bar_v, f"{w['ratio']:.4f}x ({w['packed_bytes'] / 2**20:.1f} MiB vs "
-                                                            f"{w['fp16_bytes'] / 2**20:.1f} MiB, {w['layers']} layers)")
-                   if "ratio" in w else verdict(name, bar, None, why=w.get("not_run", "")))
+        if "ratio" in w:
+            mib = f"{w['packed_bytes'] / 2**20:.1f} MiB vs {w['fp16_bytes'] / 2**20:.1f} MiB, {w['layers']} layers"
+            out.append(verdict(name, bar, w["ratio"] <= bar_v, f"{w['ratio']:.4f}x ({mib})"))
+        else:
+            out.append(verdict(name, bar, None, why=w.get("not_run", "")))
     name, bar = f"{KERNEL_TARGET} runtime vs fake-quant on this device (passion-export --verify)", "--verify's bars"
     v = _get(steps, "end_to_end", "verify")
-    out.append(verdict(name, bar, v["passed"], f"end to end {v['end_to_end']['psnr_vs_fakequant_db']} dB; " + ", ".join(
-        f"{k} {r['psnr_vs_fakequant_db']} dB" for k, r in v["components"].items())) if v else verdict(name, bar, None))
+    if v:
+        comps = ", ".join(f"{k} {r['psnr_vs_fakequant_db']} dB" for k, r in v["components"].items())
+        out.append(verdict(name, bar, v["passed"], f"end to end {v['end_to_end']['psnr_vs_fakequant_db']} dB; {comps}"))
+    else:
+        out.append(verdict(name, bar, None))
     return out
 
 
@@ -249,7 +257,8 @@ def markdown(rep: dict) -> str:
     if rep["dry_run"]:
         lines += ["**Dry run on the CPU: tiny model, kernels in Triton's interpreter, FP32, no CUDA graphs. "
                   "Every timing below is meaningless; the run only proves the check's code paths.**", ""]
-    lines += ["*In progress (written after each step).*", ""] * (not rep.get("finished"))
+    if not rep.get("finished"):
+        lines += ["*In progress (written after each step).*", ""]
     lines += [f"`{rep['command']}`, started {rep['started']}, {rep.get('wall_s')} s of a {rep['budget_s']:.0f} s budget.", "",
               "## Targets (issue 15)", "", "| target | bar | measured | status |", "|---|---|---|---|"]
     lines += [f"| {t['target']} | {t['bar']} | {t['measured']}{' (' + t['why'] + ')' if t.get('why') else ''} | **{t['status']}** |"
@@ -267,7 +276,8 @@ def markdown(rep: dict) -> str:
     if e2e.get("bench"):
         lines += ["", f"## End to end: {e2e['preset']} {e2e['config']}", "",
                   bench_markdown(e2e["bench"]).replace("# passion-bench", "### passion-bench", 1)]
-    lines += ["", "## What failed", ""] * bool(rep["problems"]) + [f"- {p['where']}: {p['error']}" for p in rep["problems"]]
+    if rep["problems"]:
+        lines += ["", "## What failed", ""] + [f"- {p['where']}: {p['error']}" for p in rep["problems"]]
     return "\n".join(lines) + "\n"
 
 

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from passion_deploy.measure import GpuPeak, PeakRSS, fresh_process_peak
-from passion_deploy.measure import time_alternating as alternate
+from passion_deploy.measure import time_alternating
 from passion_deploy.models.components import component
 
 if TYPE_CHECKING:
@@ -82,13 +82,6 @@ def versions() -> dict:
             if dist.lower() not in v and (wanted is None or dist.lower() in wanted):
                 v[dist.lower()] = metadata.version(dist)
     return v
-
-
-def time_alternating(fns: dict, rec: dict, runs: int, progress: bool, desc: str, device=None) -> None:
-    """The one timing loop over the loaded variants, with the peak RSS seen while each ran: fills
-    rec[variant] with its samples, median, min and max (records keep no run count: samples_s has it)."""
-    for v, timed in alternate(fns, runs, device=device, peak_rss=True, progress=progress, desc=desc).items():
-        rec[v].update({k: timed[k] for k in ("samples_s", "peak_rss_bytes", "median_s", "min_s", "max_s")})
 
 
 def speedups(rec: dict, artifact_variant: str) -> dict:
@@ -250,7 +243,9 @@ def time_component(variants: list[TimingVariant], runs: int, warmup: int, progre
     for v in variants:  # what a variant learnt while loading (OpenVINO: the precision it compiled to)
         rec[v.name].update({k: val for k, val in v.fields.items() if k not in rec[v.name]})
     cuda = next((v.x.device for v in variants if v.x.is_cuda), None)
-    time_alternating(calls, rec, runs, progress, desc, cuda)
+    # the one timing loop, with the peak RSS seen while each variant ran (no run count: samples_s has it)
+    for name, t in time_alternating(calls, runs, device=cuda, peak_rss=True, progress=progress, desc=desc).items():
+        rec[name].update({k: t[k] for k in ("samples_s", "peak_rss_bytes", "median_s", "min_s", "max_s")})
     if loaded is not None:
         loaded.update({name: call.func for name, call in calls.items()})
     return rec
