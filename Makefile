@@ -38,13 +38,19 @@ lint: venv
 # `make gpu-check GPU_OUT=DIR` on a GPU machine: the device image has no diffusers and no
 # network, so the wheels of benchmarks/gpu_wheels.txt travel in .whl/ (`make gpu-wheels`, here)
 # and are installed into /tmp/site first when diffusers is missing. Its Python is the image's
-# python3 (no .venv there); here the .venv's when it exists. `make gpu-check-dry`: the CPU check.
+# python3 (no .venv there); here the .venv's when it exists. After the timings, the kernel and
+# triton-target tests run on the GPU (CUDA tensors), within GPU_TESTS_S, into GPU_OUT/gpu_tests.*
+# (a timed-out or failing run is said there; `make` goes on to report it). `make gpu-check-dry`:
+# the CPU check of the script.
 .PHONY: gpu-check gpu-check-dry gpu-wheels
 GPU_OUT      ?= out/gpu-check
-GPU_BUDGET_S ?= 480
+GPU_BUDGET_S ?= 360
+GPU_TESTS_S  ?= 200
+GPU_TESTS    := tests/kernels tests/targets/test_export_triton.py
 GPU_PYTHON   ?= $(if $(wildcard $(BIN)/python),$(BIN)/python,python3)
 GPU_SITE     ?= /tmp/site
-# the checkout laid out as installed (passion_deploy.layout): it runs uninstalled on the GPU machine
+# the checkout laid out as installed (passion_deploy.layout): it runs uninstalled on the GPU machine,
+# with PYTHONSAFEPATH so the working directory's passion_deploy/ (no export/ inside) is not found first
 GPU_TREE     ?= /tmp/passion-tree
 WHEEL_PLATFORMS := $(foreach n,manylinux_2_28 manylinux_2_27 manylinux_2_17 manylinux2014 manylinux1,--platform $(n)_x86_64)
 
@@ -56,8 +62,11 @@ gpu-check:
 	@$(GPU_PYTHON) -c "import diffusers" 2>/dev/null || $(GPU_PYTHON) -m pip install -q --no-index --no-deps \
 		--no-compile --no-cache-dir --upgrade --target $(GPU_SITE) .whl/*.whl
 	$(GPU_PYTHON) -m passion_deploy.layout $(GPU_TREE) >/dev/null
-	PYTHONPATH=$(GPU_SITE):$(GPU_TREE)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
-		$(GPU_PYTHON) -m passion_deploy.benchmarks.gpu_check --out $(GPU_OUT) --budget-s $(GPU_BUDGET_S)
+	PYTHONSAFEPATH=1 PYTHONPATH=$(GPU_SITE):$(GPU_TREE)$${PYTHONPATH:+:$$PYTHONPATH} PYTHONUNBUFFERED=1 \
+		$(GPU_PYTHON) -m passion_deploy.benchmarks.gpu_check --out $(GPU_OUT) --budget-s $(GPU_BUDGET_S); \
+	status=$$?; PYTHONSAFEPATH=1 PYTHONPATH=$(GPU_SITE):$(GPU_TREE)$${PYTHONPATH:+:$$PYTHONPATH} timeout $(GPU_TESTS_S) $(GPU_PYTHON) -m pytest \
+		-q -rfE -p no:cacheprovider --junitxml=$(GPU_OUT)/gpu_tests.xml $(GPU_TESTS) > $(GPU_OUT)/gpu_tests.log 2>&1; \
+	echo "gpu tests: exit $$? (124: over $(GPU_TESTS_S) s), $$(tail -1 $(GPU_OUT)/gpu_tests.log)"; exit $$status
 
 gpu-check-dry: venv
 	$(BIN)/python -m passion_deploy.benchmarks.gpu_check --dry-run --out $(GPU_OUT)-dry

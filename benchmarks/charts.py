@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 import os
 
+from passion_deploy.measure import summary
+
 from .labels import label
 
 # in pipeline order; any other component follows in the record's order
@@ -55,10 +57,6 @@ def save_png(fig, path: str | os.PathLike) -> None:
         fig.savefig(tmp, format="png", dpi=100)
 
 
-def variant_label(var: str) -> str:
-    return label(var)
-
-
 def ordered_components(names) -> list[str]:
     names = list(names)
     return [c for c in PIPELINE_ORDER if c in names] + [c for c in names if c not in PIPELINE_ORDER]
@@ -84,12 +82,9 @@ def colors_for(variants: list[str]) -> dict[str, tuple]:
 
 def latency_stats(r: dict) -> tuple[float, float, float] | None:
     """(median, min, max) in seconds: from the samples when present, else the stored fields."""
-    smp = r.get("samples_s")
-    if smp:
-        s = sorted(smp)
-        n = len(s)
-        med = s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
-        return med, s[0], s[-1]
+    if r.get("samples_s"):
+        t = summary(r["samples_s"])
+        return t["median_s"], t["min_s"], t["max_s"]
     if "median_s" in r:
         return r["median_s"], r.get("min_s", r["median_s"]), r.get("max_s", r["median_s"])
     return None
@@ -129,7 +124,7 @@ def latency_figure(rec: dict):
         ax.set_ylim(0, max((vs[v][2] * k for v in present), default=1.0) * 1.18 or 1.0)
         ax.grid(axis="y", alpha=0.3)
     handles = [_patch(colors[v]) for v in variants]
-    fig.legend(handles, [variant_label(v) for v in variants], loc="lower center", ncol=min(len(variants), 3),
+    fig.legend(handles, [label(v) for v in variants], loc="lower center", ncol=min(len(variants), 3),
                fontsize=8, frameon=False)
     fig.suptitle(f"{_title(rec)}: latency per component\n"
                  "labels: median / artifact median (below 1: faster than the artifact)", fontsize=10)
@@ -224,7 +219,7 @@ def memory_figure(rec: dict):
         ax.set_ylabel("memory, MB", fontsize=8)
         ax.set_ylim(min(0.0, *(b.get_height() for b in ax.patches)) * 1.1, top * 1.1 or 1.0)
         ax.grid(axis="y", alpha=0.3)
-    fig.legend([_patch(colors[v]) for v in variants], [variant_label(v) for v in variants], loc="lower center",
+    fig.legend([_patch(colors[v]) for v in variants], [label(v) for v in variants], loc="lower center",
                ncol=min(len(variants), 3), fontsize=8, frameon=False)
     fig.suptitle(f"{_title(rec)}: weight bytes and memory per variant", fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.96))
@@ -247,23 +242,17 @@ def _wrap(text: str, width: int = 18) -> str:
     return "\n".join(lines + [cur])
 
 
-def sqnr_value(v) -> float:
-    """verify.json writes an exact layer's SQNR as the string "inf"."""
-    if isinstance(v, str):
-        return math.inf if v.strip().lower() in ("inf", "+inf", "infinity") else float(v)
-    return float(v)
-
-
 def layer_series(verify: dict) -> dict[str, tuple[list[int], list[float], list[str]]]:
     """Per component in pipeline order: (x positions along the pipeline's depth, SQNR dB, layer
-    names); components follow each other on one axis (the encoder's layers first)."""
+    names); components follow each other on one axis (the encoder's layers first). verify.json
+    writes an exact layer's SQNR as "inf", which float() reads."""
     out, start = {}, 0
     layers = verify.get("layers") or {}
     for comp in ordered_components(layers):
         rows = layers[comp]
         if not rows:
             continue
-        out[comp] = (list(range(start, start + len(rows))), [sqnr_value(r["sqnr_db"]) for r in rows],
+        out[comp] = (list(range(start, start + len(rows))), [float(r["sqnr_db"]) for r in rows],
                      [r.get("layer", str(i)) for i, r in enumerate(rows)])
         start += len(rows)
     return out

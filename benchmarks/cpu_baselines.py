@@ -1,23 +1,18 @@
-"""What CPU users pick instead of this project's integer artifacts, as passion-bench baselines, and
-the real-photo data that scores every variant's fidelity against FP32.
+"""What CPU users pick instead of this project's integer artifacts, as passion-bench baselines
+(`OpenVinoBaselines`), and the real-photo data that scores every variant against FP32 (`PhotoData`).
 
     ov_fp32     the FP32 ONNX baseline's graph in OpenVINO's CPU plugin, INFERENCE_PRECISION_HINT=f32
-    ov_default  the same with no precision hint: OpenVINO's own default, bf16 on CPUs with bf16
-                (AVX-512 BF16 / AMX). Where the default is f32 it is the same compile as ov_fp32
-                and is not timed twice; the record says so.
-    nncf_int8   NNCF's post-training INT8 of that OpenVINO model (nncf.quantize with its defaults:
-                min-max ranges, the performance preset), calibrated on the same photos as the
-                project's own calibration of the checkpoint (PhotoData.calibration), float ops f32
-                so that its row shows what the generic recipe loses, not bf16
+    ov_default  the same at OpenVINO's own default precision: bf16 on CPUs with bf16 (AVX-512 BF16,
+                AMX); where that is f32 it is ov_fp32's compile, not timed twice (the record says so)
+    nncf_int8   NNCF's post-training INT8 of that model (nncf.quantize defaults: min-max ranges, the
+                performance preset) on the photos the checkpoint itself was calibrated on, float ops
+                f32, so that its row shows what the generic recipe loses, not bf16
 
-PhotoData runs the FP32 PyTorch pipeline (the checkpoint's FP weights) on real photos: each
-component's calibration inputs at the calibrated tile, the fidelity input of each timed shape
-(FIDELITY_PHOTO, held out from every calibration here) and its FP32 output, which every timed
-variant is scored against (PSNR, as --verify computes it).
+PhotoData runs the FP32 PyTorch pipeline on real photos, once: the calibration inputs, each timed
+shape's input from FIDELITY_PHOTO and its FP32 output, which every variant is scored against.
 """
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +21,20 @@ import torch
 from passion_deploy.export.runtime import SRRuntime
 from passion_deploy.models.components import component
 
-OV_BASELINES = ("ov_fp32", "ov_default", "nncf_int8")
-# the photos the sd21 benchmark checkpoint was not calibrated on (cli/sd21_cpu.py calibrates on the
-# rest), and the tiny checkpoints were not calibrated on at all (calibrate/bundled.py: training crops)
-HELD_OUT = ("chelsea", "coffee")
-FIDELITY_PHOTO = "coffee"
-INSTALL = "pip install 'passion-deploy[openvino]'"
+NEEDS = {"ov_fp32": ["openvino"], "ov_default": ["openvino"], "nncf_int8": ["openvino", "nncf"]}  # Python packages
+OV_BASELINES = tuple(NEEDS)
+FIDELITY_PHOTO = "coffee"  # one of calibrate/data.py's HELD_OUT photos: no checkpoint here was calibrated on it
 
 
 def require(names: list[str]) -> None:
     """Refuse, in one sentence, OpenVINO baselines this installation cannot build."""
-    wanted = [n for n in names if n in OV_BASELINES]
-    for module, needed in (("openvino", wanted), ("nncf", [n for n in wanted if n == "nncf_int8"])):
-        if not needed:
-            continue
-        try:
-            __import__(module)
-        except ImportError:
-            raise ValueError(f"the {', '.join(needed)} baseline(s) need {module}, which is not installed here: {INSTALL}") from None
+    from importlib.util import find_spec
+
+    for name in names:
+        for module in NEEDS.get(name, ()):
+            if find_spec(module) is None:
+                raise ValueError(f"the {name} baseline needs {module}, which is not installed here: "
+                                 "pip install 'passion-deploy[openvino]'")
 
 
 def to_tensor(out) -> torch.Tensor:
@@ -53,12 +44,6 @@ def to_tensor(out) -> torch.Tensor:
     if isinstance(out, np.ndarray):
         out = torch.from_numpy(np.asarray(out))
     return out.detach().float().cpu()
-
-
-def psnr_db(out, ref: torch.Tensor, image: bool) -> float | str:
-    from passion_deploy.export.verify import _round, psnr
-
-    return _round(psnr(to_tensor(out), ref, image))
 
 
 class PhotoData:
@@ -115,7 +100,10 @@ class PhotoData:
     def calibration(self, comp: str) -> list[torch.Tensor]:
         """Each component's inputs on the calibration photos at the calibrated tile."""
         if self._calib is None:
-            images, names = calibration_images(self.rt, self.calib_dir)
+            from passion_deploy.calibrate.data import calibration_images
+
+            preset, px = self.rt.manifest["source_checkpoint"].get("preset"), self.rt.latent_tile[0] * self.rt.vae_factor
+            images, names = calibration_images(preset, px, self.calib_dir)
             self.log(f"passion-bench: NNCF calibration on {len(images)} image(s): {names}")
             with torch.no_grad():
                 z = [self.fp.encode(x) for x in images]
@@ -123,33 +111,6 @@ class PhotoData:
                                "vae_decoder": [self.fp.z0_from_eps(zi, self.fp.unet_eps(zi)) for zi in z]}
             self.calib_names = names
         return self._calib[comp]
-
-
-def calibration_images(rt, calib_dir=None) -> tuple[list[torch.Tensor], str]:
-    """The images the project's own calibration of this checkpoint uses, at the calibrated tile:
-    `calib_dir` when given (passion-bench --calib-images, passion-calibrate's cali_img_path layout),
-    else for the tiny preset the bundled checkpoints' calibration set (calibrate/bundled.py: HR
-    crops of the tiny model's training photos; needs scikit-image) and for other presets the
-    bundled photos that are not held out (as cli/sd21_cpu.py calibrates)."""
-    from passion_deploy.calibrate.data import bundled_photos, load_calibration_pairs, photo_batches
-
-    px = rt.latent_tile[0] * rt.vae_factor
-    if calib_dir is not None:
-        pairs = load_calibration_pairs(calib_dir, px)
-        return [p[0] for p in pairs], f"{len(pairs)} from {calib_dir}"
-    if rt.manifest["source_checkpoint"].get("preset") == "tiny":
-        try:
-            from passion_deploy.calibrate.bundled import write_calibration_set
-
-            with tempfile.TemporaryDirectory(prefix="passion-bench-cali-") as tmp:
-                write_calibration_set(Path(tmp))
-                pairs = load_calibration_pairs(tmp, px)
-        except ImportError:
-            raise ValueError("the tiny checkpoints' calibration set is made from scikit-image's photos, which is not "
-                             "installed here: pip install scikit-image, or give --calib-images DIR") from None
-        return [p[0] for p in pairs], f"the tiny checkpoints' calibration set ({len(pairs)} crops of training photos)"
-    photos = [p for p in bundled_photos() if p.stem not in HELD_OUT]
-    return photo_batches(photos, px), ", ".join(p.stem for p in photos)
 
 
 def fp_runtime(fp, rt):

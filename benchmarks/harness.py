@@ -1,53 +1,32 @@
-"""Latency and memory of an exported artifact against its float baselines, per component.
+"""passion-bench: latency, memory and fidelity of an exported artifact against its float
+baselines, per component, all on the same input in one process.
 
-Variants, all on the same input in one process. The artifact's runtime supplies its own
-(`timing_variants`, export/runtime.py) and names the baselines that apply (`timing_baselines`),
-which this module builds from the fake-quant checkpoint the artifact was exported from.
-An onnx artifact:
-    int_onnx    the artifact's integer ONNX model (ONNX Runtime, CPU provider)
-    fp32_onnx   the same IR graph traced without quantization, lowered the same way
-    torch_fp32  the FP model in PyTorch eager mode
-A trt artifact (GPU with TensorRT; its fixed tile is the input, whatever --vae-size says):
-    trt_int8    the INT8 engines (Q/DQ convs and matmuls, float ops as exported: FP16 by default)
-    trt_fp16    the FP16 engines of the same components' float graphs
-    torch_fp16  the FP model in PyTorch FP16, captured in CUDA graphs at the same shapes
-An openvino artifact (its Q/DQ graph in OpenVINO's CPU plugin), against what CPU users pick
-(benchmarks/cpu_baselines.py):
-    ov_int8 / ov_dequant   the artifact, in the mode its manifest records
-    fp32_onnx, torch_fp32  as for an onnx artifact
-    ov_fp32     the FP32 graph in OpenVINO, f32;  ov_default  the same at OpenVINO's default
-                precision (bf16 where the CPU has it; not timed twice where that is f32)
-    nncf_int8   NNCF's post-training INT8 of ov_fp32 (default min-max recipe, the same
-                calibration photos as the project's calibration)
-A triton artifact (an FP32 ONNX Runtime baseline would be a CPU number next to a GPU one):
-    triton      the diffusers graph with the integer layers on the Triton kernels, CUDA graphs
-    torch_fp16  on a GPU: the FP model in PyTorch FP16, captured in CUDA graphs the same way
-    torch_fp32  on a CPU, where the kernels run in Triton's interpreter: the record says so,
-                and its timings describe the interpreter, not the kernels
+The artifact's runtime supplies its own variants (`timing_variants`, export/runtime.py) and names
+the float baselines that apply (`timing_baselines`), which this module builds from the fake-quant
+checkpoint the artifact was exported from: fp32_onnx (the IR traced without quantization, lowered
+the same way, in ONNX Runtime), torch_fp32 / torch_fp16 (the FP model in PyTorch; on a GPU in
+CUDA graphs at the runtime's shapes) and what CPU users pick instead (benchmarks/cpu_baselines.py:
+OpenVINO FP32 / default precision, NNCF INT8). A runtime on a CPU where its kernels only run in an
+interpreter says so in the record's settings. Records name variants by key (benchmarks/labels.py).
 
-`vs`: another artifact of the same checkpoint (another target) whose own variant is timed in
-the same alternation (passion-bench --vs), e.g. the onnx against the openvino artifact.
-`fidelity`: every variant's output on a real photo's input scored against the FP32 PyTorch
-pipeline's (PSNR as --verify computes it). `sr_px`: full SR at that output size (encoder, tiled
-UNet, decoder, the SR pipeline's default tiling) as one more row, every variant end to end.
+`vs`: another target's artifact of the same checkpoint, whose own variant joins the alternation.
+`fidelity`: every variant's output on a real photo's input, in dB vs the FP32 PyTorch pipeline's
+(metrics.output_psnr, as --verify scores). `sr_px`: full SR at that output size (encoder, tiled
+UNet, decoder) as one more row, every variant end to end.
 
-Every variant is warmed up, then the variants are timed in alternation (run 1 of each, run 2
-of each, ...) so that load changes on a shared machine hit all of them alike; the median of
->= 5 runs is reported with every sample. Memory: each ONNX model's peak resident set when loaded and run once in a fresh
-process (memprobe.py; in-process numbers cannot separate models, as freed pages are reused),
-and, sampled in-process, the resident-set increase while a variant is loaded and warmed up
-(for PyTorch its FP32 parameters + workspace) and the process's peak, or on a GPU the
-allocator's peak over what was resident; weight bytes are the files a variant loads.
+Each variant is loaded and warmed up, then all are timed by the one timing loop
+(passion_deploy/measure.py: alternating, median of >= 5 runs, every sample kept). Memory: each
+ONNX model's peak RSS loaded and run once in a fresh process (passion_deploy/measure.py: in-process
+numbers cannot separate models, freed pages are reused); in-process, the RSS increase while a variant
+loads and warms up (PyTorch: its parameters + workspace) and the process's peak, or on a GPU the
+allocator's warm-up peak over what was resident; weight bytes are the files a variant loads.
 """
 from __future__ import annotations
 
 import os
 import platform
-import statistics
 import sys
 import tempfile
-import threading
-import time
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -55,6 +34,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from passion_deploy.measure import GpuPeak, PeakRSS, fresh_process_peak
+from passion_deploy.measure import time_alternating
 from passion_deploy.models.components import component
 
 if TYPE_CHECKING:
@@ -62,60 +43,6 @@ if TYPE_CHECKING:
 
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
 TORCH_DTYPES = {"torch_fp32": torch.float32, "torch_fp16": torch.float16}  # the PyTorch baselines
-
-
-def rss_bytes() -> int:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class PeakRSS:
-    """Highest resident set size seen while the block runs (sampled every 2 ms)."""
-
-    def __enter__(self):
-        self.start = self.peak = rss_bytes()
-        self._stop = threading.Event()
-        self._t = threading.Thread(target=self._sample, daemon=True)
-        self._t.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._t.join()
-        self.peak = max(self.peak, rss_bytes())
-
-    @property
-    def increase(self) -> int:
-        return self.peak - self.start
-
-
-class GpuPeak:
-    """The GPU allocator's peak while the block runs, over what was allocated when it began
-    (torch's tensors only: TensorRT's own memory is outside it)."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-
-    def __enter__(self):
-        self.start = torch.cuda.memory_allocated(self.device)
-        torch.cuda.reset_peak_memory_stats(self.device)
-        return self
-
-    def __exit__(self, *exc):
-        torch.cuda.synchronize(self.device)
-        self.increase = torch.cuda.max_memory_allocated(self.device) - self.start
 
 
 def machine_info(gpu: bool = False) -> dict:
@@ -136,44 +63,25 @@ def machine_info(gpu: bool = False) -> dict:
 
 
 def versions() -> dict:
-    import diffusers
-    import onnx
-    import onnxruntime
+    """passion_deploy's, torch's and numpy's versions, and those of every other package
+    passion-deploy names (its extras included) that this process has imported by now: what
+    produced the numbers, and nothing that did not run. Call it after the timings."""
+    import re
+    from importlib import metadata
 
     from passion_deploy import __version__
 
-    v = {"passion_deploy": __version__, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-         "onnx": onnx.__version__, "numpy": np.__version__, "diffusers": diffusers.__version__}
-    for name in ("triton", "openvino", "nncf"):  # where installed: the triton and openvino targets, NNCF's baseline
-        try:
-            v[name] = __import__(name).__version__
-        except ImportError:
-            pass
+    try:
+        wanted = {re.split(r"[\s\[<>=!~;]", r, maxsplit=1)[0].lower() for r in metadata.requires("passion-deploy") or ()}
+    except metadata.PackageNotFoundError:  # run from a checkout (the GPU check): the imported modules' own versions
+        wanted = None
+    v = {"passion_deploy": __version__, "torch": torch.__version__, "numpy": np.__version__}
+    owners = metadata.packages_distributions()
+    for mod in sorted(m for m in list(sys.modules) if "." not in m and not m.startswith("_")):
+        for dist in owners.get(mod, ()):
+            if dist.lower() not in v and (wanted is None or dist.lower() in wanted):
+                v[dist.lower()] = metadata.version(dist)
     return v
-
-
-def time_alternating(fns: dict, rec: dict, runs: int, progress: bool, desc: str, sync=None) -> None:
-    """Time the variants in alternation (run 1 of each, run 2 of each, ...): load changes on a
-    shared machine then hit all of them alike. Fills rec[variant] with every sample, the median,
-    min and max, and the peak RSS seen while it ran; `sync` (a GPU's synchronize) runs inside
-    each timed call, so a sample covers the work, not its launch."""
-    from tqdm import tqdm
-
-    for v in fns:
-        rec[v].update(samples_s=[], peak_rss_bytes=0)
-    with torch.no_grad():
-        for _ in tqdm(range(runs), desc=desc, unit="run", disable=not progress):
-            for v, fn in fns.items():
-                with PeakRSS() as mem:
-                    t0 = time.perf_counter()
-                    fn()
-                    if sync is not None:
-                        sync()
-                    rec[v]["samples_s"].append(time.perf_counter() - t0)
-                rec[v]["peak_rss_bytes"] = max(rec[v]["peak_rss_bytes"], mem.peak)
-    for v in fns:
-        smp = rec[v]["samples_s"]
-        rec[v].update(median_s=statistics.median(smp), min_s=min(smp), max_s=max(smp))
 
 
 def speedups(rec: dict, artifact_variant: str) -> dict:
@@ -200,20 +108,6 @@ def bench_inputs(rt: ArtifactRuntime, vae_px: int | None, seed: int = 0) -> dict
     image = torch.nn.functional.interpolate(lo, size=(h, w), mode="bicubic", align_corners=False).clamp(0, 1)
     z0 = torch.randn(component("vae_decoder").input_shape(vae_tile, f), generator=g) * 3
     return {"unet": ("latent", latent), "vae_encoder": ("image", image), "vae_decoder": ("latent", z0)}
-
-
-def probe_memory(model: Path, feeds: dict, threads: int | None, workdir: Path) -> dict:
-    """Peak RSS of loading + running one ONNX model, in a fresh process (benchmarks/memprobe.py)."""
-    import json
-    import subprocess
-
-    inputs = workdir / "memprobe_inputs.npz"
-    np.savez(inputs, **feeds)
-    out = subprocess.run([sys.executable, "-m", "passion_deploy.benchmarks.memprobe", str(model), str(inputs), str(threads or 0)],
-                         capture_output=True, text=True, timeout=3600)
-    if out.returncode != 0:
-        return {"error": (out.stderr.strip().splitlines() or ["memory probe failed"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def open_for_timing(model_dir: str | Path, threads: int | None, timing_only_isa: bool, log) -> ArtifactRuntime:
@@ -348,8 +242,10 @@ def time_component(variants: list[TimingVariant], runs: int, warmup: int, progre
     calls = {v.name: warm_up(v, warmup, rec[v.name]) for v in variants}
     for v in variants:  # what a variant learnt while loading (OpenVINO: the precision it compiled to)
         rec[v.name].update({k: val for k, val in v.fields.items() if k not in rec[v.name]})
-    sync = torch.cuda.synchronize if any(v.x.is_cuda for v in variants) else None
-    time_alternating(calls, rec, runs, progress, desc, sync)
+    cuda = next((v.x.device for v in variants if v.x.is_cuda), None)
+    # the one timing loop, with the peak RSS seen while each variant ran (no run count: samples_s has it)
+    for name, t in time_alternating(calls, runs, device=cuda, peak_rss=True, progress=progress, desc=desc).items():
+        rec[name].update({k: t[k] for k in ("samples_s", "peak_rss_bytes", "median_s", "min_s", "max_s")})
     if loaded is not None:
         loaded.update({name: call.func for name, call in calls.items()})
     return rec
@@ -358,32 +254,37 @@ def time_component(variants: list[TimingVariant], runs: int, warmup: int, progre
 def score_fidelity(variants: list[TimingVariant], fns: dict, rec: dict, x: torch.Tensor, ref: torch.Tensor,
                    image: bool) -> None:
     """Each variant's output on the real-photo input x, in dB vs the FP32 PyTorch pipeline's `ref`."""
-    from .cpu_baselines import psnr_db
+    from passion_deploy.metrics import db_value, output_psnr
+
+    from .cpu_baselines import to_tensor
 
     with torch.no_grad():
         for v in variants:
-            rec[v.name]["psnr_vs_fp32_db"] = psnr_db(fns[v.name](x.to(v.x.device, v.x.dtype)), ref, image)
+            out = to_tensor(fns[v.name](x.to(v.x.device, v.x.dtype)))
+            rec[v.name]["psnr_vs_fp32_db"] = db_value(output_psnr(out, ref, image))
 
 
 def time_full_sr(groups: dict[str, dict], rt: ArtifactRuntime, photos, runs: int, warmup: int, progress: bool) -> dict:
-    """Full SR of the fidelity photo, every variant end to end (its three components loaded at
-    once, the SR pipeline's default tiling), alternating; `groups`: variant -> {component: TimingVariant}."""
-    from .cpu_baselines import ComposedSR, psnr_db
+    """Full SR of the fidelity photo, every variant end to end (its three components loaded at once,
+    the SR pipeline's default tiling), warmed up, timed and scored as a component's variants are;
+    `groups`: variant -> {component: TimingVariant}."""
+    from passion_deploy.export.runtime import TimingVariant
 
-    rec = {name: {} for name in groups}
-    calls, outs = {}, {}
-    for name, vs in groups.items():
-        with torch.no_grad(), PeakRSS() as mem:
+    from .cpu_baselines import ComposedSR
+
+    def whole(name: str, vs: dict) -> TimingVariant:
+        fields: dict = {}
+
+        def load():
             sr = ComposedSR(rt, {c: v.load() for c, v in vs.items()}, vs)
-            call = partial(photos.super_resolve, sr)
-            for _ in range(max(warmup, 1)):  # at least once: the output is scored, OpenVINO compiles each tile shape
-                outs[name] = call()
-        rec[name]["load_and_warmup_rss_increase_bytes"] = mem.increase
-        rec[name]["psnr_vs_fp32_db"] = psnr_db(outs[name], photos.sr_ref, image=True)
-        for v in vs.values():
-            rec[name].update({k: val for k, val in v.fields.items() if k not in rec[name] and "bytes" not in k})
-        calls[name] = call
-    time_alternating(calls, rec, runs, progress, "bench full SR")
+            # what the components learnt while loading (OpenVINO: the precision it compiled to)
+            fields.update({k: val for v in vs.values() for k, val in v.fields.items() if "bytes" not in k and k not in fields})
+            return lambda _lr: photos.super_resolve(sr)
+        return TimingVariant(name, load, photos.sr_lr, fields)
+    variants, fns = [whole(name, vs) for name, vs in groups.items()], {}
+    # at least one warm-up: OpenVINO compiles each tile shape on its first call
+    rec = time_component(variants, runs, max(warmup, 1), progress, "bench full SR", fns)
+    score_fidelity(variants, fns, rec, photos.sr_lr, photos.sr_ref, image=True)
     return rec
 
 
@@ -393,7 +294,7 @@ def probe_onnx_files(rt: ArtifactRuntime, comp: str, x: torch.Tensor, variants: 
     feeds = {rt.main_input(comp): x.numpy(), **rt.constant_feeds(comp)}
     for v in variants:
         if v.onnx_file is not None:
-            rec[v.name]["subprocess_memory"] = probe_memory(v.onnx_file, feeds, threads, workdir)
+            rec[v.name]["subprocess_memory"] = fresh_process_peak(v.onnx_file, feeds, threads, workdir)
 
 
 def result_line(comp: str, rec: dict, speed: dict) -> str:
@@ -428,8 +329,12 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
         raise ValueError(f"{model_dir}: full SR (--sr-size) needs an artifact with all three components")
     if sr_px and sr_px % (4 * rt.size_multiple):
         raise ValueError(f"--sr-size {sr_px} must be a multiple of {4 * rt.size_multiple} (4x an LR the model takes)")
-    # before any warm-up: importing ONNX Runtime (versions) is the process's cost, not the first variant's
-    machine, installed = machine_info(gpu=rt.device.type == "cuda"), versions()
+    # before any warm-up: importing ONNX Runtime is the process's cost, not the first variant's
+    machine = machine_info(gpu=rt.device.type == "cuda")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:  # a GPU machine may run the triton target without it
+        pass
     inputs = bench_inputs(rt, vae_px)
     unknown = sorted(set(baselines or ()) - set(rt.timing_baselines))
     if unknown:
@@ -484,7 +389,7 @@ def run_benchmark(model_dir: str | Path, components: list[str] | None = None, ru
         extra["fidelity"] = {"photo": FIDELITY_NOTE, "reference": "the FP32 PyTorch pipeline (the checkpoint's FP weights)"}
     return {"model_dir": str(model_dir), "target": m["target"], "artifact_variant": art,
             "source_checkpoint": m["source_checkpoint"], "quant_config": m["quant_config_name"], **rt.timing_record(),
-            "machine": machine, "versions": installed,
+            "machine": machine, "versions": versions(),
             "settings": {"runs": runs, "warmup": warmup, **rt.timing_settings(),
                          "order": "variants alternate within each run"},
             **extra, "components": results}

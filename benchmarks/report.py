@@ -91,7 +91,7 @@ def markdown(rec: dict) -> str:
     fid = any("psnr_vs_fp32_db" in r for c in rec["components"].values() for r in c["variants"].values())
     lines += [
         "",
-        "| component | input | variant | median ms | min-max ms | variant ms / artifact ms | weights on disk MB | peak RSS MB, own process | load+warm-up RSS MB, in-process |"
+        "| component | input | variant | median ms | min-max ms | variant ms / artifact ms | weights on disk MB | peak RSS MB, own process | load+warm-up MB, in-process (RSS; GPU: allocator peak) |"
         + (" dB vs FP32 |" if fid else ""),
         "|---|---|---|---:|---:|---:|---:|---:|---:|" + ("---:|" if fid else ""),
     ]
@@ -105,7 +105,7 @@ def markdown(rec: dict) -> str:
             lines.append(f"| {comp} | {shape} | {variant_name(var, r)} | {_ms(r, 'median_s')} | "
                          f"{_ms(r, 'min_s')}-{_ms(r, 'max_s')} | {sp} | {_mb(disk)} | "
                          f"{_mb(sub.get('peak_rss_bytes'))} | "
-                         f"{_mb(r.get('load_and_warmup_rss_increase_bytes'))} |" + (f" {r.get('psnr_vs_fp32_db', '-')} |" if fid else ""))
+                         f"{_mb(r.get('load_and_warmup_rss_increase_bytes', r.get('warmup_peak_gpu_bytes_over_resident')))} |" + (f" {r.get('psnr_vs_fp32_db', '-')} |" if fid else ""))
     ratios = ", ".join(f"{k} {c['ir_vs_fp32_bytes']:.3f}x" for k, c in rec["components"].items() if "ir_vs_fp32_bytes" in c)
     lines += ["", "Speed-up = variant median / artifact median. PyTorch weights are its float parameters in memory.",
               "Peak RSS, own process: the model loaded and run once in a fresh process (includes ~100 MB of "

@@ -27,16 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
+from passion_deploy.measure import percentile
+
 from .charts import _figure, save_png
 from .harness import machine_info, versions
 from .report import machine_line
-
-
-def percentile(samples: list[float], q: float) -> float:
-    """The q-th percentile (nearest rank) of the samples."""
-    s = sorted(samples)
-    k = max(0, min(len(s) - 1, int(np.ceil(q / 100.0 * len(s))) - 1))
-    return s[k]
 
 
 def machine_slug(machine: dict) -> str:
@@ -141,8 +136,8 @@ def benchmark(model: str, batches: list[int], concurrency: list[int], per_client
     from PIL import Image
 
     image = np.asarray(Image.fromarray(small).resize((w, h), Image.BICUBIC))
-    machine, installed = machine_info(), versions()
-    for pkg in ("nvidia-pytriton", "tritonclient"):
+    machine, installed = machine_info(), {}
+    for pkg in ("nvidia-pytriton", "tritonclient"):  # the server's (its own process) and the clients'
         try:
             from importlib.metadata import version
 
@@ -173,6 +168,7 @@ def benchmark(model: str, batches: list[int], concurrency: list[int], per_client
         finally:
             server.stop()
     bar.close()
+    rec["versions"] = {**versions(), **installed}  # after the runs: what the clients imported is named
     try:
         machine["load_average_end"] = os.getloadavg()
     except OSError:

@@ -41,7 +41,7 @@ class TimingVariant:
     load: Callable[[], ComponentFn]  # returns the function that is timed
     x: torch.Tensor  # its input, on its device in its dtype
     fields: dict = field(default_factory=dict)  # recorded as given: weight, IR or engine bytes
-    onnx_file: Path | None = None  # an ONNX model, also measured alone in a fresh process (memprobe)
+    onnx_file: Path | None = None  # an ONNX model, also measured alone in a fresh process (measure.fresh_process_peak)
 
 
 class SRRuntime:

@@ -42,6 +42,8 @@ import torch
 from tqdm import tqdm
 
 from passion_deploy.io_utils import atomic_write_text
+from passion_deploy.metrics import db_value as _round
+from passion_deploy.metrics import output_psnr as psnr
 from passion_deploy.models.components import component as component_of
 
 from .exporter import probe_images
@@ -80,17 +82,6 @@ def rounding_sensitivity(pipe, component: str, out: torch.Tensor, run, seed: int
             h.remove()
 
 
-def psnr(out: torch.Tensor, ref: torch.Tensor, image: bool) -> float:
-    out, ref = out.double(), ref.double()
-    if image:
-        out, ref = out.clamp(0, 1), ref.clamp(0, 1)
-        peak = 1.0
-    else:
-        peak = float(ref.max() - ref.min())
-    mse = float(((out - ref) ** 2).mean())
-    return float("inf") if mse == 0 else 10 * math.log10(peak**2 / mse)
-
-
 class Tally:
     """Pooled error statistics of one comparison over all probes."""
 
@@ -113,10 +104,6 @@ class Tally:
             "fakequant_psnr_vs_fp_db": _round(psnr(ref, fp, self.image)),
             "per_probe_psnr_vs_fakequant_db": [_round(psnr(p[0], p[1], self.image)) for p in self.pairs],
         }
-
-
-def _round(v: float) -> float | str:
-    return "inf" if math.isinf(v) else round(v, 2)
 
 
 def sqnr(out: np.ndarray, ref: np.ndarray) -> float:

@@ -40,6 +40,21 @@ def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 1.0) -> float:
     return 10.0 * math.log10(peak * peak / mse)
 
 
+def output_psnr(out: torch.Tensor, ref: torch.Tensor, image: bool) -> float:
+    """PSNR of a model output against its reference, as --verify and every benchmark score one:
+    an image clamped to [0, 1] with peak 1 (what is displayed); any other output (a latent, the
+    UNet's eps) with the reference's own range as its peak, as it has no fixed signal range."""
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    if image:
+        return psnr(out.clamp(0, 1), ref.clamp(0, 1), peak=1.0)
+    return psnr(out, ref, peak=float(ref.max() - ref.min()))
+
+
+def db_value(v: float) -> float | str:
+    """A dB value as records keep it: 2 decimals, "inf" for identical outputs (JSON has no infinity)."""
+    return "inf" if math.isinf(v) else round(v, 2)
+
+
 def _gaussian_window(size: int = SSIM_WIN, sigma: float = SSIM_SIGMA) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))

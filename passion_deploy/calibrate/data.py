@@ -1,15 +1,20 @@
 """Calibration inputs: LR/HR pairs made the way the SR pipeline sees them (spec section 5)."""
 from __future__ import annotations
 
-from ..errors import PassionError
+import tempfile
 from pathlib import Path
 
 import torch
 
 from .. import assets
+from ..errors import PassionError
 from ..images import downscale_bicubic, list_images, read_image, resize_bicubic, upscale_bicubic
 
 SCALE = 4
+# the bundled photos no checkpoint here is calibrated on: cli/sd21_cpu.py calibrates the sd21
+# benchmark checkpoint on the rest, the tiny checkpoints are calibrated on training crops
+# (calibrate/bundled.py); passion-bench scores fidelity on them
+HELD_OUT = ("chelsea", "coffee")
 
 
 def bundled_photos() -> list[Path]:
@@ -76,3 +81,28 @@ def load_calibration_pairs(folder: str | Path, size_px: int) -> list[tuple[torch
             raise CalibrationDataError(str(e)) from None
         pairs.append((lr_up[None], hr[None], f.stem))
     return pairs
+
+
+def calibration_images(preset: str | None, px: int, calib_dir=None) -> tuple[list[torch.Tensor], str]:
+    """The images the project's own calibration of a checkpoint of `preset` uses, at its calibrated
+    tile (px square), for a baseline calibrated alike (passion-bench's NNCF INT8):
+    `calib_dir` when given (passion-bench --calib-images, passion-calibrate's cali_img_path layout),
+    else for the tiny preset the bundled checkpoints' calibration set (calibrate/bundled.py: HR
+    crops of the tiny model's training photos; needs scikit-image) and for other presets the
+    bundled photos that are not held out (as cli/sd21_cpu.py calibrates)."""
+    if calib_dir is not None:
+        pairs = load_calibration_pairs(calib_dir, px)
+        return [p[0] for p in pairs], f"{len(pairs)} from {calib_dir}"
+    if preset == "tiny":
+        try:
+            from .bundled import write_calibration_set
+
+            with tempfile.TemporaryDirectory(prefix="passion-cali-") as tmp:
+                write_calibration_set(Path(tmp))
+                pairs = load_calibration_pairs(tmp, px)
+        except ImportError:
+            raise ValueError("the tiny checkpoints' calibration set is made from scikit-image's photos, which is not "
+                             "installed here: pip install scikit-image, or give --calib-images DIR") from None
+        return [p[0] for p in pairs], f"the tiny checkpoints' calibration set ({len(pairs)} crops of training photos)"
+    photos = [p for p in bundled_photos() if p.stem not in HELD_OUT]
+    return photo_batches(photos, px), ", ".join(p.stem for p in photos)

@@ -25,6 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=["portable", "vnni", "openvino"], help="one record instead of all three")
     args = p.parse_args(argv)
     from passion_deploy import runner
+    from passion_deploy.calibrate.data import HELD_OUT
     from passion_deploy.checkpoint import save_checkpoint
     from passion_deploy.cli import bench, export
     from passion_deploy.config import NAMED_CONFIGS
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = work / "sd21-w8a8.safetensors"
     if not ckpt.exists():
         pipe = quantize_pipeline(build_pipeline("sd21", random_weights=0), NAMED_CONFIGS["w8a8"])
-        runner.calibrate_on_photos(pipe, latent_tile=64, exclude=("chelsea", "coffee"))
+        runner.calibrate_on_photos(pipe, latent_tile=64, exclude=HELD_OUT)
         save_checkpoint(pipe, ckpt, include_fp_weights=True)
         del pipe
     steps = {"portable": [

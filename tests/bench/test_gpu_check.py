@@ -14,9 +14,10 @@ import pytest
 
 pytest.importorskip("triton", reason="the dry run runs the kernels in Triton's interpreter (pip install triton)")
 
-from passion_deploy.benchmarks import gpu_check, gpu_report, gpu_tests  # noqa: E402
+from passion_deploy.benchmarks import gpu_check  # noqa: E402
+from passion_deploy.kernels import bench  # noqa: E402
 
-DRY_RUN_LIMIT_S = 600  # it takes ~1.5 min on 2 cores; a hang must not stall CI for longer
+DRY_RUN_LIMIT_S = 600  # it takes ~2.5 min on 2 cores; a hang must not stall CI for longer
 
 
 @pytest.fixture(scope="module")
@@ -43,10 +44,6 @@ def test_every_step_completes_without_a_raise(dry_run):
     assert list(rep["steps"]) == list(gpu_check.STEP_ORDER)
     failed = {n: s.get("error") or s.get("why") for n, s in rep["steps"].items() if s["status"] != "ok"}
     assert failed == {}, f"steps that did not complete: {failed}"
-    parts = rep["steps"]["end_to_end"]["parts"]
-    assert set(parts) >= {"build", "reference", "export", "fp16", "triton", "torch_compile", "weights", "w6a6_weights"}
-    bad = {n: p.get("error") or p.get("why") for n, p in parts.items() if p["status"] != "ok"}
-    assert bad == {}, f"end-to-end parts that did not complete: {bad}"
     assert rep["problems"] == [], rep["problems"]
     assert proc.returncode == 0, proc.stderr[-3000:]
 
@@ -54,19 +51,21 @@ def test_every_step_completes_without_a_raise(dry_run):
 def test_each_step_measured_something(dry_run):
     _, rep, _, _ = dry_run
     steps = rep["steps"]
-    assert steps["environment"]["versions"]["torch"] and steps["environment"]["gpu"] is None
-    tests = steps["gpu_tests"]
-    assert sum(tests["counts"].values()) > 0 and set(tests["per_file"]) == set(gpu_tests.GPU_TESTS), tests["tail"]
+    assert rep["machine"]["cpu"] and rep["gpu"] is None
+    assert rep["versions"]["torch"] and rep["versions"]["diffusers"]  # named after the steps that imported them
     shapes = steps["kernels"]["shapes"]
-    assert len(shapes) == len(gpu_check.DRY_SIZES.kernel_shapes) and not any("error" in s for s in shapes)
-    for s in shapes:  # the kernel agrees with its float64 reference before anything is timed
-        assert s["int8"]["check_passed"] and s["int6"]["check_passed"], s["shape"]
-        assert s["int8"]["gemm"]["median_s"] > 0 and s["fp"]["median_s"] > 0
-    parts = steps["end_to_end"]["parts"]
-    assert parts["triton"]["unet_eager"]["median_s"] > 0 and parts["fp16"]["unet_eager"]["median_s"] > 0
-    assert parts["torch_compile"]["state"] == "done" and parts["torch_compile"]["timing"]["median_s"] > 0
-    assert 0 < parts["weights"]["int8"]["ratio"] < 1 and 0 < parts["w6a6_weights"]["int6"]["ratio"] < 1
-    assert parts["w6a6_weights"]["int6"]["ratio"] < parts["weights"]["int8"]["ratio"]
+    assert [s["shape"] for s in shapes] == [s.label for s in bench.DRY_SHAPES]
+    for s in shapes:  # the kernel agrees with its reference before anything is timed
+        assert s["check_passed"], s
+        assert s["times"]["int8"]["median_s"] > 0 and s["times"][s["fp_best"]]["median_s"] > 0
+    e2e = steps["end_to_end"]
+    unet = e2e["bench"]["components"]["unet"]["variants"]
+    assert e2e["bench"]["artifact_variant"] == "triton" and set(unet) == {"triton", "torch_fp32"}
+    assert all(v["median_s"] > 0 and len(v["samples_s"]) == gpu_check.SIZES[True]["runs"] for v in unet.values())
+    assert e2e["sr_out_px"] is None and list(e2e["bench"]["components"]) == ["unet"]  # full SR: on a GPU only
+    assert e2e["verify"]["passed"], e2e["verify"]
+    w8, w6 = e2e["weights"]["int8"], e2e["weights"]["int6"]
+    assert 0 < w6["ratio"] < w8["ratio"] < 1 and w8["layers"] > 0
 
 
 def test_report_says_dry_run_and_every_target(dry_run):
@@ -77,76 +76,55 @@ def test_report_says_dry_run_and_every_target(dry_run):
     assert {t["status"] for t in rep["targets"]} == {"not judged (dry run: CPU, interpreter)"}, rep["targets"]
     for t in rep["targets"]:
         assert t["target"] in md
-    assert (out / "gpu_tests.log").exists()
+    assert "## Kernels (kernels/bench.py)" in md and "### passion-bench" in md
 
 
 def as_gpu_record(rep: dict, unet_ms: tuple[float, float], gemm_ratio: float) -> dict:
-    """The dry run's record dressed as a GPU run's (the fields only a GPU writes added), so the
-    verdicts and the report's GPU-only rows are exercised here too."""
+    """The dry run's record dressed as a GPU run's (what a GPU run writes in place of the CPU's
+    baseline), so that the verdicts and the report's GPU rows are exercised here too."""
     r = copy.deepcopy(rep)
     r["dry_run"] = False
-    parts = r["steps"]["end_to_end"]["parts"]
-    parts["fp16"]["unet_cuda_graph"] = {"median_s": unet_ms[0] / 1e3, "runs": 20,
-                                        "warmup_memory": {"peak_over_resident_bytes": 2**30},
-                                        "run_memory": {"peak_over_resident_bytes": 2**20}}
-    parts["triton"]["unet_cuda_graph"] = {"median_s": unet_ms[1] / 1e3, "runs": 20,
-                                          "warmup_memory": {"peak_over_resident_bytes": 2**29},
-                                          "run_memory": {"peak_over_resident_bytes": 2**20}}
-    parts["triton"]["verify_bar_db"] = 40.0
-    parts["triton"]["sr_bar_db"] = 40.0
+    b = r["steps"]["end_to_end"]["bench"]
+    unet = b["components"]["unet"]
+    unet["variants"] = {"triton": {**unet["variants"]["triton"], "median_s": unet_ms[1] / 1e3},
+                        "torch_fp16": {**unet["variants"]["torch_fp32"], "median_s": unet_ms[0] / 1e3}}
+    unet["speedup"] = {"vs_torch_fp16": unet_ms[0] / unet_ms[1]}
     for s in r["steps"]["kernels"]["shapes"]:
-        s["int8"]["speedup_vs_fp"] = gemm_ratio
-    r["steps"]["environment"]["gpu"] = {"name": "NVIDIA H200", "compute_capability": "9.0", "multiprocessors": 132,
-                                        "memory_free_bytes": 2**37, "memory_total_bytes": 2**37, "cuda_runtime": "13.0",
-                                        "cudnn": 91000, "nvidia_smi": {"driver_version": "580"}}
+        s["speedup"]["int8"] = gemm_ratio
+    r["gpu"] = {"name": "NVIDIA H200", "compute_capability": "9.0", "multiprocessors": 132,
+                                        "memory_free_and_total_bytes": [2**37, 2**37], "cuda": "13.0", "cudnn": 91000}
     return r
 
 
 def test_gpu_verdicts_say_met_or_not_met(dry_run):
     _, rep, _, _ = dry_run
-    good = {t["target"]: t for t in gpu_report.targets(as_gpu_record(rep, (30.0, 15.0), 2.0))}
-    bad = {t["target"]: t for t in gpu_report.targets(as_gpu_record(rep, (30.0, 25.0), 1.2))}
+    good = {t["target"]: t for t in gpu_check.targets(as_gpu_record(rep, (30.0, 15.0), 2.0))}
+    bad = {t["target"]: t for t in gpu_check.targets(as_gpu_record(rep, (30.0, 25.0), 1.2))}
     gemm = "int8 GEMM vs cuBLAS FP16 at the sd21 UNet's large shapes"
     unet = "sd21 UNet end to end vs PyTorch FP16, both with CUDA graphs"
     assert (good[gemm]["status"], bad[gemm]["status"]) == ("met", "not met")
     assert (good[unet]["status"], bad[unet]["status"]) == ("met", "not met")
-    assert good[unet]["measured"].startswith("2.00x")
+    assert good[unet]["measured"] == "2.00x (30.00 ms torch_fp16 / 15.00 ms int8)"
     assert all(t["status"] in ("met", "not met") for t in good.values()), good
-    md = gpu_report.markdown({**as_gpu_record(rep, (30.0, 15.0), 2.0), "targets": list(good.values())})
-    assert "# GPU check: NVIDIA H200" in md and "CUDA graph" in md and "**met**" in md
+    md = gpu_check.markdown({**as_gpu_record(rep, (30.0, 15.0), 2.0), "targets": list(good.values())})
+    assert "# GPU check: NVIDIA H200" in md and "PyTorch FP16" in md and "**met**" in md
 
 
-def test_pytest_counts_are_read_from_its_verbose_lines():
-    log = ("tests/test_a.py::test_x PASSED                     [ 50%]\n"
-           "tests/test_a.py::test_y[8-conv] FAILED             [ 75%]\n"
-           "tests/test_b.py::test_z ERROR                      [100%]\n"
-           "==== 1 failed, 1 passed, 1 error in 3.21s ====\n")
-    got = gpu_tests.parse_log(log)
-    assert got["counts"]["passed"] == 1 and got["counts"]["failed"] == 1 and got["counts"]["error"] == 1
-    assert got["failing"] == ["tests/test_a.py::test_y[8-conv]", "tests/test_b.py::test_z"]
-    assert got["pytest_summary"] == "1 failed, 1 passed, 1 error in 3.21s"
+def test_a_step_that_raises_is_recorded_and_the_rest_run(tmp_path):
+    c = gpu_check.Check(gpu_check.parse_args(["--dry-run", "--out", str(tmp_path / "o"), "--work", str(tmp_path)]), [])
 
-
-def test_a_step_or_part_that_raises_is_recorded_and_the_rest_run(tmp_path):
-    from passion_deploy.benchmarks import gpu_e2e
-
-    ctx = gpu_check.make_context(gpu_check.parse_args(["--dry-run", "--out", str(tmp_path)]), [])
-
-    def typo(ctx):
+    def typo(c):
         raise NameError("name 'shpae' is not defined")
-    assert gpu_check.run_step(ctx, "kernels", typo)["status"] == "failed"
-    assert gpu_check.run_step(ctx, "environment", lambda ctx: {"fine": 1})["status"] == "ok"
-    step = ctx.report["steps"]["end_to_end"] = {}
-    gpu_e2e.run_part(step, "build", lambda c, s: 1 / 0, ctx, None)
-    gpu_e2e.run_part(step, "export", lambda c, s: {}, ctx, None, needs=("build",))
-    gpu_e2e.run_part(step, "torch_compile", lambda c, s: {"state": "done"}, ctx, None)
-    assert [step["parts"][p]["status"] for p in ("build", "export", "torch_compile")] == ["failed", "skipped", "ok"]
-    assert [p["where"] for p in ctx.report["problems"]] == ["kernels", "end_to_end/build"]
-    gpu_check.write_outputs(ctx, final=True)
-    rep = json.loads((tmp_path / gpu_check.JSON_NAME).read_text())
+    assert c.step("kernels", typo)["status"] == "failed"
+    assert c.step("end_to_end", lambda c: {"fine": 1})["status"] == "ok"
+    assert [p["where"] for p in c.report["problems"]] == ["kernels"]
+    c.write(final=True)
+    rep = json.loads((tmp_path / "o" / gpu_check.JSON_NAME).read_text())
     assert rep["steps"]["kernels"]["status"] == "failed" and "shpae" in rep["steps"]["kernels"]["error"]
-    md = (tmp_path / gpu_check.MD_NAME).read_text()
-    assert "## What failed" in md and "kernels: NameError" in md
+    assert {t["target"]: t["status"] for t in rep["targets"]}[
+        "int8 GEMM vs cuBLAS FP16 at the sd21 UNet's large shapes"] == "not measured"
+    md = (tmp_path / "o" / gpu_check.MD_NAME).read_text()
+    assert "## What failed" in md and "kernels: NameError" in md and "the kernels step failed: NameError" in md
 
 
 def test_without_a_gpu_the_gpu_run_refuses_in_one_sentence(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from passion_deploy.metrics import image_metrics, psnr, rgb_to_y, ssim
+from passion_deploy.metrics import db_value, image_metrics, output_psnr, psnr, rgb_to_y, ssim
 
 
 def test_psnr_of_a_constant_offset():
@@ -19,6 +19,19 @@ def test_psnr_of_a_constant_offset():
     m = image_metrics(a + 0.01, a)
     assert m["psnr_rgb"] == pytest.approx(40.0, abs=1e-9)
     assert m["psnr_y"] == pytest.approx(20 * math.log10(255 / 2.19), abs=1e-9)
+
+
+def test_output_psnr_clamps_images_and_scales_other_outputs_by_the_reference_range():
+    """The one PSNR --verify and every benchmark score outputs with (metrics.output_psnr)."""
+    ref = torch.rand(1, 3, 8, 8) * 0.8 + 0.1
+    assert output_psnr(ref + 0.01, ref, image=True) == pytest.approx(40.0, abs=1e-4)
+    over = ref.clone()
+    over[0, 0, 0, 0] = 1.0
+    assert output_psnr(over + 5.0 * (over == 1.0), over, image=True) == math.inf  # shown alike: clamped to [0, 1]
+    latent = torch.linspace(-2, 2, 64).reshape(1, 1, 8, 8)  # range 4: the peak of a non-image output
+    assert output_psnr(latent + 0.04, latent, image=False) == pytest.approx(40.0, abs=1e-4)  # 10 log10(4^2 / 0.04^2)
+    assert output_psnr(latent + 0.04, latent * 10, image=False) < 20  # the reference's range, not the output's
+    assert (db_value(40.004), db_value(math.inf)) == (40.0, "inf")
 
 
 def test_bt601_luma():
