@@ -112,12 +112,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_repo(args, settings) -> int:
     from ..export.artifact import ArtifactError
+    from ..io_utils import OutputError, writable_dir
     from ..serving.repository import RepositoryError, write_model_repository
 
     try:
+        writable_dir(args.write_repo, "--write-repo", beside=True)  # built beside it, then renamed into place
         s = write_model_repository(args.write_repo, args.model, settings, args.max_batch,
                                    int(args.max_queue_delay_ms * 1000), args.instances)
-    except (RepositoryError, ArtifactError) as e:
+    except (RepositoryError, ArtifactError, OutputError) as e:
         raise UsageError(str(e)) from None
     print(f"{PROG}: wrote a Triton model repository of {args.model} to {s.out}:")
     for name, what in s.models.items():

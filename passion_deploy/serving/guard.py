@@ -139,7 +139,7 @@ def _values(name: str, data, shape: list, datatype: str, count: int) -> bytes:
         arr = None
     if arr is None or arr.dtype.kind not in kinds:
         raise Refused(f"input {name!r}: 'data' must be {datatype} values")
-    if arr.dtype.kind in "ui" and arr.size:
+    if arr.dtype.kind in "ui" and np.dtype(np_type).kind in "ui" and arr.size:
         info = np.iinfo(np_type)
         if arr.min() < info.min or arr.max() > info.max:
             raise Refused(f"input {name!r}: a value is outside {datatype}'s range {info.min} to {info.max}")
@@ -445,6 +445,8 @@ class _Handler(BaseHTTPRequestHandler):
                                                   self.guard.max_body)
             except Refused as e:
                 return self._error(e.status, str(e))
+            except Exception as e:  # a case the checks missed: this request fails, the service stays
+                return self._error(500, f"the request could not be checked ({e.__class__.__name__}: {str(e)[:80]})")
             headers = {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(hlen)}
             if self.headers.get("Accept-Encoding"):
                 headers["Accept-Encoding"] = self.headers["Accept-Encoding"]

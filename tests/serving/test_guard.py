@@ -71,6 +71,8 @@ def test_a_json_request_becomes_the_same_tensors_in_binary_form():
     assert np.array_equal(np.frombuffer(blob, np.uint8).reshape(img.shape), img)
     flat = _json({"name": "image", "shape": list(img.shape), "datatype": "UINT8", "data": img.reshape(-1).tolist()})
     assert _split(*check_http_infer(flat, None, LIMIT))[1] == blob  # flat and nested data are the same tensor
+    floats = _json({"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2.5]})  # ints are valid floats
+    assert np.array_equal(np.frombuffer(_split(*check_http_infer(floats, None, LIMIT))[1], np.float32), [1, 2.5])
     text = _json({"name": "encoded", "shape": [2, 1], "datatype": "BYTES", "data": ["ab", "xyz"]})
     assert _split(*check_http_infer(text, None, LIMIT))[1] == struct.pack("<I", 2) + b"ab" + struct.pack("<I", 3) + b"xyz"
 
