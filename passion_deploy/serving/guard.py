@@ -549,9 +549,13 @@ def _grpc_server(guard: Guard, port: int):
                     return service_pb2.ServerReadyResponse(ready=False).SerializeToString()
                 context.abort(grpc.StatusCode.UNAVAILABLE, "the server is not ready (Triton Inference Server is "
                                                            "starting); retry")
+            # a call without a deadline reports ~9e18 s remaining, which as a timeout overflows
+            # into an immediate DEADLINE_EXCEEDED: no deadline is passed on as none
+            left = context.time_remaining()
+            timeout = left if left is not None and left < 1e7 else None
+            metadata = [(k, v) for k, v in context.invocation_metadata() if k != "user-agent"]
             try:
-                return channel(up).unary_unary(method)(request, timeout=context.time_remaining(),
-                                                       metadata=context.invocation_metadata())
+                return channel(up).unary_unary(method)(request, timeout=timeout, metadata=metadata)
             except grpc.RpcError as e:
                 context.abort(e.code(), e.details() or "Triton Inference Server did not answer")
 
