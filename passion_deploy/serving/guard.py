@@ -26,6 +26,7 @@ service that is restarting, not a closed port.
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import math
@@ -308,16 +309,23 @@ class Guard:
     def __init__(self, host: str, http_port: int, grpc_port: int, metrics_port: int, max_body: int):
         self.host, self.max_body = host, max_body
         self.upstream: Upstream | None = None
-        self.refused = 0  # requests refused by the guard (tests, the log)
+        self._inflight = 0  # requests forwarded whose answer is not yet relayed
+        self._inflight_lock = threading.Condition()
         self._conversions = threading.Semaphore(MAX_CONVERSIONS)
         self._connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._servers = [self._http_server(http_port, api=True), self._http_server(metrics_port, api=False)]
         self._grpc = _grpc_server(self, grpc_port)
-        self._threads: list[threading.Thread] = []
 
-    @property
-    def ports(self) -> tuple[int, int, int]:
-        return self._servers[0].server_port, self._grpc_port, self._servers[1].server_port
+    @contextlib.contextmanager
+    def forwarding(self):
+        with self._inflight_lock:
+            self._inflight += 1
+        try:
+            yield
+        finally:
+            with self._inflight_lock:
+                self._inflight -= 1
+                self._inflight_lock.notify_all()
 
     def _http_server(self, port: int, api: bool) -> ThreadingHTTPServer:
         guard = self
@@ -352,10 +360,13 @@ class Guard:
             t = threading.Thread(target=s.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True,
                                  name="passion-serve-guard")
             t.start()
-            self._threads.append(t)
         self._grpc.start()
 
-    def stop(self) -> None:
+    def stop(self, relay_timeout_s: float = 10.0) -> None:
+        """Close the public sockets, after the answers Triton gave before it exited (a drain) have
+        been relayed to their clients, up to relay_timeout_s."""
+        with self._inflight_lock:
+            self._inflight_lock.wait_for(lambda: self._inflight == 0, timeout=relay_timeout_s)
         for s in self._servers:
             s.shutdown()
             s.server_close()
@@ -397,7 +408,6 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _error(self, status: int, message: str) -> None:
-        self.guard.refused += 1
         self._send(status, json.dumps({"error": message}).encode())
 
     def _route(self) -> None:
@@ -451,17 +461,18 @@ class _Handler(BaseHTTPRequestHandler):
             if self.headers.get("Accept-Encoding"):
                 headers["Accept-Encoding"] = self.headers["Accept-Encoding"]
         port = up.http_port if self.api else up.metrics_port
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=UPSTREAM_TIMEOUT_S)
-            conn.request(self.command, self.path, body=body if self.command == "POST" else None, headers=headers)
-            resp = conn.getresponse()
-            data = resp.read()
-            keep = {k: v for k, v in resp.getheaders()
-                    if k.lower() in ("content-type", "inference-header-content-length", "content-encoding")}
-            conn.close()
-        except (OSError, http.client.HTTPException):
-            return self._error(503, "the server is not ready (Triton Inference Server is restarting); retry")
-        self._send(resp.status, data, keep)
+        with self.guard.forwarding():
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=UPSTREAM_TIMEOUT_S)
+                conn.request(self.command, self.path, body=body if self.command == "POST" else None, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                keep = {k: v for k, v in resp.getheaders()
+                        if k.lower() in ("content-type", "inference-header-content-length", "content-encoding")}
+                conn.close()
+            except (OSError, http.client.HTTPException):
+                return self._error(503, "the server is not ready (Triton Inference Server is restarting); retry")
+            self._send(resp.status, data, keep)
 
     def handle_expect_100(self):
         # a client that asks first is told at once when its body would be refused
@@ -536,10 +547,8 @@ def _grpc_server(guard: Guard, port: int):
                 try:
                     check_grpc_infer(service_pb2.ModelInferRequest.FromString(request), guard.max_body)
                 except Refused as e:
-                    guard.refused += 1
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
                 except Exception:  # protobuf's DecodeError: not a ModelInferRequest
-                    guard.refused += 1
                     context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the request is not a ModelInferRequest")
             up = guard.upstream
             if up is None:
@@ -555,7 +564,8 @@ def _grpc_server(guard: Guard, port: int):
             timeout = left if left is not None and left < 1e7 else None
             metadata = [(k, v) for k, v in context.invocation_metadata() if k != "user-agent"]
             try:
-                return channel(up).unary_unary(method)(request, timeout=timeout, metadata=metadata)
+                with guard.forwarding():
+                    return channel(up).unary_unary(method)(request, timeout=timeout, metadata=metadata)
             except grpc.RpcError as e:
                 context.abort(e.code(), e.details() or "Triton Inference Server did not answer")
 
@@ -568,7 +578,6 @@ def _grpc_server(guard: Guard, port: int):
                 return grpc.unary_unary_rpc_method_handler(forward(m))
 
             def refuse(request, context):
-                guard.refused += 1
                 context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{m[:80]} is not served here")
 
             if m == GRPC_SERVICE + "ModelStreamInfer":
@@ -588,5 +597,4 @@ def _grpc_server(guard: Guard, port: int):
         bound = 0
     if not bound:
         raise PassionError(f"cannot listen on {guard.host}:{port} for gRPC; is another server running there?")
-    guard._grpc_port = bound
     return server
