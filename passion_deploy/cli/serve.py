@@ -8,6 +8,10 @@ concurrent requests (up to --max-batch images, waiting up to --max-queue-delay-m
 tiles share the engines' calls. Health: /v2/health/ready, /v2/models/passion_sr/ready; Prometheus
 metrics on --metrics-port. SIGTERM or Ctrl-C drains in-flight requests, then stops.
 
+It listens on 127.0.0.1 unless --host says otherwise. Every request is checked before Triton
+sees it (size within --max-request-mb, declared shapes, well-formed JSON or binary tensors); if
+the server dies anyway it is restarted, and the cause is logged.
+
 --write-repo DIR writes a Triton model repository for a full Triton server instead (component
 models on Triton's TensorRT / ONNX Runtime backends, a tile ensemble, the whole-image model).
 """

@@ -243,8 +243,10 @@ def serve(repo: Path, endpoints: Endpoints, load_error_file: Path, log_file: Pat
             try:
                 _start(triton, load_error_file, log_file, stop)
             except ServeError as e:
-                if first or stop.is_set():
+                if first:
                     raise
+                if stop.is_set():  # SIGTERM while restarting: nothing in flight to drain
+                    return 0.0
                 delay = backoff.after_failed_start()
                 if backoff.failures >= backoff.give_up:
                     raise ServeError(f"Triton Inference Server failed to restart {backoff.failures} times in a "
