@@ -124,8 +124,8 @@ def _random_request(rng: np.random.Generator, lr: np.ndarray, png: bytes):
         inp = {"name": "image", "shape": [1, 1, 1, 3], "datatype": "UINT8",
                "parameters": {"shared_memory_region": "r", "shared_memory_byte_size": 3}}
         return json.dumps({"inputs": [inp], "parameters": {"x": [1, 2]}}).encode(), {}, infer_path, "POST"
-    # the two crashing requests
-    if rng.random() < 0.5:
+    # the two crashing requests (the ~8 MB one is the fuzz's costliest: sent less often)
+    if rng.random() < 0.8:
         return json.dumps({"inputs": [{"name": "image", "shape": [1, 100000, 100000, 3], "datatype": "UINT8",
                                        "data": [0]}]}).encode(), {}, infer_path, "POST"
     return EIGHT_MB_JSON, {}, infer_path, "POST"
