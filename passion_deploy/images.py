@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .io_utils import atomic_path
+from .io_utils import atomic_path, not_a_file
 from .metrics import psnr  # noqa: F401  (its home is metrics.py; kept importable from here)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -34,8 +34,9 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = None) -> torch.
     so outputs are upright the way viewers show the input.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file")
+    why = not_a_file(path)  # broken links, loops, folders and devices named as such (a FIFO would block)
+    if why:
+        raise ImageError(f"{path}: {'no such file' if why == 'does not exist' else why}")
     if path.stat().st_size == 0:
         raise ImageError(f"{path}: the file is empty (0 bytes)")
     try:
@@ -136,8 +137,10 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 
 def list_images(path: str | os.PathLike) -> list[Path]:
-    """A single file, or the image files of a folder sorted by name (every regular file with an image suffix)."""
+    """A single file, or a folder's entries with an image suffix sorted by name. Every such entry is
+    listed, not only readable files: a broken symbolic link, a link loop or a folder named x.png
+    is then refused by name when it is read (read_image), like any bad file, not dropped."""
     path = Path(path)
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return [path]

@@ -68,9 +68,9 @@ def free_ports(n: int) -> list[int]:
 class ServeProcess:
     """passion-serve in a subprocess on free ports; `lines` collects its output."""
 
-    def __init__(self, *args: str, ready_timeout: float = 300.0):
+    def __init__(self, *args: str, ready_timeout: float = 300.0, host: str | None = "127.0.0.1"):
         self.http, self.grpc, self.metrics = free_ports(3)
-        cmd = [sys.executable, "-m", "passion_deploy.cli.serve", *args, "--host", "127.0.0.1",
+        cmd = [sys.executable, "-m", "passion_deploy.cli.serve", *args, *(["--host", host] if host else []),
                "--http-port", str(self.http), "--grpc-port", str(self.grpc), "--metrics-port", str(self.metrics)]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=dict(os.environ, PYTHONUNBUFFERED="1"))

@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import PassionError
 from .serving_args import add_model_args, add_sr_args, load_checked, model_spec, sr_settings
 from .sr import UsageError
 
@@ -80,6 +81,7 @@ def input_files(args) -> list[Path]:
 
 def run(args, prog: str = PROG) -> int:
     """The job from parsed arguments."""
+    from ..io_utils import writable_dir
     from ..serving.ray_batch import BatchError, RayBatch
 
     if args.batch < 1:
@@ -88,9 +90,7 @@ def run(args, prog: str = PROG) -> int:
         raise UsageError(f"--workers {args.workers} must be at least 1")
     if args.cpus_per_worker <= 0:
         raise UsageError(f"--cpus-per-worker {args.cpus_per_worker} must be above 0")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{out}: exists and is not a folder; give -o a folder for the outputs")
+    out = writable_dir(args.output, "-o")  # refused now, not after the cluster started
     files = input_files(args)
     spec, settings = model_spec(args), sr_settings(args)
     if args.tile_overlap is not None or args.vae_overlap is not None:
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except UsageError as e:
+    except PassionError as e:  # UsageError and OutputError: one sentence
         print(f"{PROG}: {e}", file=sys.stderr)
         return 2
 

@@ -65,6 +65,7 @@ def import_instead(args, key: str) -> int:
     from ..checkpoint import CheckpointError
     from ..config import ConfigError, load_yaml
     from ..importers import ImportRefused, import_passionsr, job_from_yaml, write_checkpoint
+    from ..io_utils import OutputError, writable_file
     from ..models import WeightsError
 
     try:
@@ -76,10 +77,10 @@ def import_instead(args, key: str) -> int:
         out_dir = (load_yaml(args.config).get("quantize_config") or {}).get("output_modelpath")
         if not args.out and not out_dir:
             raise ImportRefused(f"{args.config}: give --out or quantize_config.output_modelpath")
-        out = Path(args.out) if args.out else Path(out_dir) / f"{job.quant.name}.safetensors"
+        out = writable_file(Path(args.out) if args.out else Path(out_dir) / f"{job.quant.name}.safetensors", "--out")
         result = import_passionsr(job, progress=not args.no_progress)
         write_checkpoint(result, out)
-    except (ImportRefused, ConfigError, WeightsError, CheckpointError) as e:
+    except (ImportRefused, ConfigError, WeightsError, CheckpointError, OutputError) as e:
         print(f"passion-calibrate: {e}", file=sys.stderr)
         return 2
     print("\n".join(result.lines))
@@ -100,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..calibrate.report import build_report, make_heldout_eval, markdown_summary, write_report
     from ..checkpoint import CheckpointError, save_checkpoint
     from ..config import ConfigError
-    from ..io_utils import atomic_write_text
+    from ..io_utils import atomic_write_text, writable_file
     from ..models import WeightsError, build_pipeline
 
     t_start = time.perf_counter()
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         job = load_job(args.config, args.preset, args.weights, args.device, args.random_weights, args.lora)
         device = _device(job.device)
-        out = _output_path(args, job)
+        out = writable_file(_output_path(args, job), "--out")  # refused now, not after the calibration
         fp = build_pipeline(job.preset, job.weights, job.lora, job.random_weights, job.context).to(device)
         pairs = [(lr.to(device), hr.to(device), n) for lr, hr, n in load_calibration_pairs(job.cali_img_path, job.process_size)]
     except (ConfigError, WeightsError, CalibrationDataError, CheckpointError, ValueError) as e:

@@ -55,16 +55,18 @@ def main(argv: list[str] | None = None) -> int:
     from ..export.ir.trace import ExportError
     from ..export.targets import get_target
     from ..export.targets.trt.build import EngineBuildError
+    from ..io_utils import OutputError, writable_dir
 
     target = get_target(args.target)
     progress = not args.no_progress
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
     t0 = time.perf_counter()
     try:
+        writable_dir(args.out, "--out")  # refused now, not after tracing and lowering
         tile = parse_tile(args.tile) if args.tile else None
         manifest = export_artifact(args.ckpt, args.out, target, components, tile, fold=not args.dynamic_constants,
                                    progress=progress, weights=args.weights, lora=args.lora, **target.options_from_args(args))
-    except (CheckpointError, ConfigError, ExportError, ArtifactError, EngineBuildError, OSError) as e:
+    except (CheckpointError, ConfigError, ExportError, ArtifactError, EngineBuildError, OutputError, OSError) as e:
         print(f"passion-export: {e}", file=sys.stderr)
         return 2
     out = Path(args.out)

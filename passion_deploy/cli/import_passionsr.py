@@ -73,16 +73,18 @@ def main(argv: list[str] | None = None) -> int:
     from ..checkpoint import CheckpointError
     from ..config import ConfigError
     from ..importers import ImportRefused, import_passionsr, write_checkpoint
+    from ..io_utils import OutputError, writable_file
     from ..models import WeightsError
 
     out = Path(args.out)
     try:
         if out.suffix != ".safetensors":
             raise ImportRefused(f"--out {out}: the checkpoint is a .safetensors file")
+        writable_file(out, "--out")  # refused now, not after the whole import
         job = make_job(args)
         result = import_passionsr(job, progress=not args.no_progress)
         write_checkpoint(result, out, include_fp_weights=not args.no_fp_weights)
-    except (ImportRefused, ConfigError, WeightsError, CheckpointError) as e:
+    except (ImportRefused, ConfigError, WeightsError, CheckpointError, OutputError) as e:
         print(f"passion-import: {e}", file=sys.stderr)
         return 2
     print("\n".join(f"passion-import: {line}" if i == 0 else line for i, line in enumerate(result.lines)))

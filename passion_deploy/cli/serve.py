@@ -8,6 +8,10 @@ concurrent requests (up to --max-batch images, waiting up to --max-queue-delay-m
 tiles share the engines' calls. Health: /v2/health/ready, /v2/models/passion_sr/ready; Prometheus
 metrics on --metrics-port. SIGTERM or Ctrl-C drains in-flight requests, then stops.
 
+It listens on 127.0.0.1 unless --host says otherwise. Every request is checked before Triton
+sees it (size within --max-request-mb, declared shapes, well-formed JSON or binary tensors); if
+the server dies anyway it is restarted, and the cause is logged.
+
 --write-repo DIR writes a Triton model repository for a full Triton server instead (component
 models on Triton's TensorRT / ONNX Runtime backends, a tile ensemble, the whole-image model).
 """
@@ -31,7 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(p)
     s = p.add_argument_group("server")
-    s.add_argument("--host", default="0.0.0.0", help="address the HTTP, gRPC and metrics endpoints listen on (default 0.0.0.0)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address the HTTP, gRPC and metrics endpoints listen on (default 127.0.0.1, this machine only; "
+                        "0.0.0.0 for every interface: the service has no authentication)")
     s.add_argument("--http-port", type=int, default=8000, help="default 8000")
     s.add_argument("--grpc-port", type=int, default=8001, help="default 8001")
     s.add_argument("--metrics-port", type=int, default=8002, help="Prometheus metrics at /metrics (default 8002)")
@@ -45,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT_S, metavar="S",
                    help="on SIGTERM or Ctrl-C, how long requests already accepted may take to finish "
                         f"(default {DEFAULT_DRAIN_TIMEOUT_S})")
+    s.add_argument("--max-request-mb", type=float, metavar="MB",
+                   help="refuse (HTTP 413, gRPC RESOURCE_EXHAUSTED) a request body or message over MB megabytes, and "
+                        "any input whose declared shape would take more (default: 64, or more when --max-pixels "
+                        "needs it: 8 bytes a pixel)")
     s.add_argument("--write-repo", metavar="DIR",
                    help="write a Triton model repository of the --model artifact to DIR (a new folder) and exit")
     add_sr_args(p)
@@ -58,6 +68,8 @@ def _check(args) -> None:
         raise UsageError(f"--instances {args.instances} must be at least 1")
     if args.drain_timeout < 0:
         raise UsageError(f"--drain-timeout {args.drain_timeout} must be 0 or more seconds")
+    if args.max_request_mb is not None and args.max_request_mb <= 0:
+        raise UsageError(f"--max-request-mb {args.max_request_mb} must be above 0")
     if args.max_queue_delay_ms < 0:
         raise UsageError(f"--max-queue-delay-ms {args.max_queue_delay_ms} must be 0 or more")
     ports = {"--http-port": args.http_port, "--grpc-port": args.grpc_port, "--metrics-port": args.metrics_port}
@@ -75,11 +87,13 @@ def _check(args) -> None:
 
 
 def _check_port(flag: str, host: str, port: int) -> None:
-    """Refuse a port another process holds, before Triton fails on it deep in its log."""
+    """Refuse a port another process holds, before the model loads. SO_REUSEADDR as the server
+    binds it: a port left in TIME_WAIT by a server that just died is free to listen on again."""
     import socket
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as e:
@@ -102,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _write_repo(args, settings) -> int:
     from ..export.artifact import ArtifactError
+    from ..io_utils import OutputError, writable_dir
     from ..serving.repository import RepositoryError, write_model_repository
 
     try:
+        writable_dir(args.write_repo, "--write-repo", beside=True)  # built beside it, then renamed into place
         s = write_model_repository(args.write_repo, args.model, settings, args.max_batch,
                                    int(args.max_queue_delay_ms * 1000), args.instances)
-    except (RepositoryError, ArtifactError) as e:
+    except (RepositoryError, ArtifactError, OutputError) as e:
         raise UsageError(str(e)) from None
     print(f"{PROG}: wrote a Triton model repository of {args.model} to {s.out}:")
     for name, what in s.models.items():
@@ -121,6 +137,7 @@ def _write_repo(args, settings) -> int:
 
 def _serve(args, spec, settings) -> int:
     from ..serving.repository import write_serving_repository
+    from ..serving.guard import default_max_body
     from ..serving.server import Endpoints, ServeError, serve
 
     # the model is loaded here once, as passion-sr loads it, so a bad model or tiling is refused
@@ -146,9 +163,11 @@ def _serve(args, spec, settings) -> int:
         def stopping():
             print(f"{PROG}: stopping: finishing the requests in flight, refusing new ones...", flush=True)
 
+        max_body = (int(args.max_request_mb * (1 << 20)) if args.max_request_mb
+                    else default_max_body(settings.budget or 0))
         try:
             drain_s = serve(work / "repository", ends, load_error, log, args.drain_timeout, on_ready=ready,
-                            on_stop=stopping)
+                            on_stop=stopping, max_body=max_body)
         except ServeError as e:
             print(f"{PROG}: {e}", file=sys.stderr)
             return 1

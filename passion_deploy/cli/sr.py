@@ -325,7 +325,7 @@ def _run(args) -> int:
     from ..compare import parse_crop, save_picture
     from ..evaluation import MetricsTable, align_hr, find_hr, hr_index, image_metrics_row
     from ..images import ImageError, list_images, quantize_8bit, read_image, upscale_bicubic, write_png
-    from ..io_utils import atomic_write_text
+    from ..io_utils import OutputError, atomic_write_text, real_path, writable_dir
     from ..runner import Tiling, super_resolve
 
     _check_args(args)
@@ -340,8 +340,12 @@ def _run(args) -> int:
     if not src.exists():
         print(f"passion-sr: {src}: no such file or folder", file=sys.stderr)
         return 2
-    if out.exists() and not out.is_dir():
-        print(f"passion-sr: {out}: exists and is not a folder; give -o a folder for the outputs", file=sys.stderr)
+    try:  # an output folder it cannot write is refused now, not after the model ran on every image
+        writable_dir(out, "-o")
+        if args.compare:
+            writable_dir(out / "compare", "-o")
+    except OutputError as e:
+        print(f"passion-sr: {e}", file=sys.stderr)
         return 2
     files = list_images(src)
     if not files:
@@ -366,12 +370,12 @@ def _run(args) -> int:
         for f in tqdm(files, desc="super-resolving", unit="img", disable=len(files) < 2):
             target = out / f"{f.stem}.png"
             picture = out / "compare" / f"{f.stem}.png"
-            if target.resolve() in seen:
-                report.fail(f"{f}: its output {target} is also the output of {seen[target.resolve()].name}; "
+            if real_path(target) in seen:
+                report.fail(f"{f}: its output {target} is also the output of {seen[real_path(target)].name}; "
                             "rename one of them")
                 continue
-            seen[target.resolve()] = f
-            if target.resolve() == f.resolve():
+            seen[real_path(target)] = f
+            if real_path(target) == real_path(f):
                 report.fail(f"{f}: its output would overwrite the input; choose another output folder")
                 continue
             need_sr = args.overwrite or not target.exists()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import PASSION_BLOCKS, QUANT_CKPT, ComponentConfig, ConfigError, QuantConfig, from_passion_block, load_yaml
+from ..io_utils import not_a_file
 from .errors import ImportRefused
 
 TOP_KEYS = {"device", "out_dir", "dataset", "seed", "precision", "scale", "cali_img_path", "basic_config",
@@ -94,9 +95,11 @@ def _resolve(value, key: str, source: str, root: Path, required: bool = True) ->
         return None
     p = Path(str(value)).expanduser()
     full = p if p.is_absolute() else root / p
-    if not full.is_file():
-        where = "" if p.is_absolute() else f" (relative paths resolve against {root}, as PassionSR's do; see --root)"
-        raise ImportRefused(f"{source}: {key!r} names {value}, which does not exist{where}")
+    why = not_a_file(full)  # a folder or a device is said as such, not as missing
+    if why:
+        where = ("" if p.is_absolute() or why != "does not exist" else
+                 f" (relative paths resolve against {root}, as PassionSR's do; see --root)")
+        raise ImportRefused(f"{source}: {key!r} names {value}, which {why}{where}")
     return full
 
 

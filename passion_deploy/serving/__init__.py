@@ -12,7 +12,11 @@ bundled server) for requests, Ray for folders of images.
     tritonserver_z0.py     the z0 step of --write-repo's tile ensemble, a Python-backend model
     repository.py    Triton model repositories: the one passion-serve serves, and --write-repo's
                      (component models, an ensemble, the whole-image model) for a full Triton
-    server.py        PyTriton's Triton Inference Server on a repository: libpython, SIGTERM drain
+    server.py        PyTriton's Triton Inference Server on a repository: libpython, supervision
+                     (a dead server is restarted with backoff), SIGTERM drain
+    guard.py         the public HTTP, gRPC and metrics endpoints: every request checked (size,
+                     declared shapes, JSON re-encoded as binary) before Triton, which listens on
+                     loopback only
     ray_batch.py     a folder or a list of images over Ray actors, each loading the model once
 
 Every path runs passion-sr's own code (runner.super_resolve on an SR runtime), so a served or

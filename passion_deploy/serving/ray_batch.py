@@ -24,7 +24,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..io_utils import atomic_path
+from ..io_utils import atomic_path, not_a_file, real_path
 from .spec import ModelSpec, SRSettings
 
 MAX_ATTEMPTS = 2
@@ -65,12 +65,12 @@ def plan(files: list[Path], out: Path, overwrite: bool, result: BatchResult) -> 
     jobs, seen = [], {}
     for f in files:
         target = out / f"{f.stem}.png"
-        key = target.resolve()
+        key = real_path(target)
         if key in seen:
             result.failed[str(f)] = f"its output {target} is also the output of {seen[key].name}; rename one of them"
             continue
         seen[key] = f
-        if key == f.resolve():
+        if key == real_path(f):
             result.failed[str(f)] = "its output would overwrite the input; choose another output folder"
         elif target.exists() and not overwrite:
             result.kept.append(str(f))
@@ -235,6 +235,11 @@ class RayBatch:
                     if job is None:
                         break
                     pending.remove(job)
+                    why = not_a_file(job.src)  # a FIFO would block the driver; a broken link is named as one
+                    if why:
+                        self.result.failed[job.name] = f"not read: it {why}"
+                        bar.update(1)
+                        continue
                     try:
                         data = job.src.read_bytes()
                     except OSError as e:

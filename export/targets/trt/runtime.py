@@ -49,6 +49,7 @@ class QdqOnnxSR(OrtRuntime):
 
     def __init__(self, model_dir, threads: int | None = None, load_sessions: bool = True, **_):
         super().__init__(model_dir, threads, load_sessions)
+        require_fixed_shapes(self)
         self.fixed_vae_latent_tile = self.latent_tile
 
     @property
@@ -76,6 +77,18 @@ class QdqOnnxSR(OrtRuntime):
         comp = self.manifest["components"].get(g.name, {})
         shapes = {k: tuple(v) for k, v in comp["fixed_input_shapes"].items()} if "fixed_input_shapes" in comp else None
         return integer_view(lower_graph_qdq(g, shapes, probes=probes))
+
+
+def require_fixed_shapes(rt: ArtifactRuntime) -> None:
+    """Refuse at load, in one sentence, a manifest without what this runtime reads at every call
+    (each component's fixed input shapes): an artifact of another target relabelled `trt`, or an
+    edited manifest, would otherwise fail on the first tile with a KeyError."""
+    for name, comp in rt.manifest.get("components", {}).items():
+        shapes = comp.get("fixed_input_shapes") if isinstance(comp, dict) else None
+        if not isinstance(shapes, dict) or rt.main_input(name) not in shapes:
+            raise artifact.ArtifactError(f"{rt.dir / artifact.MANIFEST}: component {name} has no fixed input shapes, "
+                                         "which a trt artifact records; the manifest says target trt but was not "
+                                         "written by passion-export --target trt", rt.dir / artifact.MANIFEST)
 
 
 def check_fixed_shape(rt: ArtifactRuntime, name: str, x: torch.Tensor) -> None:
@@ -184,6 +197,7 @@ class TrtSR(ArtifactRuntime):
     def __init__(self, model_dir, kind: str = "int8", **_):
         self.on_torch = cuda_available()  # else pycuda buffers, host tensors in and out
         super().__init__(model_dir, device="cuda" if self.on_torch else "cpu")
+        require_fixed_shapes(self)
         m = self.manifest
         if not m.get("engines"):
             raise artifact.ArtifactError(f"{self.dir}: has no TensorRT engines (exported where TensorRT or a GPU was missing); "
