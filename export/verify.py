@@ -144,11 +144,15 @@ class ComponentCheck:
             self.g = load_ir(rt.dir / rt.manifest["components"][component]["ir"])
             self.nodes = [n for n in self.g.nodes if n.op in ("qconv", "qlinear", "qattention")]
 
-    def run(self, x: torch.Tensor, ref: torch.Tensor, fp: torch.Tensor, run_ref) -> torch.Tensor:
+    def capture(self, run_ref) -> None:
+        """Keep each quantized layer's input and output in the fake-quant run `run_ref()`."""
         if self.nodes is not None:
             got = capture_layer_io(self.pipe, self.component, [n.name for n in self.nodes], run_ref)
             for n in self.nodes:
                 self.io.setdefault(n.name, []).append(got[n.name])
+
+    def run(self, x: torch.Tensor, ref: torch.Tensor, fp: torch.Tensor, run_ref) -> torch.Tensor:
+        self.capture(run_ref)
         out = self.rt.run(self.component, x)
         self.tally.add(out, ref, fp)
         return out
@@ -246,6 +250,25 @@ def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n
     report["passed"] = ok
     atomic_write_text(model_dir / "verify.json", json.dumps(report, indent=2) + "\n")
     return report, ok
+
+
+@torch.no_grad()
+def verify_layers(model_dir: str | Path, components: list[str] | None = None, n_probes: int = 1, rt=None) -> dict[str, list[dict]]:
+    """The per-layer gate alone (no component or end-to-end runs): {component: rows}, each row
+    with "passed" (export/layer_gate.py). For tests and quick checks of one component."""
+    rt = rt if rt is not None else open_artifact(Path(model_dir))
+    pipe = rt.reference_pipeline()
+    th, tw = rt.latent_tile
+    probes, _ = probe_images((th * rt.vae_factor, tw * rt.vae_factor), count=n_probes)
+    comps = components or list(rt.manifest["components"])
+    checks = {c: ComponentCheck(rt, pipe, c, True) for c in comps}
+    for x in probes:
+        z = pipe.encode(x)
+        z0 = pipe.z0_from_eps(z, pipe.unet_eps(z))
+        runs = {"vae_encoder": lambda: pipe.encode(x), "unet": lambda: pipe.unet_eps(z), "vae_decoder": lambda: pipe.decode(z0)}
+        for c, chk in checks.items():
+            chk.capture(runs[c])
+    return {c: chk.layer_table() for c, chk in checks.items()}
 
 
 def _at_least(db, bar: float) -> bool:
