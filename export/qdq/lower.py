@@ -50,27 +50,47 @@ def sym_weight_operand(wg: WeightGroup, act: ia.SymAct) -> ia.WeightOperand:
 ENCODING = Encoding(ia.sym_act, sym_weight_operand, ia.act_shift_taps)
 
 
-def codes(b: OnnxBuilder, x: str, op: ia.SymAct, hint: str) -> str:
-    """DQ(Q(m)) = m, the int8 operand as an integer-valued float, decided as the fake-quant decides
-    its code: v = x / D (a true float32 division, as LBQ divides), j = R(v) rounded half away from
-    zero (sign(v) * floor(|v| + 0.5), LBQ's R in the same float32 ops), m = j - c (c: the integer
-    shift onto int8), clipped to the grid's codes. The Q/DQ pair then has scale 1: it only carries
-    an integer TensorRT can take as int8, so QuantizeLinear's half-to-even rounding never decides
-    a code. (Subtracting c*D before a QuantizeLinear of scale D instead rounds at |m| up to 128,
-    where float32 spacing turns near-ties into exact ties that Q then rounds to even.)"""
-    v = b.node("Div", [x, b.scalar(np.float32(op.step), np.float32)], hint)
+def round_half_away(b: OnnxBuilder, v: str, hint: str) -> str:
+    """LBQ's R(v) = sign(v) * floor(|v| + 0.5), with the same float32 ops as the fake-quant."""
     mag = b.node("Floor", [b.node("Add", [b.node("Abs", [v], hint), b.scalar(np.float32(0.5), np.float32)], hint)], hint)
-    j = b.node("Mul", [b.node("Sign", [v], hint), mag], hint)
-    m = b.node("Sub", [j, b.scalar(np.float32(op.shift), np.float32)], hint) if op.shift else j
-    if op.needs_clip:  # the code clamp; the 8-bit range is Q's own saturation
+    return b.node("Mul", [b.node("Sign", [v], hint), mag], hint)
+
+
+def int_qdq(b: OnnxBuilder, m: str, op: ia.SymAct, hint: str) -> str:
+    """The integer-valued m clipped to the grid's codes (the 8-bit range is Q's own saturation)
+    through a scale-1 Q/DQ pair: the int8 operand TensorRT takes, with no rounding left to Q."""
+    if op.needs_clip:
         m = b.node("Clip", [m, b.scalar(np.float32(op.lo), np.float32), b.scalar(np.float32(op.hi), np.float32)], hint)
     one, zero = b.scalar(np.float32(1.0), np.float32), b.scalar(0, np.int8)
     return b.node("DequantizeLinear", [b.node("QuantizeLinear", [m, one, zero], hint), one, zero], hint)
 
 
-def group_operands(b: OnnxBuilder, x: str, rec: QLayerRecipe, groups: list[GroupPlan], axis: int, hint: str) -> list[str]:
-    """The integer operand m of each K-group (its own grid: channel halves are sliced, then coded)."""
-    return [codes(b, group_input(b, x, rec, g, axis, hint), g.act, f"{hint}.a{g.index}") for g in groups]
+def codes(b: OnnxBuilder, x: str, op: ia.SymAct, hint: str) -> str:
+    """DQ(Q(m)) = m, the int8 operand as an integer-valued float, decided as the fake-quant decides
+    its code: v = x / D (a true float32 division, as LBQ divides), j = R(v) rounded half away from
+    zero, m = j - c (c: the integer shift onto int8), clipped to the grid's codes. The Q/DQ pair
+    then has scale 1: it only carries an integer TensorRT can take as int8, so QuantizeLinear's
+    half-to-even rounding never decides a code. (Subtracting c*D before a QuantizeLinear of scale
+    D instead rounds at |m| up to 128, where float32 spacing turns near-ties into exact ties that
+    Q then rounds to even.)"""
+    j = round_half_away(b, b.node("Div", [x, b.scalar(np.float32(op.step), np.float32)], hint), hint)
+    return int_qdq(b, b.node("Sub", [j, b.scalar(np.float32(op.shift), np.float32)], hint) if op.shift else j, op, hint)
+
+
+def group_operands(b: OnnxBuilder, x: str, rec: QLayerRecipe, groups: list[GroupPlan], axis: int, ndim: int,
+                   hint: str) -> list[str]:
+    """The integer operand m of each K-group. K-groups with their own grids (channel halves) are
+    coded in one pass over per-channel vectors of D and c (Div, round, one Sub: the same float32
+    operation per element as per half), then split; groups sharing a grid are coded per slice."""
+    if len(groups) == 1 or all(g.act is groups[0].act for g in groups):
+        return [codes(b, group_input(b, x, rec, g, axis, hint), g.act, f"{hint}.a{g.index}") for g in groups]
+    shape = (-1,) + (1,) * (ndim - 1 - axis % ndim)  # the channel axis and the axes after it
+    steps = np.concatenate([np.full(g.k1 - g.k0, np.float32(g.act.step), np.float32) for g in groups])
+    shifts = np.concatenate([np.full(g.k1 - g.k0, g.act.shift, np.float32) for g in groups])
+    j = round_half_away(b, b.node("Div", [x, b.init(hint + ".act_step", steps.reshape(shape))], hint), hint)
+    if shifts.any():
+        j = b.node("Sub", [j, b.init(hint + ".act_shift", shifts.reshape(shape))], hint)
+    return [int_qdq(b, group_input(b, j, rec, g, axis, hint), g.act, f"{hint}.a{g.index}") for g in groups]
 
 
 def dq_weight(b: OnnxBuilder, g: GroupPlan, hint: str) -> str:
@@ -107,7 +127,7 @@ def lower_qconv(b: OnnxBuilder, rec: QLayerRecipe, x: str) -> str:
     xs = let_transform(b, rec, x, 4)
     (row,) = plan.rows
     y = None
-    for g, a in zip(row.groups, group_operands(b, xs, rec, row.groups, 1, h)):
+    for g, a in zip(row.groups, group_operands(b, xs, rec, row.groups, 1, 4, h)):
         ins = [a, dq_weight(b, g, f"{h}.g{g.index}")] + bias_input(b, row.bias if y is None else None, g, f"{h}.g{g.index}")
         yg = b.node("Conv", ins, h, strides=list(rec.stride), pads=list(rec.padding) * 2, dilations=list(rec.dilation))
         yg = add_ones_column(b, yg, g, f"{h}.g{g.index}", spatial_dims=2)
@@ -125,7 +145,7 @@ def lower_qlinear(b: OnnxBuilder, rec: QLayerRecipe, x: str, shape: tuple) -> st
     for ri, (rows, row) in enumerate(zip(row_inputs(b, let_transform(b, rec, x, len(shape)), plan, h), plan.rows)):
         flat = b.node("Reshape", [rows, b.i64([-1, rec.in_channels])], h) if len(shape) == 3 else rows
         y = None
-        for g, a in zip(row.groups, group_operands(b, flat, rec, row.groups, 1, f"{h}.r{ri}")):
+        for g, a in zip(row.groups, group_operands(b, flat, rec, row.groups, 1, 2, f"{h}.r{ri}")):
             # token halves share the weights only where they share the activation step folded in
             w = shared(b, ("qdq", h, g.key, float(g.act.step)), lambda: dq_weight(b, g, f"{h}.r{ri}g{g.index}"))
             bias = bias_input(b, row.bias if y is None else None, g, f"{h}.r{ri}g{g.index}")
