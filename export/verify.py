@@ -139,15 +139,17 @@ class ComponentCheck:
             self.g = load_ir(rt.dir / rt.manifest["components"][component]["ir"])
             self.nodes = [n for n in self.g.nodes if n.op in ("qconv", "qlinear", "qattention")]
 
-    def capture(self, run_ref) -> None:
-        """Keep each quantized layer's input and output in the fake-quant run `run_ref()`."""
-        if self.nodes is not None:
-            got = capture_layer_io(self.pipe, self.component, [n.name for n in self.nodes], run_ref)
-            for n in self.nodes:
-                self.io.setdefault(n.name, []).append(got[n.name])
+    def capture(self, run_ref):
+        """`run_ref()` (the fake-quant component), keeping each quantized layer's input and output."""
+        if self.nodes is None:
+            return run_ref()
+        res = []
+        got = capture_layer_io(self.pipe, self.component, [n.name for n in self.nodes], lambda: res.append(run_ref()))
+        for n in self.nodes:
+            self.io.setdefault(n.name, []).append(got[n.name])
+        return res[0]
 
-    def run(self, x: torch.Tensor, ref: torch.Tensor, fp: torch.Tensor, run_ref) -> torch.Tensor:
-        self.capture(run_ref)
+    def run(self, x: torch.Tensor, ref: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
         out = self.rt.run(self.component, x)
         self.tally.add(out, ref, fp)
         return out
@@ -197,16 +199,19 @@ def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n
     sens, rounding = [], {}
     for x in tqdm(probes, desc="verify", unit="probe", disable=not progress):
         x = x.to(device)
-        z = pipe.encode(x)
-        eps = pipe.unet_eps(z)
+
+        def reference(c, run):  # the reference's run, its layers' inputs and outputs kept for the gate
+            return checks[c].capture(run) if c in checks else run()
+        z = reference("vae_encoder", lambda: pipe.encode(x))
+        eps = reference("unet", lambda: pipe.unet_eps(z))
         z0 = pipe.z0_from_eps(z, eps)
-        img = pipe.decode(z0)
+        img = reference("vae_decoder", lambda: pipe.decode(z0))
         # each component on the reference's own input, so errors do not compound
-        z_art = checks["vae_encoder"].run(x, z, fp.encode(x), lambda: pipe.encode(x)) if "vae_encoder" in checks else rt.encode(x)
+        z_art = checks["vae_encoder"].run(x, z, fp.encode(x)) if "vae_encoder" in checks else rt.encode(x)
         if "unet" in checks:
-            checks["unet"].run(z, eps, fp.unet_eps(z), lambda: pipe.unet_eps(z))
+            checks["unet"].run(z, eps, fp.unet_eps(z))
         if "vae_decoder" in checks:
-            checks["vae_decoder"].run(z0, img, fp.decode(z0), lambda: pipe.decode(z0))
+            checks["vae_decoder"].run(z0, img, fp.decode(z0))
         # end to end: rt(x) = decode(denoise(encode(x))), the encoder's output reused
         e2e.add(rt.decode(rt.denoise(z_art)), img, fp(x))
         for c, (out, run) in {"vae_encoder": (z, lambda: pipe.encode(x)), "unet": (eps, lambda: pipe.unet_eps(z)),
