@@ -103,6 +103,15 @@ def test_layer_gate_decides_and_the_floor_only_catches_gross_errors():
     assert not judge(with_layers(report(60.0, 15.0, ["inf"]), {"unet": [row("conv_in")]}), 20.0)["passed"]
 
 
+def test_floor_follows_a_chaotic_reference():
+    """A random-weight miniature whose fake-quant model moves to 13.4 dB end to end under a 1e-5
+    input change passes at 15.1 dB when every layer passes; its floor is that level minus 1 dB."""
+    r = with_rounding(with_layers(report(38.8, 15.1, [13.43]), {"unet": [row("conv_in")]}), {"unet": [51.3], "end_to_end": [45.3]})
+    r["criterion"] = c = judge(r, 20.0)
+    assert c["passed"] and c["end_to_end_bar_db"] == 12.43 and "own noise level" in verdict_line(r)
+    assert not judge(with_layers(report(38.8, 12.0, [13.43]), {"unet": [row("conv_in")]}), 20.0)["passed"]
+
+
 def test_components_only_keeps_the_45_db_bar_whatever_the_floor():
     assert not judge(report(44.9, 46.0, ["inf"]), 20.0)["passed"]
     assert judge(report(45.1, 46.0, ["inf"]), 20.0)["passed"]
