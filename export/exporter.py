@@ -124,10 +124,13 @@ def _write_source_copy(job: ExportJob) -> str:
     """The fake-quant pipeline the artifact needs at run time (the float modules around a triton
     artifact's kernels, the components an artifact does not contain), FP weights included: the
     folder then runs anywhere, without the checkpoint or the weights it was exported from."""
-    from passion_deploy.checkpoint import save_checkpoint
+    from passion_deploy.checkpoint import CONTEXT_TENSOR, save_checkpoint
 
     job.status("copying the source pipeline")
-    save_checkpoint(job.pipe, job.out_dir / SOURCE_COPY, include_fp_weights=True)
+    # the context goes with it: an imported ("custom") pipeline's is not the bundled one, and its
+    # checkpoint is refused without it
+    save_checkpoint(job.pipe, job.out_dir / SOURCE_COPY, include_fp_weights=True,
+                    more_tensors={CONTEXT_TENSOR: job.pipe.context.detach().contiguous().cpu()})
     return SOURCE_COPY
 
 

@@ -42,3 +42,47 @@ def capture_layers(pipe, component: str, names: list[str], run) -> dict[str, np.
         for proc in patched:
             del proc.attention  # back to the class method
     return got
+
+
+@torch.no_grad()
+def capture_layer_io(pipe, component: str, names: list[str], run) -> dict[str, tuple[list[torch.Tensor], torch.Tensor]]:
+    """{name: (inputs, output)} of the named fake-quant layers / attention cores of `component`
+    during `run()`, in the deploy IR's layouts: a conv's NCHW input, a linear's tokens (a VAE
+    attention projection running as a 1x1 conv is given as its tokens too), an attention core's
+    q, k, v and output as (B, N, C). The first call of each is kept (each runs once per pass)."""
+    from passion_deploy.quant.layers import QuantLinear
+
+    root = getattr(pipe, component_of(component).root)
+    got, hooks, patched = {}, [], []
+    for name in names:
+        mod = root.get_submodule(name)
+        proc = getattr(mod, "processor", None)
+        if callable(getattr(proc, "attention", None)):
+            orig = proc.attention
+
+            def wrapped(q, k, v, scale, _orig=orig, _name=name, _attn=mod):
+                out = _orig(q, k, v, scale)
+                if _name not in got:
+                    got[_name] = ([_attn.batch_to_head_dim(t).detach().clone() for t in (q, k, v)],
+                                  _attn.batch_to_head_dim(out).detach().clone())
+                return out
+            proc.attention = wrapped
+            patched.append(proc)
+        else:
+            tokens = isinstance(mod, QuantLinear)
+
+            def hook(m, args, out, _n=name, _tokens=tokens):
+                x = args[0]
+                if _tokens and x.dim() == 4:  # NCHW into a 1x1-conv-form linear: the IR's tokens
+                    x, out = x.flatten(2).transpose(1, 2), out.flatten(2).transpose(1, 2)
+                if _n not in got:
+                    got[_n] = ([x.detach().clone()], out.detach().clone())
+            hooks.append(mod.register_forward_hook(hook))
+    try:
+        run()
+    finally:
+        for h in hooks:
+            h.remove()
+        for proc in patched:
+            del proc.attention
+    return got

@@ -14,6 +14,7 @@
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -30,6 +31,7 @@ from .ir import int_algebra as ia
 from .ir.graph import Graph, Node
 from .ir.plan import GroupPlan, LayerPlan, fold_constants
 from .ir.recipes import QAttentionRecipe, QLayerRecipe
+from passion_deploy.quant.attention import reciprocal
 
 EXTERNAL_DATA_BYTES = 1_800_000_000  # protobuf's 2 GB limit, with margin for the graph itself
 
@@ -204,29 +206,31 @@ class AttentionOps:
 
 
 def lower_attention(b: OnnxBuilder, rec: QAttentionRecipe, q: str, k: str, v: str, consts: dict, ops: AttentionOps) -> str:
-    """softmax(scale * Q(q*s_qk) @ Q(k/s_qk)^T) -> Q(P*s_vw) @ Q(v/s_vw), per head (spec section 4)."""
+    """softmax(scale * Q(q*s_qk) @ Q(k*(1/s_qk))^T) -> Q(P*s_vw) @ Q(v*(1/s_vw)), per head (spec section 4),
+    multiplying by the float32 reciprocals as the fake-quant does (quant.attention.reciprocal)."""
     h, heads, d = rec.name, rec.heads, rec.head_dim
     s_qk, s_vw = rec.s_qk.astype(np.float32), rec.s_vw.astype(np.float32)
     qop, kop, pop, vop = ops.operands
     qa = ops.quantize(b, b.node("Mul", [heads_of(b, q, heads, d, h), b.init(h + ".s_qk", s_qk)], h), qop, h + ".q")
-    kb = _attention_b(b, rec, k, consts, s_qk, True, kop, ops, h + ".k")
+    kb = _attention_b(b, rec, k, consts, reciprocal(s_qk), True, kop, ops, h + ".k")
     p = b.node("Softmax", [ops.matmul(b, qa, qop, kb, kop, rec.scale, d, h + ".qk")], h, axis=-1)
     pa = ops.quantize(b, b.node("Mul", [p, b.init(h + ".s_vw", s_vw)], h), pop, h + ".p")
-    vb = _attention_b(b, rec, v, consts, s_vw[:, None], False, vop, ops, h + ".v")
+    vb = _attention_b(b, rec, v, consts, reciprocal(s_vw)[:, None], False, vop, ops, h + ".v")
     return merge_heads(b, ops.matmul(b, pa, pop, vb, vop, 1.0, s_vw.size, h + ".pv"), heads, d, h)
 
 
-def _attention_b(b: OnnxBuilder, rec: QAttentionRecipe, x: str, consts: dict, scale: np.ndarray, transpose: bool,
+def _attention_b(b: OnnxBuilder, rec: QAttentionRecipe, x: str, consts: dict, inv: np.ndarray, transpose: bool,
                  op, ops: AttentionOps, hint: str) -> str:
-    """x / scale in heads layout (B, h, N, d), for K transposed to (B, h, d, N), as a MatMul's B
-    operand. Transposing before quantizing is exact (per-tensor grids) and lets the operand feed
-    the MatMul directly; a folded constant (cross-attention K/V) becomes codes, never floats."""
+    """x * inv (the reciprocal of its LET scale) in heads layout (B, h, N, d), for K transposed to
+    (B, h, d, N), as a MatMul's B operand. Transposing before quantizing is exact (per-tensor grids)
+    and lets the operand feed the MatMul directly; a folded constant (cross-attention K/V) becomes
+    codes, never floats."""
     heads, d = rec.heads, rec.head_dim
     if x in consts:
         c = torch.from_numpy(consts[x])
-        t = c.reshape(c.shape[0], -1, heads, d).transpose(1, 2) / torch.from_numpy(scale)
+        t = c.reshape(c.shape[0], -1, heads, d).transpose(1, 2) * torch.from_numpy(inv)
         return ops.constant(b, t.transpose(-1, -2) if transpose else t, op, hint + "_codes")
-    xs = b.node("Div", [heads_of(b, x, heads, d, hint), b.init(hint + ".scale", scale)], hint)
+    xs = b.node("Mul", [heads_of(b, x, heads, d, hint), b.init(hint + ".inv_scale", inv)], hint)
     if transpose:
         xs = b.node("Transpose", [xs], hint, perm=[0, 1, 3, 2])
     return ops.quantize(b, xs, op, hint)
@@ -323,6 +327,9 @@ def _value_info(name: str, shape: tuple, dim_names: tuple[str, ...]) -> onnx.Val
 
 
 PROBE_PREFIX = "probe:"
+# model metadata: each quantized layer's ONNX input tensors (None: a folded constant) and output
+# tensor, so --verify can cut the layer out of the artifact's own file (export/layer_cut.py)
+LAYER_VALUES_KEY = "passion.layer_values"
 
 
 QUANTIZED_OPS = ("qconv", "qlinear", "qattention")
@@ -360,12 +367,14 @@ def lower_ir(g: Graph, lower_quantized, probes: list[str] | None = None, input_s
             env[name] = b.init(name, g.consts[name])
         return env[name]
 
+    layer_values = {}
     for n in g.nodes:
         if n.op in QUANTIZED_OPS:
             # folded K/V constants stay IR constants: the lowering turns them into integer codes,
             # never float initializers
             ins = [i if (n.op == "qattention" and k and i in g.consts) else val(i) for k, i in enumerate(n.inputs)]
             out = lower_quantized(b, n, g.recipes[n.attrs["recipe"]], ins, g)
+            layer_values[n.name] = {"inputs": [None if i in g.consts else t for i, t in zip(n.inputs, ins)], "output": out}
         elif n.op == "identity":
             out = n.outputs[0]  # graph outputs keep their IR names
             b._names.add(out)
@@ -385,6 +394,7 @@ def lower_ir(g: Graph, lower_quantized, probes: list[str] | None = None, input_s
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets],
                               producer_name="passion-deploy")
     model.ir_version = 10
+    onnx.helper.set_model_props(model, {LAYER_VALUES_KEY: json.dumps(layer_values)})
     return model
 
 
@@ -418,11 +428,19 @@ def save_onnx(model: onnx.ModelProto, out_dir: Path, stem: str) -> list[str]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def session(path_or_bytes, threads: int | None = None, plain_qdq: bool = False):
+# ONNX Runtime graph transformers that fold a Mul or Add of constants behind a Conv / MatMul into
+# its weights: in the integer view (qdq/integer_view.py) they would turn the exact integer sums
+# of codes into float sums of scaled products, which is not TensorRT's arithmetic.
+INTEGER_VIEW_DISABLED_OPTIMIZERS = ("ConvMulFusion", "ConvAddFusion", "MatMulScaleFusion")
+
+
+def session(path_or_bytes, threads: int | None = None, plain_qdq: bool = False, integer_view: bool = False):
     """An ONNX Runtime CPU session. `plain_qdq` runs DequantizeLinear -> Conv/Gemm/MatMul as
     written (dequantize, then a float op) instead of fusing them into ONNX Runtime's int8
     kernels, whose u8s8 products saturate at 16 bits on CPUs without VNNI (int_algebra): that
-    is how a TensorRT Q/DQ graph's meaning is checked on a CPU."""
+    is how a TensorRT Q/DQ graph's meaning is checked on a CPU. `integer_view`: the model is a
+    qdq.integer_view rewrite, run without the fusions that fold its scales into the integer
+    ops (INTEGER_VIEW_DISABLED_OPTIMIZERS)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -433,17 +451,19 @@ def session(path_or_bytes, threads: int | None = None, plain_qdq: bool = False):
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
     src = path_or_bytes if isinstance(path_or_bytes, bytes) else str(path_or_bytes)
-    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    kw = {"disabled_optimizers": list(INTEGER_VIEW_DISABLED_OPTIMIZERS)} if integer_view else {}
+    return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"], **kw)
 
 
-def session_of_model(model: onnx.ModelProto, threads: int | None = None, plain_qdq: bool = False):
+def session_of_model(model: onnx.ModelProto, threads: int | None = None, plain_qdq: bool = False,
+                     integer_view: bool = False):
     """`session` of an in-memory model; one past protobuf's 2 GB limit goes through a temporary
     folder (ONNX Runtime reads its external data while the session is created)."""
     if sum(len(t.raw_data) for t in model.graph.initializer) <= EXTERNAL_DATA_BYTES:
-        return session(model.SerializeToString(), threads, plain_qdq)
+        return session(model.SerializeToString(), threads, plain_qdq, integer_view)
     tmp = Path(tempfile.mkdtemp(prefix="passion-session."))
     try:
         save_onnx(model, tmp, "model")
-        return session(tmp / "model.onnx", threads, plain_qdq)
+        return session(tmp / "model.onnx", threads, plain_qdq, integer_view)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

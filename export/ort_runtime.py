@@ -21,6 +21,7 @@ from .runtime import ArtifactRuntime, TimingVariant
 
 class OrtRuntime(ArtifactRuntime):
     plain_qdq = False  # see onnx_graph.session
+    integer_view = False  # the sessions run qdq.integer_view rewrites (onnx_graph.session)
 
     def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, load_sessions: bool = True):
         super().__init__(model_dir)
@@ -49,10 +50,34 @@ class OrtRuntime(ArtifactRuntime):
         g = load_ir(self.dir / self.manifest["components"][name]["ir"])
         value = {n.name: n.outputs[0] for n in g.nodes if n.name in layers}
         model = self.lower(g, [value[n] for n in layers])
-        sess = session_of_model(model, plain_qdq=self.plain_qdq)
+        sess = session_of_model(model, plain_qdq=self.plain_qdq, integer_view=self.integer_view)
         del model
         outs = sess.run([PROBE_PREFIX + value[n] for n in layers], {self.main_input(name): x.detach().float().cpu().numpy(), **self.constant_feeds(name)})
         return self.run(name, x), dict(zip(layers, outs))
+
+
+    def component_model(self, name: str):
+        """The component's ONNX model as this runtime's sessions run it (the artifact's file)."""
+        import onnx
+
+        return onnx.load(str(self.dir / self.manifest["components"][name]["onnx"]))
+
+    def run_layers(self, name: str, layer_inputs: dict[str, list[list[np.ndarray]]]) -> dict[str, list[np.ndarray]]:
+        """Each named quantized layer cut out of the component's own model (export/layer_cut.py)
+        and run on each of the given inputs (one list of input arrays per probe, batch 1)."""
+        from .layer_cut import cut_layer, layer_values
+
+        model = self.component_model(name)
+        values = layer_values(model)
+        if values is None:  # an artifact written before graphs recorded their layers: the same lowering names them
+            values = layer_values(self.lower(load_ir(self.dir / self.manifest["components"][name]["ir"]), []))
+        out = {}
+        for layer, feeds in layer_inputs.items():
+            v = values[layer]
+            sess = session_of_model(cut_layer(model, v, layer), self.threads, self.plain_qdq, self.integer_view)
+            names = [i for i in v["inputs"] if i is not None]
+            out[layer] = [sess.run(None, dict(zip(names, (np.ascontiguousarray(a, np.float32) for a in xs))))[0] for xs in feeds]
+        return out
 
 
 def session_variant(name: str, model: Path, main: str, constants: dict, x: torch.Tensor, threads: int | None,

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from passion_deploy.quant.attention import QuantAttnProcessor
+from passion_deploy.quant.attention import QuantAttnProcessor, reciprocal
 from passion_deploy.quant.layers import QuantConv, QuantLayer, QuantLinear, split_point
 
 from . import int_algebra as ia
@@ -253,11 +253,11 @@ def run_attention(rec: QAttentionRecipe, q: torch.Tensor, k: torch.Tensor, v: to
     qa = ia.act_operand(rec.q, "u8")
     kb = ia.act_operand(rec.k, ia.choose_act_b_dtype(qa, rec.k, isa))
     a = ia.act_operand_values(q.float() * s_qk, qa)
-    b = ia.act_operand_values(k.float() / s_qk, kb)
+    b = ia.act_operand_values(k.float() * reciprocal(s_qk), kb)
     scores = _operand_sum(a, qa, b.transpose(-1, -2), kb, rec.scale).float()
     p = torch.softmax(scores, dim=-1)
     pa = ia.act_operand(rec.p, "u8")
     vb = ia.act_operand(rec.v, ia.choose_act_b_dtype(pa, rec.v, isa))
     ap = ia.act_operand_values(p * s_vw, pa)
-    bv = ia.act_operand_values(v.float() / s_vw[:, None], vb)
+    bv = ia.act_operand_values(v.float() * reciprocal(s_vw)[:, None], vb)
     return _operand_sum(ap, pa, bv, vb, 1.0).float()

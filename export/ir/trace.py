@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from passion_deploy.quant.attention import QuantAttnProcessor
+from passion_deploy.quant.attention import LdmVaeAttnProcessor, QuantAttnProcessor, ldm_attention_core
 from passion_deploy.quant.layers import QuantConv, QuantLayer, QuantLinear
 from passion_deploy.models.components import COMPONENTS
 from passion_deploy.quant.wrap import EIGHT_BIT_LAYERS
@@ -100,8 +100,10 @@ class Tracer:
         return v
 
     # -- float ops ----------------------------------------------------------------------------
-    def silu(self, x: V) -> V:
-        return self.emit("silu", [x], F.silu(x.ref))
+    def silu(self, x: V, mod: nn.Module | None = None) -> V:
+        """SiLU; `mod`: the model's own SiLU module, whose form (torch's silu or the VAE's ldm
+        x * sigmoid(x)) gives the reference value. The op is the same function either way."""
+        return self.emit("silu", [x], F.silu(x.ref) if mod is None else mod(x.ref))
 
     def add(self, x: V, y: V) -> V:
         return self.emit("add", [x, y], x.ref + y.ref)
@@ -166,13 +168,13 @@ class Tracer:
             raise ExportError(f"{name}: ResnetBlock2D with up/down-sampling or {r.time_embedding_norm!r} time norm is not supported")
         if not isinstance(r.nonlinearity, nn.SiLU):
             raise ExportError(f"{name}: only SiLU ResNet blocks are supported")
-        h = self.silu(self.group_norm(r.norm1, x, name + ".norm1"))
+        h = self.silu(self.group_norm(r.norm1, x, name + ".norm1"), r.nonlinearity)
         h = self.conv(r.conv1, h, name + ".conv1")
         if r.time_emb_proj is not None:
             if temb is None:
                 raise ExportError(f"{name}: a time projection needs the time embedding")
             h = self.add(h, self.time_projection(r, name))
-        h = self.silu(self.group_norm(r.norm2, h, name + ".norm2"))
+        h = self.silu(self.group_norm(r.norm2, h, name + ".norm2"), r.nonlinearity)
         h = self.conv(r.conv2, h, name + ".conv2")
         if r.conv_shortcut is not None:
             x = self.conv(r.conv_shortcut, x, name + ".conv_shortcut")
@@ -227,12 +229,33 @@ class Tracer:
             raise ExportError(f"{name}: expected a VAE attention with group norm and residual")
         h = self.group_norm(attn.group_norm, x, name + ".group_norm")
         h = self.emit("to_tokens", [h], h.ref.flatten(2).transpose(1, 2))
-        h = self.attention(attn, h, None, name, None)
+        if isinstance(attn.processor, LdmVaeAttnProcessor):
+            h = self.ldm_vae_attention(attn, h, name)
+        else:
+            h = self.attention(attn, h, None, name, None)
         h = self.emit("to_nchw", [h, x], h.ref.transpose(1, 2).reshape(x.ref.shape))
         out = self.add(h, x)
         if attn.rescale_output_factor != 1.0:
             out = self.emit("affine", [out], out.ref / attn.rescale_output_factor, {"mul": 1.0 / attn.rescale_output_factor, "add": 0.0})
         return out
+
+    def ldm_vae_attention(self, attn, h: V, name: str) -> V:
+        """The same ops as `attention` (one head), with reference values computed as the model's
+        LdmVaeAttnProcessor computes them: projections as 1x1 convs, ldm's attention core."""
+        def proj(mod, x: V, pname: str) -> V:
+            if isinstance(mod, QuantLinear):
+                return self.linear(mod, x, pname)  # QuantLinear.forward takes the conv1x1 form itself
+            ref = F.conv2d(x.ref.transpose(1, 2).unsqueeze(-1).contiguous(), mod.weight[:, :, None, None], mod.bias)
+            ins = [x, self.const(pname + ".weight", mod.weight)] + ([self.const(pname + ".bias", mod.bias)] if mod.bias is not None else [])
+            return self.emit("linear", ins, ref.squeeze(-1).transpose(1, 2), {}, pname)
+
+        if attn.heads != 1:
+            raise ExportError(f"{name}: the ldm VAE attention has one head")
+        q, k, v = (proj(m, h, f"{name}.{n}") for m, n in ((attn.to_q, "to_q"), (attn.to_k, "to_k"), (attn.to_v, "to_v")))
+        cm = [t.ref.transpose(1, 2).contiguous() for t in (q, k, v)]  # (B, C, HW), as ldm holds them
+        ref = ldm_attention_core(*cm, attn.scale).transpose(1, 2)
+        o = self.emit("attention", [q, k, v], ref, {"heads": 1, "scale": float(attn.scale)}, name)
+        return proj(attn.to_out[0], o, name + ".to_out.0")
 
     def transformer(self, t2d, x: V, ctx: V | None, ctx_ref, name: str) -> V:
         if not t2d.is_input_continuous:
@@ -416,7 +439,7 @@ def trace_vae_encoder(pipe, image: torch.Tensor, quantized: bool = True) -> tupl
     h = t.conv(enc.conv_in, h, "encoder.conv_in")
     h = _resnets_and_samplers(t, enc.down_blocks, "encoder.down_blocks", h, "down")
     h = _vae_mid(t, enc.mid_block, h, "encoder.mid_block")
-    h = t.silu(t.group_norm(enc.conv_norm_out, h, "encoder.conv_norm_out"))
+    h = t.silu(t.group_norm(enc.conv_norm_out, h, "encoder.conv_norm_out"), enc.conv_act)
     h = t.conv(enc.conv_out, h, "encoder.conv_out")
     if vae.quant_conv is not None:
         h = t.conv(vae.quant_conv, h, "quant_conv")
@@ -443,7 +466,7 @@ def trace_vae_decoder(pipe, z0: torch.Tensor, quantized: bool = True) -> tuple[G
     h = t.conv(dec.conv_in, h, "decoder.conv_in")
     h = _vae_mid(t, dec.mid_block, h, "decoder.mid_block")
     h = _resnets_and_samplers(t, dec.up_blocks, "decoder.up_blocks", h, "up")
-    h = t.silu(t.group_norm(dec.conv_norm_out, h, "decoder.conv_norm_out"))
+    h = t.silu(t.group_norm(dec.conv_norm_out, h, "decoder.conv_norm_out"), dec.conv_act)
     h = t.conv(dec.conv_out, h, "decoder.conv_out")
     h = t.emit("affine", [h], h.ref * 0.5 + 0.5, {"mul": 0.5, "add": 0.5})
     t.output(h, "image", (z0.shape[0], 3, None, None))

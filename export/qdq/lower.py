@@ -4,17 +4,20 @@ TensorRT fuses QuantizeLinear -> DequantizeLinear pairs into integer kernels whe
 directly on the inputs of a Conv / Gemm / MatMul, and it accepts only int8 with zero point 0,
 per-tensor activation scales and per-output-channel weight scales on axis 0. PassionSR's grids
 are asymmetric, so every grid is shifted onto int8 exactly (int_algebra.sym_act / sym_weight:
-j = m + c) and the constants are compensated after the integer op:
+j = m + c) and the constants are compensated after the integer op. Each activation code is
+decided as the fake-quant decides it (`codes`: divide by D, round half away from zero, subtract
+the integer c), and the Q/DQ pair has scale 1 with D folded into the weight scales:
 
-    conv    x -> [LET: Sub o, Div s] -> Sub c*D -> [Clip for < 8-bit grids] -> Q -> DQ -> Conv
-            <- DQ <- int8 weights m (+ one all-ones output channel when some weight channel has
-            a shift c_w: it yields D * (box sum of m over the window), which carries c_w*Dw)
+    conv    x -> [LET: Sub o, Div s] -> Div D -> R -> Sub c -> [Clip for < 8-bit grids] -> Q(1) ->
+            DQ(1) -> Conv <- DQ(Dw*Da) <- int8 weights m (+ one all-ones output channel when some
+            weight channel has a shift c_w: it yields Da * (box sum of m over the window), which
+            carries c_w*Dw)
             y = Conv + bias + c_w*Dw * ones_channel + map, where the map (valid-tap sum over the
             padded border, as in the fake-quant) holds the LET correction and c*D * sum(w^)
     linear  the same with Gemm(transB=1) on a 2-D view of the tokens (weights (Cout, K), axis 0)
-    attention  q*s_qk, k/s_qk (transposed before quantizing, so DQ feeds MatMul directly) ->
-            Q/DQ -> MatMul -> + shift terms -> *scale -> Softmax -> P*s_vw -> Q/DQ -> MatMul
-            with Q/DQ(v/s_vw) -> + shift terms
+    attention  q*s_qk, k*(1/s_qk) (transposed before quantizing, so DQ feeds MatMul directly) ->
+            codes -> MatMul -> + integer shift terms -> *(Dq*Dk*scale) -> Softmax -> P*s_vw ->
+            codes -> MatMul with codes(v*(1/s_vw)) -> + integer shift terms -> *(Dp*Dv)
 
 Split halves are separate Q/DQ + Conv/Gemm pairs summed; 6-bit codes travel as int8 with a
 Clip to their 64 values before Q (a 6-bit grid around 0 needs no shift, so W6A6 layers have no
@@ -47,37 +50,58 @@ def sym_weight_operand(wg: WeightGroup, act: ia.SymAct) -> ia.WeightOperand:
 ENCODING = Encoding(ia.sym_act, sym_weight_operand, ia.act_shift_taps)
 
 
-def qdq(b: OnnxBuilder, x: str, op: ia.SymAct, hint: str, shifted: bool = False) -> str:
-    """x -> DQ(Q(x - c*D)) = m*D: the integer operand as TensorRT sees it (j*D = m*D + c*D);
-    `shifted`: x already had c*D taken off (group_operands)."""
-    if op.shift and not shifted:
-        x = b.node("Sub", [x, b.scalar(np.float32(op.shift * float(op.step)), np.float32)], hint)
-    if op.needs_clip:  # clipping to [lo*D, hi*D] before Q is the code clamp: round(lo*D/D) = lo
-        x = b.node("Clip", [x, b.scalar(np.float32(op.lo * float(op.step)), np.float32),
-                            b.scalar(np.float32(op.hi * float(op.step)), np.float32)], hint)
-    scale, zero = b.scalar(op.step, np.float32), b.scalar(0, np.int8)
-    return b.node("DequantizeLinear", [b.node("QuantizeLinear", [x, scale, zero], hint), scale, zero], hint)
+def round_half_away(b: OnnxBuilder, v: str, hint: str) -> str:
+    """LBQ's R(v) = sign(v) * floor(|v| + 0.5), with the same float32 ops as the fake-quant."""
+    mag = b.node("Floor", [b.node("Add", [b.node("Abs", [v], hint), b.scalar(np.float32(0.5), np.float32)], hint)], hint)
+    return b.node("Mul", [b.node("Sign", [v], hint), mag], hint)
+
+
+def int_qdq(b: OnnxBuilder, m: str, op: ia.SymAct, hint: str) -> str:
+    """The integer-valued m clipped to the grid's codes (the 8-bit range is Q's own saturation)
+    through a scale-1 Q/DQ pair: the int8 operand TensorRT takes, with no rounding left to Q."""
+    if op.needs_clip:
+        m = b.node("Clip", [m, b.scalar(np.float32(op.lo), np.float32), b.scalar(np.float32(op.hi), np.float32)], hint)
+    one, zero = b.scalar(np.float32(1.0), np.float32), b.scalar(0, np.int8)
+    return b.node("DequantizeLinear", [b.node("QuantizeLinear", [m, one, zero], hint), one, zero], hint)
+
+
+def codes(b: OnnxBuilder, x: str, op: ia.SymAct, hint: str) -> str:
+    """DQ(Q(m)) = m, the int8 operand as an integer-valued float, decided as the fake-quant decides
+    its code: v = x / D (a true float32 division, as LBQ divides), j = R(v) rounded half away from
+    zero, m = j - c (c: the integer shift onto int8), clipped to the grid's codes. The Q/DQ pair
+    then has scale 1: it only carries an integer TensorRT can take as int8, so QuantizeLinear's
+    half-to-even rounding never decides a code. (Subtracting c*D before a QuantizeLinear of scale
+    D instead rounds at |m| up to 128, where float32 spacing turns near-ties into exact ties that
+    Q then rounds to even.)"""
+    j = round_half_away(b, b.node("Div", [x, b.scalar(np.float32(op.step), np.float32)], hint), hint)
+    return int_qdq(b, b.node("Sub", [j, b.scalar(np.float32(op.shift), np.float32)], hint) if op.shift else j, op, hint)
 
 
 def group_operands(b: OnnxBuilder, x: str, rec: QLayerRecipe, groups: list[GroupPlan], axis: int, ndim: int,
                    hint: str) -> list[str]:
-    """The dequantized integer operand of each K-group. A split layer's activation shifts are
-    taken off in one Sub of a per-channel vector before its channels are split (the same float
-    subtraction per element as one Sub per half, one op instead of two)."""
-    shifts = [float(np.float32(g.act.shift * float(g.act.step))) for g in groups]
-    if len(groups) == 1 or not any(shifts):
-        return [qdq(b, group_input(b, x, rec, g, axis, hint), g.act, f"{hint}.a{g.index}") for g in groups]
-    vec = np.concatenate([np.full(g.k1 - g.k0, c, np.float32) for g, c in zip(groups, shifts)])
+    """The integer operand m of each K-group. K-groups with their own grids (channel halves) are
+    coded in one pass over per-channel vectors of D and c (Div, round, one Sub: the same float32
+    operation per element as per half), then split; groups sharing a grid are coded per slice."""
+    if len(groups) == 1 or all(g.act is groups[0].act for g in groups):
+        return [codes(b, group_input(b, x, rec, g, axis, hint), g.act, f"{hint}.a{g.index}") for g in groups]
     shape = (-1,) + (1,) * (ndim - 1 - axis % ndim)  # the channel axis and the axes after it
-    xs = b.node("Sub", [x, b.init(hint + ".act_shift", vec.reshape(shape))], hint)
-    return [qdq(b, group_input(b, xs, rec, g, axis, hint), g.act, f"{hint}.a{g.index}", shifted=True) for g in groups]
+    steps = np.concatenate([np.full(g.k1 - g.k0, np.float32(g.act.step), np.float32) for g in groups])
+    shifts = np.concatenate([np.full(g.k1 - g.k0, g.act.shift, np.float32) for g in groups])
+    j = round_half_away(b, b.node("Div", [x, b.init(hint + ".act_step", steps.reshape(shape))], hint), hint)
+    if shifts.any():
+        j = b.node("Sub", [j, b.init(hint + ".act_shift", shifts.reshape(shape))], hint)
+    return [int_qdq(b, group_input(b, j, rec, g, axis, hint), g.act, f"{hint}.a{g.index}") for g in groups]
 
 
 def dq_weight(b: OnnxBuilder, g: GroupPlan, hint: str) -> str:
     """The K-group's int8 weights (with the plan's all-ones channel, step 1: its output is the
-    D-scaled window sum of m that a weight shift multiplies) -> per-channel DequantizeLinear on axis 0."""
+    window sum of the activation operand that a weight shift multiplies) -> per-channel
+    DequantizeLinear on axis 0, whose scale carries the activation step too (Dw * Da, one
+    float32 rounding of the product, as TensorRT's dequantization scale): the activation
+    operand is m itself (`codes`), so the op's output is sum(m * w) * Dw * Da in real units."""
     values, zero, step = g.columns()
-    return b.node("DequantizeLinear", [b.init(hint + ".w", values), b.init(hint + ".w_step", step.astype(np.float32)),
+    unit = (step.astype(np.float64) * float(g.act.step)).astype(np.float32)
+    return b.node("DequantizeLinear", [b.init(hint + ".w", values), b.init(hint + ".w_step", unit),
                                        b.init(hint + ".w_zero", zero)], hint, axis=0)
 
 
@@ -122,7 +146,8 @@ def lower_qlinear(b: OnnxBuilder, rec: QLayerRecipe, x: str, shape: tuple) -> st
         flat = b.node("Reshape", [rows, b.i64([-1, rec.in_channels])], h) if len(shape) == 3 else rows
         y = None
         for g, a in zip(row.groups, group_operands(b, flat, rec, row.groups, 1, 2, f"{h}.r{ri}")):
-            w = shared(b, ("qdq", h, g.key), lambda: dq_weight(b, g, f"{h}.g{g.index}"))  # token halves share it
+            # token halves share the weights only where they share the activation step folded in
+            w = shared(b, ("qdq", h, g.key, float(g.act.step)), lambda: dq_weight(b, g, f"{h}.r{ri}g{g.index}"))
             bias = bias_input(b, row.bias if y is None else None, g, f"{h}.r{ri}g{g.index}")
             yg = add_ones_column(b, b.node("Gemm", [a, w] + bias, h, transB=1), g, f"{h}.r{ri}g{g.index}")
             y = yg if y is None else b.node("Add", [y, yg], h)
@@ -136,24 +161,26 @@ def lower_qlinear(b: OnnxBuilder, rec: QLayerRecipe, x: str, shape: tuple) -> st
 # -- attention ----------------------------------------------------------------------------------
 
 def qdq_matmul(b: OnnxBuilder, a: str, aop: ia.SymAct, bb: str, bop: ia.SymAct, scale: float, k: int, hint: str) -> str:
-    """scale * (a^ @ b^) from the DQ outputs a = a^ - ca, bb = b^ - cb (c*D: the shifts)."""
-    y = add_offset_products(b, b.node("MatMul", [a, bb], hint), lambda: a, aop.shift * float(aop.step),
-                            lambda: bb, bop.shift * float(bop.step), k, hint)
-    return y if scale == 1.0 else b.node("Mul", [y, b.scalar(scale, np.float32)], hint)
+    """scale * (a^ @ b^) from the integer operands a = ja - ca, bb = jb - cb (`codes`): the shift
+    terms are integer sums, and Da * Db * scale (float64, rounded once) scales the exact result."""
+    y = add_offset_products(b, b.node("MatMul", [a, bb], hint), lambda: a, aop.shift, lambda: bb, bop.shift, k, hint)
+    unit = np.float32(float(aop.step) * float(bop.step) * scale)
+    return b.node("Mul", [y, b.scalar(unit, np.float32)], hint)
 
 
 def const_dq(b: OnnxBuilder, values: torch.Tensor, op: ia.SymAct, hint: str) -> str:
-    """DQ of the int8 m of a constant activation (folded cross-attention K/V), rounded as the
-    fake-quant rounds."""
-    v = values.double() / float(op.step)
-    m = torch.clamp(torch.sign(v) * torch.floor(v.abs() + 0.5) - op.shift, op.lo, op.hi).numpy().astype(np.int8)
-    scale, zero = b.scalar(op.step, np.float32), b.scalar(0, np.int8)
-    return b.node("DequantizeLinear", [b.init(hint, m), scale, zero], hint)
+    """DQ (scale 1) of the int8 m of a constant activation (folded cross-attention K/V), coded as
+    the fake-quant codes it: float32 x / D, rounded half away from zero, minus the shift."""
+    v = values.float() / torch.tensor(op.step, dtype=torch.float32)
+    j = torch.sign(v) * torch.floor(v.abs() + 0.5)
+    m = torch.clamp(j - op.shift, op.lo, op.hi).numpy().astype(np.int8)
+    one, zero = b.scalar(np.float32(1.0), np.float32), b.scalar(0, np.int8)
+    return b.node("DequantizeLinear", [b.init(hint, m), one, zero], hint)
 
 
 def lower_qattention(b: OnnxBuilder, rec: QAttentionRecipe, q: str, k: str, v: str, consts: dict) -> str:
     ops = tuple(ia.sym_act(g) for g in (rec.q, rec.k, rec.p, rec.v))
-    return lower_attention(b, rec, q, k, v, consts, AttentionOps(ops, qdq, const_dq, qdq_matmul))
+    return lower_attention(b, rec, q, k, v, consts, AttentionOps(ops, codes, const_dq, qdq_matmul))
 
 
 # -- whole graphs ----------------------------------------------------------------------------------

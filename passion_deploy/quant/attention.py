@@ -2,10 +2,14 @@
 
 With q, k, v of shape (B*heads, N, d) after the (already quantized) projections:
 
-    q <- q * s_qk   k <- k / s_qk                 (s_qk: one entry per channel of d)
+    q <- q * s_qk   k <- k * (1/s_qk)             (s_qk: one entry per channel of d)
     S = Qq(q) @ Qk(k)^T * d^-0.5 ;  P = softmax(S, dim=-1)
-    P <- P * s_vw   v <- v / s_vw                 (s_vw: one entry per key token)
+    P <- P * s_vw   v <- v * (1/s_vw)             (s_vw: one entry per key token)
     out = Qp(P) @ Qv(v)
+
+k and v are multiplied by the float32 reciprocal of the scale, as PassionSR computes them (a
+true division differs in the last bit on about 30% of elements, and a last bit can flip a code).
+`reciprocal` is the one place that forms it; the exporters' lowerings use it too.
 
 P is quantized after normalisation. `s_vw` is tied to the key length seen in calibration
 (4096 tokens for a 64x64 latent tile, 77 for cross-attention); it is sized on the first
@@ -18,6 +22,11 @@ from torch import nn
 
 from .layers import LET_EMA, LET_MIN
 from .quantizer import LBQuantizer, QuantSpec
+
+
+def reciprocal(s):
+    """1/s in s's own precision (torch tensor or numpy array): the factor k and v are multiplied by."""
+    return 1.0 / s
 
 
 class QuantAttnProcessor(nn.Module):
@@ -68,9 +77,9 @@ class QuantAttnProcessor(nn.Module):
             )
         s_qk = self.s_qk.to(q.dtype)
         s_vw = self.s_vw.to(q.dtype)
-        scores = self.q_quant(q * s_qk) @ self.k_quant(k / s_qk).transpose(-1, -2)
+        scores = self.q_quant(q * s_qk) @ self.k_quant(k * reciprocal(s_qk)).transpose(-1, -2)
         p = torch.softmax(scores.float() * scale, dim=-1).to(q.dtype)
-        return self.p_quant(p * s_vw) @ self.v_quant(v / s_vw[:, None])
+        return self.p_quant(p * s_vw) @ self.v_quant(v * reciprocal(s_vw)[:, None])
 
     def forward(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
         # mirrors diffusers' AttnProcessor step by step; only the two matmuls differ
@@ -100,3 +109,44 @@ class QuantAttnProcessor(nn.Module):
         if attn.residual_connection:
             out = out + residual
         return out / attn.rescale_output_factor
+
+
+def ldm_attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """The VAE mid-block attention's (unquantized) core in ldm's AttnBlock order, on (B, C, HW)
+    channel-major tensors, returning (B, C, HW): softmax(bmm(q^T, k) * scale, over keys), then
+    bmm(v, P^T). The same function as diffusers' attention, summed in ldm's order."""
+    w = torch.bmm(q.permute(0, 2, 1), k) * scale
+    w = torch.softmax(w, dim=2)
+    return torch.bmm(v, w.permute(0, 2, 1))
+
+
+class LdmVaeAttnProcessor:
+    """diffusers' VAE mid-block Attention computed as PassionSR's ldm AttnBlock: group norm on the
+    NCHW input, q/k/v as 1x1 convs (QuantLinear in conv1x1 form, or plain Linear weights as 1x1
+    convs), `ldm_attention_core`, proj_out as a 1x1 conv, residual added. PassionSR quantizes
+    only the four projections (its matmuls are float)."""
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, *args, **kwargs):
+        if attention_mask is not None or encoder_hidden_states is not None or attn.spatial_norm is not None:
+            raise ValueError("the ldm VAE attention is plain self-attention over pixels")
+        if hidden_states.ndim != 4 or attn.group_norm is None or attn.heads != 1:
+            raise ValueError("the ldm VAE attention takes an NCHW input, one head, with group norm")
+        x = hidden_states
+        b, c, hh, ww = x.shape
+        h = attn.group_norm(x)
+        q, k, v = (_conv1x1(m, h).reshape(b, c, hh * ww) for m in (attn.to_q, attn.to_k, attn.to_v))
+        h = ldm_attention_core(q, k, v, attn.scale).reshape(b, c, hh, ww)
+        h = _conv1x1(attn.to_out[0], h)
+        out = x + h if attn.residual_connection else h
+        return out / attn.rescale_output_factor
+
+
+def _conv1x1(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from .layers import QuantLinear
+
+    if isinstance(m, QuantLinear) and m.conv1x1:
+        return m(x)
+    if isinstance(m, QuantLinear) or not isinstance(m, nn.Linear):
+        # a split (token-halves) quantized projection: the linear on tokens it was calibrated as
+        return m(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(x.shape[0], -1, *x.shape[2:])
+    return torch.nn.functional.conv2d(x, m.weight[:, :, None, None], m.bias)

@@ -7,8 +7,16 @@ Each layer owns a per-input-channel scale `s` and offset `o`:
             (reference form: x' = (x + o)/s, still + W o, as PassionSR's public code does)
 
 The conv correction `conv(o, W)` is a spatial map: constant inside, different on the rows
-and columns where zero padding meets the offset. It is computed exactly but cheaply as a
-one-channel conv of an all-ones image with the per-tap kernel `sum_c W[:, c] o_c`.
+and columns where zero padding meets the offset. It is computed in PassionSR's order, as a conv
+of the offset spread over the input's shape with the unscaled W (docs/quant-semantics.md,
+"computation order"): the one-channel conv of an all-ones image with the per-tap kernel
+`sum_c W[:, c] o_c` is the same number in exact arithmetic but rounds differently, and a value
+that moves by one last bit can flip a downstream code. (Exporters may use the cheap form: the
+correction is a float addend, exact to float precision either way.)
+
+The VAE's mid-attention q/k/v/proj_out are 1x1 convs in PassionSR's ldm model and Linear in
+diffusers. A QuantLinear with `conv1x1` set computes as that 1x1 conv (the linear on tokens
+and a 1x1 conv sum in different orders); see `QuantLinear.conv1x1`.
 
 Split (PassionSR `split: True`): W' is cut at C_in // 2 into two per-output-channel weight
 quantizers; x' is cut at x'.shape[1] // 2 into two per-tensor activation quantizers. For 3-D
@@ -158,18 +166,56 @@ class QuantConv(QuantLayer):
         return x.detach().abs().transpose(0, 1).reshape(x.shape[1], -1).amax(dim=1)
 
     def let_correction(self, x: torch.Tensor) -> torch.Tensor:
-        """conv(o broadcast to x's shape, W): exact at padded borders, batch-independent."""
-        per_tap = torch.einsum("oc...,c->o...", self.weight, self.let_offset)  # C_out x k...
-        ones = x.new_ones((1, 1) + tuple(x.shape[2:]))
-        return self._conv(ones, per_tap.unsqueeze(1).to(x.dtype))
+        """conv(o spread over x's shape, W) with the unscaled W and no bias, PassionSR's order."""
+        return self._conv(self._channel_view(self.let_offset, x.dim()).to(x.dtype).expand_as(x), self.weight.to(x.dtype))
 
 
 class QuantLinear(QuantLayer):
+    """Linear with LET and LBQ.
+
+    `conv1x1` (set by quant.wrap for the VAE's mid-attention projections when they are not split):
+    the layer is a 1x1 conv in PassionSR's ldm model, so it computes as one, on the NCHW view of
+    its input: a (B, N, C) token input is taken as the (B, C, N, 1) image it is a view of (a 1x1
+    conv on (B, C, N, 1) sums exactly as on (B, C, H, W): measured bit for bit), a 4-D input as
+    is. LET then has the conv form x' = (x - o)/s with correction conv(o spread over x, W). The
+    function is the linear's up to float rounding; the weight keeps its (C_out, C_in) shape, so
+    checkpoints and recipes are unchanged. A split layer keeps token halves (the function a
+    diffusers-linear checkpoint was calibrated with), so it never takes this form.
+    """
+
     def __init__(self, linear: nn.Linear, **kw):
         super().__init__(linear.weight, linear.bias, **kw)
+        self.conv1x1 = False
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}->{self.weight.shape[0]}, split={self.split}, let_form={self.let_form}"
+        form = ", as 1x1 conv" if self.conv1x1 else ""
+        return f"{self.in_channels}->{self.weight.shape[0]}, split={self.split}, let_form={self.let_form}{form}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.conv1x1:
+            return super().forward(x)
+        if self.split or self.let_form != "consistent":
+            raise ValueError("a 1x1-conv-form layer is never split and has the conv LET form")
+        if x.dim() == 4:
+            return self._forward_nchw(x)
+        if x.dim() != 3:
+            raise ValueError(f"a 1x1-conv-form layer takes (B, N, C) tokens or NCHW images, got {tuple(x.shape)}")
+        y = self._forward_nchw(x.transpose(1, 2).unsqueeze(-1).contiguous())
+        return y.squeeze(-1).transpose(1, 2)
+
+    def _forward_nchw(self, x: torch.Tensor) -> torch.Tensor:
+        """QuantLayer.forward as QuantConv computes it, with the (C_out, C_in) weight as 1x1 taps."""
+        if self.let_observer:
+            self.observe_let(x.transpose(1, -1))
+        xs = x
+        if self.use_let:
+            s, o = self.let_scale.view(1, -1, 1, 1), self.let_offset.view(1, -1, 1, 1)
+            xs = (x - o) / s
+        w = self.quant_weight(self.scaled_weight())[:, :, None, None]
+        y = F.conv2d(self.quant_act(xs), w, self.quant_bias())
+        if self.use_let:
+            y = y + F.conv2d(self.let_offset.view(1, -1, 1, 1).to(x.dtype).expand_as(x), self.weight[:, :, None, None].to(x.dtype))
+        return y
 
     def _op(self, x, w, b):
         return F.linear(x, w, b)

@@ -3,17 +3,24 @@
 Every Conv1d/Conv2d/Linear of a quantized component becomes a QuantConv/QuantLinear; the
 attention modules inside the UNet's transformer blocks get QuantAttnProcessor. The first and
 last layers keep 8-bit weights and activations whatever the config says (spec section 3).
+
+A quantized VAE computes in the order of PassionSR's ldm VAE (docs/quant-semantics.md,
+"computation order"): its SiLU is ldm's `x * sigmoid(x)` (`LdmSiLU`; diffusers' fused silu
+rounds differently), and its mid-block attention is ldm's AttnBlock (LdmVaeAttnProcessor) with
+q/k/v/proj_out as 1x1 convs (QuantLinear.conv1x1) unless they are split by token. The UNet's
+SiLU stays torch's silu: ldm's UNet uses nn.SiLU too.
 """
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterator
 
+import torch
 from torch import nn
 
 if TYPE_CHECKING:  # config imports the quantizer; importing it here at run time would be circular
     from ..config import ComponentConfig, QuantConfig
-from .attention import QuantAttnProcessor
-from .layers import QuantLayer, wrap_layer
+from .attention import LdmVaeAttnProcessor, QuantAttnProcessor
+from .layers import QuantLayer, QuantLinear, wrap_layer
 from .quantizer import LBQuantizer
 
 # diffusers names of the layers PassionSR keeps at 8 bits (ldm `time_embed.0`, `out.2`, ...),
@@ -23,6 +30,30 @@ EIGHT_BIT_LAYERS = {
     "vae": {"quant_conv", "post_quant_conv", "encoder.conv_out", "decoder.conv_out"},
 }
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
+class LdmSiLU(nn.SiLU):
+    """ldm's VAE nonlinearity, `x * torch.sigmoid(x)`: silu in the order PassionSR computes it
+    (a subclass of nn.SiLU: it is the same function, and exporters treat it as SiLU)."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+def ldm_vae_order(vae: nn.Module) -> None:
+    """The VAE's SiLUs and mid-block attention in PassionSR's ldm order (module docstring), in place."""
+    from diffusers.models.attention_processor import Attention
+
+    for name, m in list(vae.named_modules()):
+        for child, sub in list(m.named_children()):
+            if type(sub) is nn.SiLU:
+                setattr(m, child, LdmSiLU())
+    for m in vae.modules():
+        if isinstance(m, Attention) and not isinstance(m.processor, QuantAttnProcessor):
+            for proj in (m.to_q, m.to_k, m.to_v, m.to_out[0]):
+                if isinstance(proj, QuantLinear) and not proj.split and proj.let_form == "consistent":
+                    proj.conv1x1 = True
+            m.set_processor(LdmVaeAttnProcessor())
 
 
 def _set_child(root: nn.Module, dotted: str, new: nn.Module) -> None:
@@ -57,6 +88,8 @@ def quantize_component(module: nn.Module, cfg: ComponentConfig, component: str) 
                 m.set_processor(proc)
     for _, q in quantizers(module):
         q.per_tensor_float64 = cfg.per_tensor_float64
+    if component == "vae":
+        ldm_vae_order(module)
 
 
 def _attention_is_quantized(name: str, component: str) -> bool:

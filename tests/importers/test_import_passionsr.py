@@ -204,7 +204,9 @@ def test_layers_reproduce_the_spec(files, request, which, bits, quant):
         x, _, y = seen[f"v:{ldm}"]
         lay = layers[ldm]
         w, b = weights[f"{VAE}{ldm}.weight"], weights[f"{VAE}{ldm}.bias"]
-        if kind == "conv1x1":  # diffusers feeds (B, N, C) tokens; PassionSR's 1x1 conv sees (B, C, N, 1)
+        if kind == "conv1x1" and x.dim() == 4:  # the ldm AttnBlock order: NCHW into a 1x1 conv, as PassionSR
+            want = passion_layer(x, ldm, vae_q, w, b, bits, False, "conv")
+        elif kind == "conv1x1":  # (B, N, C) tokens; PassionSR's 1x1 conv sees (B, C, N, 1)
             want = passion_layer(x.transpose(1, 2).unsqueeze(-1), ldm, vae_q, w, b, bits, False, "conv")
             want = want.squeeze(-1).transpose(1, 2)
         else:

@@ -1,5 +1,7 @@
-"""--verify's pass criterion: components at the bar, end to end at the bar or within 1 dB of the
-fake-quant model's own sensitivity when that is lower."""
+"""--verify's pass criterion. With per-layer tables: every layer passes the gate and components
+and end to end stay above the loose floor. Without (engines whose layers cannot be cut): the
+components at the bar, end to end at the bar or within 1 dB of the fake-quant model's own
+sensitivity when that is lower."""
 from passion_deploy.export.verify import judge, verdict_line
 
 
@@ -75,3 +77,41 @@ def test_end_to_end_bar_follows_the_pipelines_rounding_level():
     assert c["passed"] and c["end_to_end_bar_db"] == 19.0 and c["end_to_end_bar_from_reference_sensitivity"]
     assert "rounding step" in verdict_line(r)
     assert not judge(with_rounding(report(47.0, 18.9, ["inf"]), {"end_to_end": [20.0]}), 45.0)["passed"]
+
+
+def with_layers(r, rows):
+    r["layers"] = rows
+    return r
+
+
+def row(name, passed=True, codes=0, elements=0):
+    return {"layer": name, "passed": passed, "boundary_codes": codes, "boundary_elements": elements}
+
+
+def test_layer_gate_decides_and_the_floor_only_catches_gross_errors():
+    """A chaotic model whose components sit far below 45 dB passes when every layer passes; one
+    failed layer fails it by name; a component below the floor fails it too."""
+    r = with_layers(report(32.7, 25.0, [34.2, 154.9]), {"unet": [row("conv_in"), row("conv_out", codes=3, elements=40)]})
+    r["criterion"] = c = judge(r, 20.0)
+    assert c["passed"] and c["gate"] == "layers" and c["boundary_codes"] == 3 and c["layers_checked"] == 2
+    assert "PASS" in verdict_line(r) and "3 activation codes" in verdict_line(r)
+    r = with_layers(report(60.0, 50.0, ["inf"]), {"unet": [row("conv_in"), row("down.0.conv1", passed=False)]})
+    r["criterion"] = c = judge(r, 20.0)
+    assert not c["passed"] and c["layers_failed"] == ["unet:down.0.conv1"] and "unet:down.0.conv1" in verdict_line(r)
+    c = judge(with_layers(report(12.0, 50.0, ["inf"]), {"unet": [row("conv_in")]}), 20.0)
+    assert not c["passed"] and c["components_below_floor"] == ["unet"]
+    assert not judge(with_layers(report(60.0, 15.0, ["inf"]), {"unet": [row("conv_in")]}), 20.0)["passed"]
+
+
+def test_floor_follows_a_chaotic_reference():
+    """A random-weight miniature whose fake-quant model moves to 13.4 dB end to end under a 1e-5
+    input change passes at 15.1 dB when every layer passes; its floor is that level minus 1 dB."""
+    r = with_rounding(with_layers(report(38.8, 15.1, [13.43]), {"unet": [row("conv_in")]}), {"unet": [51.3], "end_to_end": [45.3]})
+    r["criterion"] = c = judge(r, 20.0)
+    assert c["passed"] and c["end_to_end_bar_db"] == 12.43 and "own noise level" in verdict_line(r)
+    assert not judge(with_layers(report(38.8, 12.0, [13.43]), {"unet": [row("conv_in")]}), 20.0)["passed"]
+
+
+def test_components_only_keeps_the_45_db_bar_whatever_the_floor():
+    assert not judge(report(44.9, 46.0, ["inf"]), 20.0)["passed"]
+    assert judge(report(45.1, 46.0, ["inf"]), 20.0)["passed"]

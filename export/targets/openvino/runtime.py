@@ -96,6 +96,44 @@ class OpenVinoSR(ArtifactRuntime):
         outs = {n: np.asarray(res[PROBE_PREFIX + value[n]]) for n in layers}
         return self.run(name, x), outs
 
+    def run_layers(self, name: str, layer_inputs: dict[str, list[list[np.ndarray]]]) -> dict[str, list[np.ndarray]]:
+        """Each named quantized layer cut out of the artifact's own OpenVINO model (its input
+        tensors made parameters, its output the result), compiled with the artifact's settings
+        and run on each given input. The tensors are named by the ONNX lowering the model was
+        converted from (export/layer_cut.py), lowered again here for its names."""
+        import openvino as ov
+        import openvino.opset13 as ops
+
+        from ...ir.irfile import load_ir
+        from ...layer_cut import LayerCutError, layer_values
+        from . import ovcore
+        from .convert import lower_component
+
+        values = layer_values(lower_component(load_ir(self.dir / self.manifest["components"][name]["ir"]), self.mode)[0])
+        xml = str(self.dir / self.manifest["components"][name]["openvino_xml"])
+        out = {}
+        for layer, feeds in layer_inputs.items():
+            model = ovcore.core().read_model(xml)  # cut in place: a fresh copy per layer
+            ports = {n: o for op in model.get_ordered_ops() for o in op.outputs() for n in o.get_names()}
+            v = values[layer]
+            names = [i for i in v["inputs"] if i is not None]
+            missing = [t for t in names + [v["output"]] if t not in ports]
+            if missing:
+                raise LayerCutError(f"{self.dir}: {name}: {layer}: tensor {missing[0]!r} is not named in the OpenVINO model")
+            params = []
+            for t in names:
+                src = ports[t]
+                p = ops.parameter(src.get_partial_shape(), src.get_element_type(), name=t)
+                p.output(0).set_names({t})
+                for target in list(src.get_target_inputs()):
+                    target.replace_source_output(p.output(0))
+                params.append(p)
+            cut = ov.Model([ops.result(ports[v["output"]])], params, layer)
+            compiled = ovcore.core().compile_model(cut, "CPU", self.config)
+            out[layer] = [np.asarray(compiled({t: np.ascontiguousarray(a, np.float32) for t, a in zip(names, xs)})[0])
+                          for xs in feeds]
+        return out
+
     # -- passion-bench --------------------------------------------------------------------------
     # ORT FP32 and PyTorch FP32 as for every CPU artifact, and what a CPU user of OpenVINO picks
     timing_baselines = ("fp32_onnx", "ov_fp32", "ov_default", "nncf_int8", "torch_fp32")

@@ -103,6 +103,30 @@ class TritonSR(ArtifactRuntime):
             return super().run(name, x)
 
     @torch.no_grad()
+    def run_layers(self, name: str, layer_inputs: dict[str, list[list[np.ndarray]]]) -> dict[str, list[np.ndarray]]:
+        """Each named kernel layer / attention core of the runtime's own modules run on each given
+        input (token or NCHW layout as the IR holds it; an attention core takes (B, N, C) q, k, v)."""
+        from passion_deploy.models.components import component as component_of
+
+        root = getattr(self.pipe, component_of(name).root)
+        out = {}
+        with self.kernel_context():
+            for layer, feeds in layer_inputs.items():
+                mod = root.get_submodule(layer)
+                proc = getattr(mod, "processor", None)
+                res = []
+                for xs in feeds:
+                    ts = [torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(self.device, self.compute_dtype) for a in xs]
+                    if callable(getattr(proc, "attention", None)):
+                        q, k, v = (mod.head_to_batch_dim(t) for t in ts)
+                        y = mod.batch_to_head_dim(proc.attention(q, k, v, mod.scale))
+                    else:
+                        y = mod(ts[0])
+                    res.append(y.float().cpu().numpy())
+                out[layer] = res
+        return out
+
+    @torch.no_grad()
     def run_with_layers(self, name: str, x: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
         """The component's output on x and the outputs of the named kernel layers / attention
         cores, captured during that one run (eager: hooks do not fire inside a CUDA graph)."""

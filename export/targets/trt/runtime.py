@@ -61,14 +61,18 @@ class QdqOnnxSR(OrtRuntime):
     def check_input(self, name: str, x: torch.Tensor) -> None:
         check_fixed_shape(self, name, x)
 
-    def open_session(self, name: str):
+    integer_view = True
+
+    def component_model(self, name: str):
         """The component's Q/DQ graph with TensorRT's integer accumulation (qdq/integer_view.py)."""
         import onnx
 
         from ...qdq.integer_view import integer_view
 
-        path = self.dir / self.manifest["components"][name]["onnx"]
-        return session_of_model(integer_view(onnx.load(str(path))), self.threads, plain_qdq=True)
+        return integer_view(onnx.load(str(self.dir / self.manifest["components"][name]["onnx"])))
+
+    def open_session(self, name: str):
+        return session_of_model(self.component_model(name), self.threads, plain_qdq=True, integer_view=True)
 
     def lower(self, g, probes: list[str]):
         from ...qdq.integer_view import integer_view

@@ -1,0 +1,108 @@
+"""--verify's per-layer gate (export/layer_gate.py): a correct export passes layer by layer, a
+planted defect in one layer fails that layer by name, on the tiny model and on a random-weight
+PassionSR-layout miniature that is chaotic end to end."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from passion_deploy.export import artifact
+from passion_deploy.export.exporter import export_artifact
+from passion_deploy.export.verify import verify_layers
+
+ENC_LAYER = "encoder.down_blocks.0.resnets.0.conv1"
+
+
+def _export(ckpt, out, target="onnx", **options):
+    export_artifact(str(ckpt), out, target, components=("vae_encoder",), progress=False, **options)
+    return out
+
+
+def _plant(src, dst, component: str, init: str, change):
+    """A copy of artifact `src` whose `component` ONNX has initializer `init` changed by
+    `change(array) -> array`, the manifest's hash updated (the runtime checks files)."""
+    shutil.copytree(src, dst)
+    m = json.loads((dst / "manifest.json").read_text())
+    f = m["components"][component]["onnx"]
+    model = onnx.load(str(dst / f))
+    (t,) = [t for t in model.graph.initializer if t.name == init]
+    t.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(t).copy()), init))
+    onnx.save(model, str(dst / f))
+    m["files"][f] = artifact.file_record(dst / f)
+    (dst / "manifest.json").write_text(json.dumps(m, indent=2))
+    return dst
+
+
+def _weight_code_up(w):
+    flat = w.reshape(-1)
+    i = int(np.argmax(flat < 100))  # a code with room to move one step
+    flat[i] += 1
+    return w
+
+
+def _offset_sign(o):
+    flat = o.reshape(-1)
+    i = int(np.argmax(np.abs(flat)))
+    flat[i] = -flat[i]
+    return o
+
+
+def _failed(rows):
+    return [r["layer"] for r in rows if not r["passed"]]
+
+
+@pytest.fixture(scope="module")
+def tiny_enc(tmp_path_factory):
+    return _export("tiny-w8a8", tmp_path_factory.mktemp("gate") / "tiny")
+
+
+def test_tiny_export_passes_every_layer(tiny_enc):
+    rows = verify_layers(tiny_enc, ["vae_encoder"])["vae_encoder"]
+    assert rows and not _failed(rows)
+    assert all(r["max_rel_err"] < 1e-3 or r["boundary_elements"] for r in rows)
+    assert {"max_abs_err", "boundary_codes", "boundary_elements", "unexplained", "sqnr_db"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("init,change", [(f"{ENC_LAYER}.g0.w", _weight_code_up), (f"{ENC_LAYER}.let_offset", _offset_sign)],
+                         ids=["weight-code", "let-offset-sign"])
+def test_planted_defect_fails_that_layer_by_name(tiny_enc, tmp_path, init, change):
+    bad = _plant(tiny_enc, tmp_path / "bad", "vae_encoder", init, change)
+    assert _failed(verify_layers(bad, ["vae_encoder"])["vae_encoder"]) == [ENC_LAYER]
+
+
+# -- a random-weight miniature in PassionSR's layouts (chaotic end to end) -------------------------
+
+@pytest.fixture(scope="module")
+def mini_w6(tmp_path_factory):
+    from passion_deploy.importers import import_passionsr, job_from_yaml, write_checkpoint
+    from passionsr_files import write_passionsr_files
+
+    root = tmp_path_factory.mktemp("passionsr")
+    files = write_passionsr_files(root)
+    res = import_passionsr(job_from_yaml(files.root / "infer_w6a6.yaml", root=files.root), progress=False)
+    ckpt = root / "mini-w6a6.safetensors"
+    write_checkpoint(res, ckpt)
+    return ckpt
+
+
+@pytest.fixture(scope="module")
+def mini_enc(mini_w6, tmp_path_factory):
+    return _export(mini_w6, tmp_path_factory.mktemp("gate") / "mini")
+
+
+def test_chaotic_miniature_w6a6_passes_layer_by_layer(mini_enc):
+    rows = verify_layers(mini_enc, ["vae_encoder"])["vae_encoder"]
+    assert rows and not _failed(rows)
+
+
+def test_chaotic_miniature_planted_defect_fails_by_name(mini_enc, tmp_path):
+    m = onnx.load(str(mini_enc / "vae_encoder.onnx"))
+    layer = ENC_LAYER if any(t.name == f"{ENC_LAYER}.g0.w" for t in m.graph.initializer) else None
+    assert layer is not None
+    bad = _plant(mini_enc, tmp_path / "bad", "vae_encoder", f"{layer}.let_offset", _offset_sign)
+    assert _failed(verify_layers(bad, ["vae_encoder"])["vae_encoder"]) == [layer]
