@@ -162,12 +162,13 @@ class ComponentCheck:
 
 
 @torch.no_grad()
-def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n_probes: int = 3,
+def verify_artifact(model_dir: "str | Path | artifact.Artifact", min_psnr: float = DEFAULT_MIN_PSNR, n_probes: int = 3,
                     progress: bool = True, layer_tables: bool = True, rt=None, device=None) -> tuple[dict, bool]:
-    """Verify any artifact (by its manifest's target); `rt`: an already opened runtime; `device`:
-    where the fake-quant reference and its FP copy run (the artifact runs where its target runs)."""
-    model_dir = Path(model_dir)
+    """Verify any artifact (a directory, or an Artifact already loaded: by its manifest's target);
+    `rt`: an already opened runtime; `device`: where the fake-quant reference and its FP copy run
+    (the artifact runs where its target runs)."""
     rt = rt if rt is not None else open_artifact(model_dir)
+    model_dir = rt.dir
     m = rt.manifest
     device = torch.device(device or "cpu")
     pipe = rt.reference_pipeline().to(device)

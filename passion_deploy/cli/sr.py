@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import refusals
+
 DEFAULT_MAX_PIXELS = 4_000_000  # LR pixels: a 2000x2000 photo, 64 MP out (~0.8 GB per float image buffer)
 SCALE = 4
 
@@ -248,14 +250,11 @@ def check_tiling(model, tiling) -> None:
                              f"{tile[0]}x{tile[1]}")
 
 
+@refusals("passion-sr")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        resolve_model_args(args)
-        return _run(args)
-    except UsageError as e:
-        print(f"passion-sr: {e}", file=sys.stderr)
-        return 2
+    resolve_model_args(args)
+    return _run(args)
 
 
 def _check_args(args) -> None:

@@ -25,15 +25,15 @@ class EchoTarget(targets.Target):
     name = "echo"
     help = "a test target: a note per component, run by the fake-quant source pipeline"
 
-    def write_component(self, job, name, graph):
+    def lower(self, job, name, graph):
         (job.out_dir / f"{name}.echo.txt").write_text(f"{len(graph.nodes)} nodes\n")
         return [f"{name}.echo.txt"], {"echo_nodes": len(graph.nodes)}
 
     def manifest_fields(self, job):
         return {"echo": {"tile": list(job.tile)}}
 
-    def open(self, model_dir, **kwargs):
-        return EchoSR(model_dir)
+    def open(self, art, timing=False, **kwargs):
+        return EchoSR(art)
 
 
 @pytest.fixture
