@@ -1,5 +1,5 @@
 """One conformance suite over the target registry: every registered target exports the same
-small artifact (the session's tiny W8A8, an 8x8 latent tile, its VAE decoder), which opens, runs
+small artifact (the session's tiny W8A8 calibrated at 64 px, its VAE decoder), which opens, runs
 close to the fake-quant model, passes --verify, has a serve spec that names only sealed files,
 reads as a report, and runs from a copy in another folder. What a target cannot run on this
 machine (TensorRT engines, Triton kernels without a GPU) is skipped with the reason the target
@@ -20,8 +20,9 @@ COMPONENT = "vae_decoder"  # conftest.CONFORMANCE_COMPONENTS: a partial artifact
 TARGETS = targets.target_names()
 
 
-def _z():
-    return torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+def _z(rt):
+    """A latent at the artifact's tile (the trt graphs take exactly that shape)."""
+    return torch.randn(1, 4, *rt.latent_tile, generator=torch.Generator().manual_seed(0))
 
 
 def _art(exported_artifact, name):
@@ -58,7 +59,7 @@ def test_options_are_a_dataclass_and_an_unknown_one_is_refused_by_name(name):
 def test_open_runs_the_component_close_to_the_fake_quant_model(exported_artifact, tiny_w8a8, name):
     rt = targets.open_artifact(_art(exported_artifact, name))
     assert rt.target == name and rt.backend == name and rt.artifact.target == name
-    z = _z()
+    z = _z(rt)
     with torch.no_grad():
         ref = tiny_w8a8.decode(z)
     out = rt.decode(z)
@@ -90,14 +91,15 @@ def test_serve_spec_names_only_sealed_files(exported_artifact, name):
 @pytest.mark.parametrize("name", TARGETS)
 def test_a_moved_artifact_runs_without_its_checkpoint(exported_artifact, conformance_ckpt, tmp_path, name):
     src = _art(exported_artifact, name)
-    before = targets.open_artifact(src).decode(_z())
+    rt = targets.open_artifact(src)
+    before = rt.decode(_z(rt))
     moved = tmp_path / "elsewhere" / "art"
     shutil.copytree(src, moved)
     hidden = conformance_ckpt.with_name(conformance_ckpt.name + ".away")
     conformance_ckpt.rename(hidden)  # the checkpoint it was exported from is gone
     try:
         rt = targets.open_artifact(moved)
-        assert rt.dir == moved and torch.equal(rt.decode(_z()), before)
+        assert rt.dir == moved and torch.equal(rt.decode(_z(rt)), before)
     finally:
         hidden.rename(conformance_ckpt)
 
@@ -111,7 +113,8 @@ def test_timing_opens_where_it_says_something(exported_artifact, name):
     if why:
         pytest.skip(f"{name}: {why}")
     rt = targets.open_for_timing(art)
-    variants = rt.timing_variants(COMPONENT, _z())
-    assert variants and variants[0].x.shape[-2:] == (8, 8)
-    fn = variants[0].load()
-    assert fn(variants[0].x).shape[1] == 3
+    variants = rt.timing_variants(COMPONENT, _z(rt))
+    assert variants and tuple(variants[0].x.shape[-2:]) == rt.latent_tile
+    out = variants[0].load()(variants[0].x)  # what the harness times: a session's outputs or a tensor
+    out = out[0] if isinstance(out, list) else out
+    assert tuple(out.shape) == (1, 3, *(rt.vae_factor * t for t in rt.latent_tile))
