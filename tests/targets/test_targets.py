@@ -13,14 +13,6 @@ from passion_deploy.export.runtime import ArtifactRuntime
 from passion_deploy.models.components import component
 
 
-class EchoSR(ArtifactRuntime):
-    backend = "echo"
-    target = "echo"
-
-    def artifact_fn(self, name):
-        return component(name).fn(self.source_pipeline())
-
-
 class EchoTarget(targets.Target):
     name = "echo"
     help = "a test target: a note per component, run by the fake-quant source pipeline"
@@ -36,10 +28,17 @@ class EchoTarget(targets.Target):
         return EchoSR(art)
 
 
+class EchoSR(ArtifactRuntime):
+    contract = EchoTarget()
+
+    def artifact_fn(self, name):
+        return component(name).fn(self.source_pipeline())
+
+
 @pytest.fixture
 def echo_registered(monkeypatch):
     mod = types.ModuleType("echo_target_for_tests")
-    mod.TARGET = EchoTarget()
+    mod.TARGET = EchoSR.contract
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     monkeypatch.setitem(targets.REGISTRY, "echo", mod.__name__)  # the one registry line
 

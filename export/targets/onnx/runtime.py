@@ -16,7 +16,7 @@ class OnnxSR(OrtRuntime):
     """The artifact's integer ONNX sessions; components it does not contain run on the
     fake-quant checkpoint it was exported from."""
 
-    target = TARGET.name
+    contract = TARGET
 
     def __init__(self, model_dir: str | os.PathLike | artifact.Artifact, threads: int | None = None,
                  load_sessions: bool = True, check_isa: bool = True):

@@ -27,7 +27,7 @@ def check_cpu(m: dict, where: str) -> None:
 
 
 class OpenVinoSR(ArtifactRuntime):
-    target = TARGET.name
+    contract = TARGET
 
     def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, check_isa: bool = True, **_):
         super().__init__(model_dir)

@@ -35,7 +35,7 @@ class TritonSR(ArtifactRuntime):
     """The artifact's pipeline with its integer layers on the Triton kernels. Host tensors in,
     float32 host tensors out, like every runtime; `cuda_graphs=False` runs eagerly on a GPU too."""
 
-    target = TARGET.name
+    contract = TARGET
 
     def __init__(self, model_dir: str | os.PathLike, cuda_graphs: bool = True, fp16: bool | None = None,
                  overflow_checks: bool = False):

@@ -44,7 +44,7 @@ def _note_once(text: str) -> None:
 
 
 class QdqOnnxSR(OrtRuntime):
-    target = TARGET.name
+    contract = TARGET
     plain_qdq = True
 
     def __init__(self, model_dir, threads: int | None = None, load_sessions: bool = True, **_):
@@ -177,7 +177,7 @@ def check_built_here(m: dict, where: str) -> None:
 class TrtSR(ArtifactRuntime):
     """The artifact's INT8 engines (or its FP16 baseline engines with kind="fp16")."""
 
-    target = TARGET.name
+    contract = TARGET
     layer_tables = False  # per-layer values live inside fused TensorRT kernels
 
     def __init__(self, model_dir, kind: str = "int8", **_):
