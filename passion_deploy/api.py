@@ -178,12 +178,13 @@ def _as_tensor(image) -> torch.Tensor:
 
 def open(artifact_dir: "str | os.PathLike | Artifact", device: str = "auto", color_fix: str = "adain") -> Upscaler:  # noqa: A001
     """An exported artifact as an Upscaler. The target decides where it runs (ONNX Runtime and
-    OpenVINO on the CPU, TensorRT and the Triton kernels on a GPU); `device` cuda asks for a GPU
-    and is refused in one sentence where the target or this machine has none."""
+    OpenVINO on the CPU, TensorRT and the Triton kernels on a GPU where there is one); an explicit
+    `device` of cuda[:N] is refused in one sentence where this machine or the target has no GPU."""
     from .devices import resolve_device
     from .export.targets import load as load_target
 
     art, tgt = load_target(artifact_dir)
-    if resolve_device(device).type == "cuda" and not tgt.serve_spec(art).gpu:
+    asked = resolve_device(device)  # an unknown device or a missing GPU is refused here
+    if device != "auto" and asked.type == "cuda" and not tgt.serve_spec(art).gpu:
         raise PassionError(f"{art.dir}: a {tgt.name} artifact runs on the CPU; open it with device='cpu' or 'auto'", art.dir)
     return Upscaler(tgt.open(art), color_fix)
