@@ -63,6 +63,7 @@ class ServeSpec:
     components: dict | None  # component -> ComponentModel; None: Triton's own backends cannot load them
     fixed_shapes: bool = False  # every dimension fixed at the tile (engines): outputs follow the component table
     max_batch: int = 1  # tiles per call the files take (1: the batch is in the dims, Triton cannot stack requests)
+    tiles_per_call: int | None = None  # the most tiles one call of the runtime takes (engines built for a batch); None: any
     notes: tuple[str, ...] = ()  # what a deployer should know (said with the repository)
 
 

@@ -130,14 +130,15 @@ class TrtTarget(Target):
             return ServeSpec(gpu=True, components={n: onnx_component_model(c, what="Q/DQ ONNX")
                                                    for n, c in m["components"].items()})
         if set(m["components"]) - set(engines):
-            return ServeSpec(gpu=True, components=None)
+            return ServeSpec(gpu=True, components=None,
+                             tiles_per_call=int((m.get("tensorrt") or {}).get("max_batch", 1)))
         comps = {}
         for n in (c for c in COMPONENTS if c in m["components"]):
             plan = engines[n]["int8"]["engine"]
             comps[n] = ComponentModel("tensorrt_plan", {plan: "model.plan"}, m["components"][n]["fixed_input_shapes"],
                                       f"TensorRT INT8 plan ({plan})", gpu=True, platform=True)
-        return ServeSpec(gpu=True, components=comps, fixed_shapes=True,
-                         max_batch=int((m.get("tensorrt") or {}).get("max_batch", 1)))
+        batch = int((m.get("tensorrt") or {}).get("max_batch", 1))
+        return ServeSpec(gpu=True, components=comps, fixed_shapes=True, max_batch=batch, tiles_per_call=batch)
 
 
 TARGET = TrtTarget()
