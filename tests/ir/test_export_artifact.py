@@ -5,9 +5,9 @@ import shutil
 
 import numpy as np
 import pytest
-from artifact_helpers import reseal
 import torch
 
+from artifact_helpers import reseal
 from passion_deploy.checkpoint import save_checkpoint
 from passion_deploy.cli import export as export_cli
 from passion_deploy.export import artifact

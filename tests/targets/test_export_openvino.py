@@ -9,12 +9,12 @@ from contextlib import redirect_stderr
 import numpy as np
 import onnx
 import pytest
-from artifact_helpers import reseal
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
 ov = pytest.importorskip("openvino")
 
+from artifact_helpers import reseal  # noqa: E402
 from passion_deploy.cli import bench as bench_cli  # noqa: E402
 from passion_deploy.cli import export as export_cli  # noqa: E402
 from passion_deploy.export import artifact  # noqa: E402

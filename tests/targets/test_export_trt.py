@@ -9,10 +9,10 @@ import types
 import numpy as np
 import onnx
 import pytest
-from artifact_helpers import reseal
 import torch
 from onnx import TensorProto, numpy_helper
 
+from artifact_helpers import reseal
 from passion_deploy.cli import export as export_cli
 from passion_deploy.export import artifact
 from passion_deploy.export.targets.trt import build as trt_build
