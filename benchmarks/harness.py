@@ -113,12 +113,11 @@ def bench_inputs(rt: ArtifactRuntime, vae_px: int | None, seed: int = 0) -> dict
 def open_for_timing(model_dir: str | Path, threads: int | None, timing_only_isa: bool, log) -> ArtifactRuntime:
     """The artifact's runtime as passion-bench times it (its target's `open_for_timing`; an
     unknown target is refused by name)."""
-    from passion_deploy.export import artifact
-    from passion_deploy.export.targets import get_target
+    from passion_deploy.export import artifact, targets
 
-    target = artifact.read_manifest(model_dir)["target"]
-    log(f"passion-bench: opening {model_dir} ({target} artifact)")
-    return get_target(target).open_for_timing(model_dir, threads=threads, timing_only_isa=timing_only_isa)
+    art = artifact.load(model_dir)
+    log(f"passion-bench: opening {art.dir} ({art.target} artifact)")
+    return targets.open_for_timing(art, threads=threads, timing_only_isa=timing_only_isa)
 
 
 class Baselines:

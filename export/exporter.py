@@ -4,7 +4,8 @@ The exporter owns what every target shares: resolving the checkpoint and the til
 each component to the deploy IR (`<component>.ir.safetensors`, written for every target),
 the stored context of a graph that keeps it as an input, the per-component sizes, and the
 manifest. What a target adds (lowered models, engines, its manifest fields) comes from its
-`Target` (targets/__init__.py); nothing here branches on the target's name.
+`Target` (targets/__init__.py: its `lower` and `manifest_fields`); nothing here branches on
+the target's name.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from passion_deploy.io_utils import sha256_file
 from passion_deploy.models.components import COMPONENTS, component
 
 from . import artifact
@@ -153,18 +153,19 @@ def component_record(job: ExportJob, name: str, graph, ir_name: str) -> dict:
 
 def export_artifact(ckpt: str, out_dir: str | Path, target: str | Target = "onnx", components: tuple[str, ...] = COMPONENTS,
                     tile: tuple[int, int] | None = None, fold: bool = True, progress: bool = True, pipe=None,
-                    weights: str | Path | None = None, lora: str | Path | None = None, **options) -> dict:
+                    weights: str | Path | None = None, lora: str | Path | None = None, options=None, **option_kwargs) -> dict:
     """Export the calibrated checkpoint `ckpt` (path or bundled name) to `out_dir`; returns the manifest.
 
     Every target gets the deploy IR of each component; the target then writes its own files
-    from it (targets/<name>/). `options` are the target's (targets/<name>: `options_from_args`),
-    e.g. isa="portable" for onnx, build_engines=False for trt. `weights` / `lora`: the FP weights a
+    from it (targets/<name>/). `options` is the target's options dataclass (Target.options) or a
+    dict of its fields; the fields may also come as keywords, e.g. isa="portable" for onnx,
+    build_engines=False for trt. `weights` / `lora`: the FP weights a
     checkpoint saved without them was calibrated on (checked against what it records)."""
     from passion_deploy.checkpoint import load_checkpoint, resolve_checkpoint
 
     tgt = get_target(target) if isinstance(target, str) else target
     _check_components(components)
-    opts = tgt.resolve_options(options)
+    opts = tgt.resolve_options(options if options is not None else option_kwargs)
     t0 = time.perf_counter()
     ckpt_path = resolve_checkpoint(ckpt)
     if pipe is None:
@@ -190,13 +191,13 @@ def export_artifact(ckpt: str, out_dir: str | Path, target: str | Target = "onnx
         job.status("writing IR")
         ir_name = f"{name}.ir.safetensors"
         save_ir(graph, out_dir / ir_name)
-        written, fields = tgt.write_component(job, name, graph)
+        written, fields = tgt.lower(job, name, graph)
         files += [ir_name] + written
         if "context" in graph.inputs:
             files.append(_write_context(job))
         comps[name] = {**component_record(job, name, graph, ir_name), **fields}
         del graph
-    source = {"name": str(ckpt), "path": str(ckpt_path.resolve()), "sha256": sha256_file(ckpt_path),
+    source = {"name": str(ckpt), "path": str(ckpt_path.resolve()), "sha256": artifact.file_sha256(ckpt_path),
               "preset": pipe.preset, "weights_source": getattr(pipe, "weights_source", "unknown"),
               # where the FP weights came from on this machine: the reference and the fallback load them again
               "weights": str(Path(weights).resolve()) if weights else None, "lora": str(Path(lora).resolve()) if lora else None}

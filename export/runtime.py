@@ -135,21 +135,32 @@ class PipelineSR(SRRuntime):
 
 
 class ArtifactRuntime(SRRuntime):
-    """An artifact directory of one target (the class's `target`). Subclasses implement
-    `artifact_fn(name)` for the components the artifact holds; the others run on the fake-quant
-    checkpoint it was exported from."""
+    """An artifact of one target: the class's `contract` is that Target (targets/), whose name is
+    the runtime's `target` and `backend`. Subclasses implement `artifact_fn(name)` for the
+    components the artifact holds; the others run on the fake-quant checkpoint it was exported from."""
 
-    target = ""
+    contract = None  # the Target this runtime runs (set by each target's runtime module)
 
-    def __init__(self, model_dir: str | os.PathLike, device: torch.device | str = "cpu",
+    @property
+    def target(self) -> str:
+        return self.contract.name
+
+    def __init__(self, model: "str | os.PathLike | artifact.Artifact", device: torch.device | str = "cpu",
                  compute_dtype: torch.dtype = torch.float32):
-        self.dir = Path(model_dir)
-        self.manifest = artifact.read_manifest(self.dir)
+        self.artifact = artifact.load(model)  # an Artifact passed down is used as it is: no second read
+        self.dir = self.artifact.dir
+        self.manifest = self.artifact.manifest
         artifact.require_target(self.manifest, self.target, str(self.dir))
+        c = self.contract
+        self.artifact.require(c.name, c.manifest_needs, c.component_needs)  # refused in one sentence, not a KeyError later
         p = self.manifest["pipeline"]
         super().__init__(p, p["latent_tile"], device, compute_dtype, torch.float32)
         self._source = None
         self.source_weights = (None, None)  # (--weights, --lora) for a source checkpoint without FP weights
+
+    @property
+    def backend(self) -> str:
+        return self.target
 
     @property
     def components(self) -> list[str]:

@@ -168,12 +168,13 @@ class ComponentCheck:
 
 
 @torch.no_grad()
-def verify_artifact(model_dir: str | Path, min_psnr: float = DEFAULT_MIN_PSNR, n_probes: int = 3,
+def verify_artifact(model_dir: "str | Path | artifact.Artifact", min_psnr: float = DEFAULT_MIN_PSNR, n_probes: int = 3,
                     progress: bool = True, layer_tables: bool = True, rt=None, device=None) -> tuple[dict, bool]:
-    """Verify any artifact (by its manifest's target); `rt`: an already opened runtime; `device`:
-    where the fake-quant reference and its FP copy run (the artifact runs where its target runs)."""
-    model_dir = Path(model_dir)
+    """Verify any artifact (a directory, or an Artifact already loaded: by its manifest's target);
+    `rt`: an already opened runtime; `device`: where the fake-quant reference and its FP copy run
+    (the artifact runs where its target runs)."""
     rt = rt if rt is not None else open_artifact(model_dir)
+    model_dir = rt.dir
     m = rt.manifest
     device = torch.device(device or "cpu")
     pipe = rt.reference_pipeline().to(device)
@@ -312,7 +313,7 @@ def verdict_line(report: dict) -> str:
                   + (f" but for {c['boundary_elements']} elements from {c['boundary_codes']} activation codes at a rounding "
                      "boundary" if c["boundary_codes"] else ""))
         floors = c.get("component_floors_db", {})
-        floor = (f"components below their floor: " + ", ".join(f"{n} (floor {floors.get(n, c['floor_db'])} dB)"
+        floor = ("components below their floor: " + ", ".join(f"{n} (floor {floors.get(n, c['floor_db'])} dB)"
                                                                for n in c["components_below_floor"])
                  if c["components_below_floor"] else
                  f"components and end to end ({e2e} dB) above the {c['floor_db']} dB floor"

@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import PassionError
+from . import refusals
 from .serving_args import add_model_args, add_sr_args, load_checked, model_spec, sr_settings
 from .sr import UsageError
 
@@ -117,13 +117,9 @@ def run(args, prog: str = PROG) -> int:
     return 1 if res.failed else 0
 
 
+@refusals(PROG)
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except PassionError as e:  # UsageError and OutputError: one sentence
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from . import refusals
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="passion-bench", description=__doc__)
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@refusals("passion-bench")
 def main(argv: list[str] | None = None) -> int:
     p = build_parser()
     args = p.parse_args(argv)
@@ -74,7 +77,6 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     else:
         from ..benchmarks.harness import run_benchmark
-        from ..checkpoint import CheckpointError
         from ..devices import resolve_device
 
         comps = [c.strip() for c in args.components.split(",")] if args.components else None
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                                 weights=args.weights, lora=args.lora,
                                 device=resolve_device(args.device) if args.device else None,
                                 vs=args.vs, fidelity=not args.no_fidelity, sr_px=args.sr_size, calib_dir=args.calib_images)
-        except (CheckpointError, ValueError, OSError) as e:
+        except ValueError as e:  # a PassionError, or the harness's own refusals (plain ValueErrors)
             print(f"passion-bench: {e}", file=sys.stderr)
             return 2
     if args.note:

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from . import refusals
+
 ABLATION = (  # (name, use LET layers, train LET, train LBQ): the shape of PassionSR's ablation table
     ("MinMax", False, False, False),
     ("LET only", True, True, False),
@@ -62,33 +64,28 @@ def calibrate_one(job, fp, pairs, plan, out, eval_fn, progress):
 def import_instead(args, key: str) -> int:
     """The config's blocks name PassionSR's calibrated parameters (`quant_ckpt`): nothing is left to
     calibrate, so they are loaded through the importer and written where the calibration would go."""
-    from ..checkpoint import CheckpointError
-    from ..config import ConfigError, load_yaml
-    from ..importers import ImportRefused, import_passionsr, job_from_yaml, write_checkpoint
-    from ..io_utils import OutputError, writable_file
-    from ..models import WeightsError
+    from ..api import import_passionsr
+    from ..config import load_yaml
+    from ..importers import ImportRefused, job_from_yaml
+    from ..io_utils import writable_file
 
-    try:
-        for flag in ("preset", "weights", "lora", "random_weights", "stats_only", "ablation"):
-            if getattr(args, flag) not in (None, False):
-                raise ImportRefused(f"{args.config}: {key} names PassionSR's calibrated parameters, which are imported "
-                                    f"as they are; --{flag.replace('_', '-')} does not apply")
-        job = job_from_yaml(args.config)
-        out_dir = (load_yaml(args.config).get("quantize_config") or {}).get("output_modelpath")
-        if not args.out and not out_dir:
-            raise ImportRefused(f"{args.config}: give --out or quantize_config.output_modelpath")
-        out = writable_file(Path(args.out) if args.out else Path(out_dir) / f"{job.quant.name}.safetensors", "--out")
-        result = import_passionsr(job, progress=not args.no_progress)
-        write_checkpoint(result, out)
-    except (ImportRefused, ConfigError, WeightsError, CheckpointError, OutputError) as e:
-        print(f"passion-calibrate: {e}", file=sys.stderr)
-        return 2
+    for flag in ("preset", "weights", "lora", "random_weights", "stats_only", "ablation"):
+        if getattr(args, flag) not in (None, False):
+            raise ImportRefused(f"{args.config}: {key} names PassionSR's calibrated parameters, which are imported "
+                                f"as they are; --{flag.replace('_', '-')} does not apply", args.config)
+    job = job_from_yaml(args.config)
+    out_dir = (load_yaml(args.config).get("quantize_config") or {}).get("output_modelpath")
+    if not args.out and not out_dir:
+        raise ImportRefused(f"{args.config}: give --out or quantize_config.output_modelpath", args.config)
+    out = writable_file(Path(args.out) if args.out else Path(out_dir) / f"{job.quant.name}.safetensors", "--out")
+    result = import_passionsr(job, out, progress=not args.no_progress)
     print("\n".join(result.lines))
     print(f"passion-calibrate: {args.config}: {key} names PassionSR's calibrated parameters, so they were imported "
           f"(passion-import), not calibrated; wrote {out}")
     return 0
 
 
+@refusals("passion-calibrate")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from ..importers import names_quant_ckpt
@@ -96,13 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     key = names_quant_ckpt(args.config)
     if key:
         return import_instead(args, key)
-    from ..calibrate.data import CalibrationDataError, load_calibration_pairs
+    from ..calibrate.data import load_calibration_pairs
     from ..calibrate.job import load_job
     from ..calibrate.report import build_report, make_heldout_eval, markdown_summary, write_report
-    from ..checkpoint import CheckpointError, save_checkpoint
-    from ..config import ConfigError
+    from ..checkpoint import save_checkpoint
+    from ..errors import PassionError
     from ..io_utils import atomic_write_text, writable_file
-    from ..models import WeightsError, build_pipeline
+    from ..models import build_pipeline
 
     t_start = time.perf_counter()
     progress = not args.no_progress
@@ -112,9 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         out = writable_file(_output_path(args, job), "--out")  # refused now, not after the calibration
         fp = build_pipeline(job.preset, job.weights, job.lora, job.random_weights, job.context).to(device)
         pairs = [(lr.to(device), hr.to(device), n) for lr, hr, n in load_calibration_pairs(job.cali_img_path, job.process_size)]
-    except (ConfigError, WeightsError, CalibrationDataError, CheckpointError, ValueError) as e:
-        print(f"passion-calibrate: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # the job's plain ValueErrors (a tile the model cannot take, ...) are refusals too
+        raise PassionError(str(e)) from None
     plan = job.plan
     if args.stats_only:
         plan = dataclasses.replace(plan, train_let=False, train_lbq=False)
@@ -123,9 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     eval_fn = make_heldout_eval(fp, job.process_size, device)
     try:
         q, state, final = calibrate_one(job, fp, pairs, plan, out, eval_fn, progress)
-    except (CheckpointError, ValueError) as e:
-        print(f"passion-calibrate: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:  # the calibration's plain ValueErrors (no batch, sizes that differ) are refusals too
+        raise PassionError(str(e)) from None
     report = build_report(job, state, eval_fn, final)
     save_checkpoint(q.to("cpu"), out, extra={"report": out.name.removesuffix(".safetensors") + ".report.json"})
     report_path = Path(str(out).removesuffix(".safetensors") + ".report.json")

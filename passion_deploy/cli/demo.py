@@ -7,7 +7,10 @@ import sys
 import time
 from pathlib import Path
 
+from . import refusals
 
+
+@refusals("passion-demo")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="passion-demo", description=__doc__)
     p.add_argument("-o", "--output", default="build/demo", help="folder for the LR/bicubic/FP32/W8A8 PNGs")

@@ -7,6 +7,9 @@ import time
 from pathlib import Path
 
 from ..models.components import COMPONENTS
+from . import add_options_arguments, options_from_args, refusals
+
+PROG = "passion-export"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,100 +37,84 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after --verify, time each component against its float baselines (passion-bench's: "
                         "alternating, median of this many runs, >= 5; a triton artifact only on a GPU); 0 skips it")
     for n in target_names():
-        get_target(n).add_arguments(p)
+        add_options_arguments(p, f"{n} target", get_target(n).options)
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
+@refusals(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..devices import DeviceError, resolve_device
+    from ..api import export_model
+    from ..devices import resolve_device
+    from ..export.exporter import parse_tile
+    from ..export.targets import export_report, get_target
+    from ..io_utils import writable_dir
 
-    try:
-        args.device = resolve_device(args.device)
-    except DeviceError as e:
-        print(f"passion-export: {e}", file=sys.stderr)
-        return 2
-    from ..checkpoint import CheckpointError
-    from ..config import ConfigError
-    from ..export.artifact import ArtifactError
-    from ..export.exporter import export_artifact, parse_tile
-    from ..export.ir.trace import ExportError
-    from ..export.targets import get_target
-    from ..export.targets.trt.build import EngineBuildError
-    from ..io_utils import OutputError, writable_dir
-
+    args.device = resolve_device(args.device)
     target = get_target(args.target)
     progress = not args.no_progress
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
     t0 = time.perf_counter()
-    try:
-        writable_dir(args.out, "--out")  # refused now, not after tracing and lowering
-        tile = parse_tile(args.tile) if args.tile else None
-        manifest = export_artifact(args.ckpt, args.out, target, components, tile, fold=not args.dynamic_constants,
-                                   progress=progress, weights=args.weights, lora=args.lora, **target.options_from_args(args))
-    except (CheckpointError, ConfigError, ExportError, ArtifactError, EngineBuildError, OutputError, OSError) as e:
-        print(f"passion-export: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    print(f"passion-export: {manifest['quant_config_name']} from {args.ckpt} -> {out} "
-          f"({target.summary(manifest)}, latent tile {manifest['pipeline']['latent_tile'][0]}x{manifest['pipeline']['latent_tile'][1]}, "
+    writable_dir(args.out, "--out")  # refused now, not after tracing and lowering
+    tile = parse_tile(args.tile) if args.tile else None
+    art = export_model(args.ckpt, args.target, args.out, options_from_args(args, target.options), components, tile,
+                       progress=progress, dynamic_constants=args.dynamic_constants, weights=args.weights, lora=args.lora)
+    manifest, out = art.manifest, Path(args.out)
+    report = export_report(manifest)
+    print(f"{PROG}: {manifest['quant_config_name']} from {args.ckpt} -> {out} "
+          f"({report.summary}, latent tile {manifest['pipeline']['latent_tile'][0]}x{manifest['pipeline']['latent_tile'][1]}, "
           f"{time.perf_counter() - t0:.1f} s)")
     for comp, c in manifest["components"].items():
         print(f"  {comp:12s} {c['quantized_layers']:4d} int layers, {c['quantized_attention']:2d} int attention cores; "
               f"IR {c['ir_file_bytes'] / 1e6:8.2f} MB = {c['ir_vs_fp32']:.3f}x FP32"
               + (f", ONNX {c['onnx_bytes'] / 1e6:8.2f} MB" if "onnx_bytes" in c else " (packed weights the kernels load)"))
-    for line in target.report_lines(manifest):
+    for line in report.lines:
         print(line)
-    status = _verify_and_time(args, target, out, progress)
-    missing = target.incomplete(manifest)
-    if status == 0 and missing:
-        print(f"passion-export: wrote {out}" + (" and verified it" if args.verify else "") + f", but {missing}.",
+    status = _verify_and_time(args, art, report, progress)
+    if status == 0 and report.incomplete:
+        print(f"{PROG}: wrote {out}" + (" and verified it" if args.verify else "") + f", but {report.incomplete}.",
               file=sys.stderr)
         return 3
     return status
 
 
-def _verify_and_time(args, target, out: Path, progress: bool) -> int:
-    from ..checkpoint import CheckpointError
-    from ..export.artifact import ArtifactError
-
+def _verify_and_time(args, art, report, progress: bool) -> int:
+    """--verify on the artifact just written (the Artifact passed down: its files are not read
+    again), then the latency comparison where timing it here says something."""
     if not args.verify:
         return 0
-    from ..export.artifact import read_manifest
     from ..export.verify import DEFAULT_MIN_PSNR, summary_lines, verdict_line, verify_artifact
 
     try:
-        report, ok = verify_artifact(out, DEFAULT_MIN_PSNR if args.min_psnr is None else args.min_psnr, args.probes, progress,
-                                     device=args.device)
-    except (CheckpointError, ArtifactError, ValueError) as e:
-        print(f"passion-export: verification could not run: {e}", file=sys.stderr)
+        min_psnr = DEFAULT_MIN_PSNR if args.min_psnr is None else args.min_psnr
+        result, ok = verify_artifact(art, min_psnr, args.probes, progress, device=args.device)
+    except ValueError as e:  # a refusal (PassionError), or a runtime's plain shape check while it runs
+        print(f"{PROG}: verification could not run: {e}", file=sys.stderr)
         return 2
-    print(f"passion-export: verification on {report['probes']} -> {out / 'verify.json'}")
-    for line in summary_lines(report):
+    print(f"{PROG}: verification on {result['probes']} -> {art.dir / 'verify.json'}")
+    for line in summary_lines(result):
         print(line)
-    print(verdict_line(report))
-    no_timing = target.no_timing(read_manifest(out)) if ok and args.bench_runs else None
-    if no_timing:
-        print(f"passion-export: no latency comparison: {no_timing}")
+    print(verdict_line(result))
+    if ok and args.bench_runs and report.no_timing:
+        print(f"{PROG}: no latency comparison: {report.no_timing}")
     elif ok and args.bench_runs:
-        bench_status = latency_comparison(out, args.bench_runs, progress)
+        bench_status = latency_comparison(art, args.bench_runs, progress)
         if bench_status:
             return bench_status
     return 0 if ok else 1
 
 
-def latency_comparison(out: Path, runs: int, progress: bool) -> int:
+def latency_comparison(art, runs: int, progress: bool) -> int:
     """The artifact's per-component latency vs its FP32 baselines (passion-bench's harness, no memory probes)."""
     from ..benchmarks.harness import result_line, run_benchmark, speedups
-    from ..checkpoint import CheckpointError
 
-    print(f"passion-export: latency, median of {runs} alternating runs on this machine "
-          f"(full record: passion-bench --model {out} --json OUT.json)")
+    print(f"{PROG}: latency, median of {runs} alternating runs on this machine "
+          f"(full record: passion-bench --model {art.dir} --json OUT.json)")
     try:
-        rec = run_benchmark(out, runs=runs, progress=progress, memory=False, log=_bench_log)
-    except (CheckpointError, ValueError, OSError) as e:
-        print(f"passion-export: the latency comparison could not run: {e}", file=sys.stderr)
+        rec = run_benchmark(art, runs=runs, progress=progress, memory=False, log=_bench_log)
+    except (ValueError, OSError) as e:  # PassionError is a ValueError: a refusal, said as the comparison's
+        print(f"{PROG}: the latency comparison could not run: {e}", file=sys.stderr)
         return 2
     variants = list(next(iter(rec["components"].values()))["variants"])
     total = {v: {"median_s": sum(c["variants"][v]["median_s"] for c in rec["components"].values())} for v in variants}

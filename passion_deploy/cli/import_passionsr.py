@@ -15,6 +15,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import refusals
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="passion-import", description=__doc__,
@@ -68,25 +70,19 @@ def make_job(args):
                           unet_split=not args.no_unet_split)
 
 
+@refusals("passion-import")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..checkpoint import CheckpointError
-    from ..config import ConfigError
-    from ..importers import ImportRefused, import_passionsr, write_checkpoint
-    from ..io_utils import OutputError, writable_file
-    from ..models import WeightsError
+    from ..api import import_passionsr
+    from ..importers import ImportRefused
+    from ..io_utils import writable_file
 
     out = Path(args.out)
-    try:
-        if out.suffix != ".safetensors":
-            raise ImportRefused(f"--out {out}: the checkpoint is a .safetensors file")
-        writable_file(out, "--out")  # refused now, not after the whole import
-        job = make_job(args)
-        result = import_passionsr(job, progress=not args.no_progress)
-        write_checkpoint(result, out, include_fp_weights=not args.no_fp_weights)
-    except (ImportRefused, ConfigError, WeightsError, CheckpointError, OutputError) as e:
-        print(f"passion-import: {e}", file=sys.stderr)
-        return 2
+    if out.suffix != ".safetensors":
+        raise ImportRefused(f"--out {out}: the checkpoint is a .safetensors file", out)
+    writable_file(out, "--out")  # refused now, not after the whole import
+    result = import_passionsr(make_job(args), out, include_fp_weights=not args.no_fp_weights,
+                              progress=not args.no_progress)
     print("\n".join(f"passion-import: {line}" if i == 0 else line for i, line in enumerate(result.lines)))
     weights = ("with the merged FP weights" if not args.no_fp_weights else
                "without FP weights: loading it needs the SD checkpoint and LoRA it was made from")

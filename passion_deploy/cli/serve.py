@@ -23,6 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from . import refusals
 from .serving_args import add_model_args, add_sr_args, load_checked, model_spec, sr_settings
 from .sr import UsageError
 
@@ -101,30 +102,23 @@ def _check_port(flag: str, host: str, port: int) -> None:
                              "is another server running there?") from None
 
 
+@refusals(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        _check(args)
-        spec, settings = model_spec(args), sr_settings(args)
-        if args.write_repo:
-            return _write_repo(args, settings)
-        return _serve(args, spec, settings)
-    except UsageError as e:
-        print(f"{PROG}: {e}", file=sys.stderr)
-        return 2
+    _check(args)
+    spec, settings = model_spec(args), sr_settings(args)
+    if args.write_repo:
+        return _write_repo(args, settings)
+    return _serve(args, spec, settings)
 
 
 def _write_repo(args, settings) -> int:
-    from ..export.artifact import ArtifactError
-    from ..io_utils import OutputError, writable_dir
-    from ..serving.repository import RepositoryError, write_model_repository
+    from ..io_utils import writable_dir
+    from ..serving.repository import write_model_repository
 
-    try:
-        writable_dir(args.write_repo, "--write-repo", beside=True)  # built beside it, then renamed into place
-        s = write_model_repository(args.write_repo, args.model, settings, args.max_batch,
-                                   int(args.max_queue_delay_ms * 1000), args.instances)
-    except (RepositoryError, ArtifactError, OutputError) as e:
-        raise UsageError(str(e)) from None
+    writable_dir(args.write_repo, "--write-repo", beside=True)  # built beside it, then renamed into place
+    s = write_model_repository(args.write_repo, args.model, settings, args.max_batch,
+                               int(args.max_queue_delay_ms * 1000), args.instances)
     print(f"{PROG}: wrote a Triton model repository of {args.model} to {s.out}:")
     for name, what in s.models.items():
         print(f"  {name:16s} {what}")

@@ -38,7 +38,7 @@ def add_sr_args(p: argparse.ArgumentParser) -> None:
 
 
 def model_spec(args) -> "ModelSpec":
-    from ..devices import DeviceError, resolve_device
+    from ..devices import resolve_device
     from ..serving.spec import ModelSpec
 
     if args.model and args.backend:
@@ -47,10 +47,7 @@ def model_spec(args) -> "ModelSpec":
         raise UsageError("give --model DIR (an artifact written by passion-export) or --backend fp32|fp16|fakequant")
     if args.model and not Path(args.model).is_dir():
         raise UsageError(f"--model {args.model}: no such folder")
-    try:
-        resolve_device(args.device)  # refused here in one sentence; kept as given, resolved where the model loads
-    except DeviceError as e:
-        raise UsageError(str(e)) from None
+    resolve_device(args.device)  # refused here in one sentence; kept as given, resolved where the model loads
     return ModelSpec(model_dir=args.model, backend=args.backend or "fp32", preset=args.preset, ckpt=args.ckpt,
                      config=args.config, weights=args.weights, lora=args.lora, device=args.device)
 

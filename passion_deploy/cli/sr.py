@@ -15,6 +15,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import refusals
+
 DEFAULT_MAX_PIXELS = 4_000_000  # LR pixels: a 2000x2000 photo, 64 MP out (~0.8 GB per float image buffer)
 SCALE = 4
 
@@ -212,14 +214,10 @@ def imported_model(config: str):
 def resolve_model_args(args) -> None:
     """--config naming PassionSR's calibrated parameters (quantize_config.<block>.quant_ckpt) selects
     that model, imported; it is never dropped in favour of another model."""
+    from ..devices import resolve_device
     from ..importers import names_quant_ckpt
 
-    from ..devices import DeviceError, resolve_device
-
-    try:
-        args.device = resolve_device(args.device)
-    except DeviceError as e:
-        raise UsageError(str(e)) from None
+    args.device = resolve_device(args.device)  # a DeviceError is a refusal main's wrapper says as it is
     args.import_key = names_quant_ckpt(args.config) if args.config else None
     if args.import_key:
         for flag, value in (("--ckpt", args.ckpt), ("--model", args.model), ("--weights", args.weights),
@@ -248,14 +246,11 @@ def check_tiling(model, tiling) -> None:
                              f"{tile[0]}x{tile[1]}")
 
 
+@refusals("passion-sr")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        resolve_model_args(args)
-        return _run(args)
-    except UsageError as e:
-        print(f"passion-sr: {e}", file=sys.stderr)
-        return 2
+    resolve_model_args(args)
+    return _run(args)
 
 
 def _check_args(args) -> None:
@@ -285,14 +280,11 @@ class Reporter:
 
 
 def _load(what):
-    """A model loader's refusal (bad checkpoint, config, weights, artifact) as one-sentence usage error."""
-    from ..checkpoint import CheckpointError
-    from ..config import ConfigError
-    from ..models import WeightsError
-
+    """A model loader's refusal as a usage error: a PassionError (bad checkpoint, config, weights,
+    artifact), a loader's plain ValueError, or a missing optional package (ImportError)."""
     try:
         return what()
-    except (CheckpointError, ConfigError, WeightsError, ValueError, ImportError) as e:
+    except (ValueError, ImportError) as e:
         raise UsageError(str(e)) from None
 
 

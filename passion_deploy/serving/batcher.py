@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..export import targets
 from ..export.runtime import ArtifactRuntime, SRRuntime
 
 
@@ -31,8 +32,8 @@ def exact_batch(rt, requested: int) -> int:
     engines' own batch where the artifact records one; 1 for a PyTorch pipeline (see above)."""
     if not isinstance(rt, ArtifactRuntime):
         return 1
-    engines = (getattr(rt, "manifest", {}).get("tensorrt") or {}).get("max_batch")
-    return max(1, min(requested, engines)) if engines else max(1, requested)
+    most = targets.serve_spec(rt.artifact).tiles_per_call  # the target's word (engines' batch), not a manifest key
+    return max(1, min(requested, most)) if most else max(1, requested)
 
 
 @dataclass

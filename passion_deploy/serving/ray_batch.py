@@ -125,9 +125,9 @@ def _sentence(e: BaseException) -> str:
 
 def _wants_gpu(spec: ModelSpec) -> bool:
     if spec.model_dir:
-        from ..export import artifact
+        from ..export import targets
 
-        return artifact.read_manifest(spec.model_dir, check_files=False).get("target") in ("trt", "triton")
+        return targets.serve_spec(spec.model_dir).gpu
     return spec.device != "cpu"
 
 

@@ -27,7 +27,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from ..export import artifact
+from ..export import targets
 from ..models.components import COMPONENTS, component
 from .spec import ModelSpec, SRSettings
 
@@ -96,10 +96,9 @@ def sr_model_config(max_batch: int, delay_us: int, instances: int, kind: str, pa
 
 
 def instance_kind(spec: ModelSpec) -> str:
-    """KIND_GPU for what runs on a GPU (TensorRT engines, Triton kernels, a pipeline on cuda)."""
+    """KIND_GPU for what runs on a GPU (the artifact's target says so; a pipeline on cuda)."""
     if spec.model_dir:
-        target = artifact.read_manifest(spec.model_dir, check_files=False).get("target")
-        return "KIND_GPU" if target in ("trt", "triton") else "KIND_CPU"
+        return "KIND_GPU" if targets.serve_spec(spec.model_dir).gpu else "KIND_CPU"
     from ..devices import resolve_device
 
     return "KIND_GPU" if resolve_device(spec.device).type == "cuda" else "KIND_CPU"
@@ -138,13 +137,13 @@ class RepositorySummary:
     notes: list[str] = field(default_factory=list)
 
 
-def _component_io(m: dict, name: str, fixed: bool) -> tuple[dict, dict]:
-    """(inputs, outputs) of a component as {name: shape with the batch dimension}."""
-    c = m["components"][name]
-    inputs = {k: list(v) for k, v in (c.get("input_shapes") or c["inputs"]).items()}  # OpenVINO: its graph's own
-    outputs = {k: list(v) for k, v in c["outputs"].items()}
-    if fixed:  # engines built at one tile: every dimension is known
-        inputs = {k: list(v) for k, v in (c.get("fixed_input_shapes") or c["inputs"]).items()}
+def _component_io(m: dict, name: str, model, fixed: bool) -> tuple[dict, dict]:
+    """(inputs, outputs) of a component as {name: shape with the batch dimension}: the inputs as
+    its file takes them (the target's ComponentModel), the outputs the manifest's, or, where every
+    dimension is fixed at the tile (engines), the component table's rule applied to the input."""
+    inputs = {k: list(v) for k, v in model.inputs.items()}
+    outputs = {k: list(v) for k, v in m["components"][name]["outputs"].items()}
+    if fixed:
         main = inputs[component(name).input]
         f = m["pipeline"]["vae_factor"]
         if name == "vae_encoder":
@@ -157,37 +156,12 @@ def _component_io(m: dict, name: str, fixed: bool) -> tuple[dict, dict]:
     return inputs, outputs
 
 
-def _component_files(m: dict, name: str, engines: dict):
-    """(backend or platform, instance kind, {artifact file: file in the version folder}, config
-    parameters, description) of a component on Triton's own backends, or None."""
-    c = m["components"][name]
-    if engines:
-        if name not in engines:
-            return None
-        src = engines[name]["int8"]["engine"]
-        return "tensorrt_plan", "KIND_GPU", {src: "model.plan"}, {}, f"TensorRT INT8 plan ({src})"
-    if c.get("openvino_xml"):  # the .bin is found beside the .xml under the same stem
-        ov = m.get("openvino") or {}
-        params = {"INFERENCE_PRECISION_HINT": ov.get("precision", "f32")}
-        if ov.get("mode") == "dequant":  # what makes the Q/DQ graph exact without VNNI (the target's runtime)
-            params["LP_TRANSFORMS_MODE"] = "NO"
-        return ("openvino", "KIND_CPU", {c["openvino_xml"]: "model.xml", c["openvino_bin"]: "model.bin"}, params,
-                f"OpenVINO IR ({c['openvino_xml']}, {ov.get('mode', '?')} mode, openvino backend)")
-    if c.get("onnx"):
-        copies = {c["onnx"]: "model.onnx"}
-        if c.get("onnx_data"):  # external weights keep the name the graph refers to
-            copies[c["onnx_data"]] = c["onnx_data"]
-        return "onnxruntime", "KIND_CPU", copies, {}, f"ONNX ({c['onnx']}, onnxruntime backend)"
-    return None
-
-
-def _engine_config(name: str, platform_or_backend: str, inputs: dict, outputs: dict, batch: int, kind: str,
-                   delay_us: int, params: dict | None = None) -> str:
+def _engine_config(name: str, model, inputs: dict, outputs: dict, batch: int, delay_us: int) -> str:
     def dims(shape):
         return shape[1:] if batch > 0 else shape
 
-    head = f"name: {_q(name)}\n" + (f"platform: {_q(platform_or_backend)}\n" if platform_or_backend == "tensorrt_plan"
-                                     else f"backend: {_q(platform_or_backend)}\n")
+    head = f"name: {_q(name)}\n" + (f"platform: {_q(model.backend)}\n" if model.platform else f"backend: {_q(model.backend)}\n")
+    kind, params = ("KIND_GPU" if model.gpu else "KIND_CPU"), model.parameters
     return (head + f"max_batch_size: {batch}\n" + _batching(batch, delay_us, preferred=batch if batch > 1 else None)
             + _tensors("input", [_tensor(k, "TYPE_FP32", dims(v)) for k, v in inputs.items()])
             + _tensors("output", [_tensor(k, "TYPE_FP32", dims(v)) for k, v in outputs.items()])
@@ -230,11 +204,11 @@ def write_model_repository(out: str | Path, model_dir: str | Path, settings: SRS
     out, model_dir = Path(out), Path(model_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise RepositoryError(f"{out}: exists and is not an empty folder; give --write-repo a new folder")
-    m = artifact.read_manifest(model_dir)  # every file checked against its sha256 before it is copied
+    art, target = targets.load(model_dir)  # every file checked against its sha256 before it is copied
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        summary = _fill_repository(tmp, m, model_dir, settings, max_batch, delay_us, instances)
+        summary = _fill_repository(tmp, art, target.serve_spec(art), settings, max_batch, delay_us, instances)
         if out.exists():
             out.rmdir()
         tmp.rename(out)
@@ -245,45 +219,39 @@ def write_model_repository(out: str | Path, model_dir: str | Path, settings: SRS
     return summary
 
 
-def _fill_repository(repo: Path, m: dict, model_dir: Path, settings: SRSettings, max_batch: int, delay_us: int,
+def _fill_repository(repo: Path, art, serve, settings: SRSettings, max_batch: int, delay_us: int,
                      instances: int) -> RepositorySummary:
     s = RepositorySummary(repo)
-    spec = ModelSpec(model_dir=str(model_dir))
-    kind = instance_kind(spec)
-    art = repo / SR_MODEL / "1" / ARTIFACT_SUBDIR
-    art.mkdir(parents=True)
+    m, model_dir = art.manifest, art.dir
+    kind = "KIND_GPU" if serve.gpu else "KIND_CPU"
+    copied = repo / SR_MODEL / "1" / ARTIFACT_SUBDIR
+    copied.mkdir(parents=True)
     for f in list(m["files"]) + ["manifest.json"] + (["verify.json"] if (model_dir / "verify.json").is_file() else []):
-        (art / f).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(model_dir / f, art / f)
+        (copied / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(model_dir / f, copied / f)
     write_sr_model(repo, ModelSpec(model_dir=ARTIFACT_SUBDIR), settings, max_batch, delay_us, instances, kind)
     s.models[SR_MODEL] = f"whole images, any size (Python backend, the artifact in {SR_MODEL}/1/{ARTIFACT_SUBDIR})"
 
-    engines = m.get("engines") or {}
     comps = [c for c in COMPONENTS if c in m["components"]]
-    # TensorRT engines built for a batch take it whole; the ONNX / OpenVINO graphs are exported at
-    # batch 1, so Triton cannot stack requests into them (max_batch_size 0, the batch in the dims)
-    batch = int((m.get("tensorrt") or {}).get("max_batch", 1)) if engines else 1
-    batch = batch if batch > 1 else 0
-    files = {name: _component_files(m, name, engines) for name in comps}
-    if not comps or None in files.values():
+    # files built for a batch (engines) take it whole; graphs exported at batch 1 cannot have
+    # requests stacked into them by Triton (max_batch_size 0, the batch in the dims)
+    batch = serve.max_batch if serve.max_batch > 1 else 0
+    if not comps or serve.components is None:
         s.notes.append(f"the {m['target']} artifact has no engine, ONNX or OpenVINO file per component for Triton's own "
                        f"backends; only {SR_MODEL} is written")
         return s
     io = {}
     for name in comps:
-        backend, kind_c, copies, params, what = files[name]
+        model = serve.components[name]
         vdir = repo / name / "1"
         vdir.mkdir(parents=True)
-        for src, dst in copies.items():
+        for src, dst in model.files.items():
             shutil.copy2(model_dir / src, vdir / dst)
-        inputs, outputs = _component_io(m, name, fixed=bool(engines))
+        inputs, outputs = _component_io(m, name, model, fixed=serve.fixed_shapes)
         io[name] = (inputs, outputs)
-        _write(repo / name / "config.pbtxt", _engine_config(name, backend, inputs, outputs, batch, kind_c, delay_us, params))
-        s.models[name] = what
-    if any(f[0] == "openvino" for f in files.values()):
-        s.notes.append("the OpenVINO models carry the CPU plugin properties the artifact's runtime compiles them with "
-                       "(config.pbtxt parameters); check that your OpenVINO backend passes them on, LP_TRANSFORMS_MODE "
-                       "above all where the artifact runs in dequant mode")
+        _write(repo / name / "config.pbtxt", _engine_config(name, model, inputs, outputs, batch, delay_us))
+        s.models[name] = model.description
+    s.notes.extend(serve.notes)
     if set(comps) != set(COMPONENTS):
         s.notes.append(f"the artifact holds only {', '.join(comps)}: no {TILE_ENSEMBLE} ensemble")
         return s

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from artifact_helpers import reseal
 from passion_deploy.checkpoint import save_checkpoint
 from passion_deploy.cli import export as export_cli
 from passion_deploy.export import artifact
@@ -116,7 +117,7 @@ def test_vnni_artifact_is_refused_on_a_cpu_without_vnni(art8, tmp_path, monkeypa
     d = _copy(art8, tmp_path)
     m = json.loads((d / "manifest.json").read_text())
     m["isa"] = "vnni"
-    (d / "manifest.json").write_text(json.dumps(m))
+    reseal(d, m)  # as exported on a VNNI machine
     monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: False)
     with pytest.raises(ArtifactError, match="without VNNI"):
         OnnxSR(d)
@@ -197,3 +198,64 @@ def test_dynamic_constants_artifact_runs_with_timestep_and_context(w8_ckpt, tiny
         z = tiny_w8a8.encode(calib_batches[0])
         assert torch.equal(rt.encode(calib_batches[0]), z)  # not exported: the fake-quant encoder
         assert psnr(rt.unet_eps(z), tiny_w8a8.unet_eps(z), False) > 40
+
+
+def test_one_export_with_verify_hashes_each_artifact_file_once(w8_ckpt, tmp_path, monkeypatch):
+    """passion-export --verify (export, verification, latency comparison) reads each file's bytes
+    for its sha256 once: the export seals them, and the Artifact it wrote is passed down."""
+    import sys
+
+    from passion_deploy import io_utils
+
+    original = io_utils.sha256_file
+    counts: dict[str, int] = {}
+
+    def counting(path, *a, **kw):
+        key = str(path)
+        counts[key] = counts.get(key, 0) + 1
+        return original(path, *a, **kw)
+
+    for mod in list(sys.modules.values()):  # every module that bound the function by name
+        if getattr(mod, "sha256_file", None) is original:
+            monkeypatch.setattr(mod, "sha256_file", counting)
+    monkeypatch.setattr(artifact, "_HASHES", {})
+    out = tmp_path / "art"
+    assert export_cli.main(["--ckpt", str(w8_ckpt), "--target", "onnx", "--out", str(out), "--isa", "portable",
+                            "--components", "vae_decoder", "--verify", "--probes", "1", "--min-psnr", "0",
+                            "--no-progress"]) == 0
+    m = artifact.read_manifest(out)
+    hashed = {k: n for k, n in counts.items() if k.startswith(str(out))}
+    assert set(hashed) == {str(out / f) for f in m["files"]}  # every sealed file, and nothing else of the folder
+    assert set(hashed.values()) == {1}, hashed
+
+
+@pytest.mark.parametrize("edit, field", [(lambda m: m["pipeline"].update(sqrt_alpha=0.5), "pipeline.sqrt_alpha"),
+                                         (lambda m: m.update(target="trt"), "target"),
+                                         (lambda m: m.update(isa="vnni"), "isa"),
+                                         (lambda m: m.pop("quant_config_name"), "quant_config_name")])
+def test_an_edited_manifest_field_is_refused_by_name(art8, tmp_path, edit, field):
+    d = _copy(art8, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    edit(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ArtifactError) as e:
+        artifact.load(d)
+    msg = str(e.value)
+    assert f"manifest field '{field}' was" in msg and str(d / "manifest.json") in msg and "\n" not in msg
+
+
+def test_an_older_format_and_a_manifest_without_what_its_target_needs_are_refused_in_one_sentence(art8, tmp_path):
+    from passion_deploy.export import targets
+
+    d = _copy(art8, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    reseal(d, {**m, "format_version": 2})
+    with pytest.raises(ArtifactError, match=r"manifest\.json: artifact format version 2 is not supported \(this tool reads 3\)"):
+        targets.open_artifact(d)
+    reseal(d, {k: v for k, v in m.items() if k != "isa"})
+    with pytest.raises(ArtifactError, match=r"manifest\.json: the manifest lacks 'isa', which the onnx target needs"):
+        targets.open_artifact(d)
+    comps = {n: {k: v for k, v in c.items() if k != "onnx"} for n, c in m["components"].items()}
+    reseal(d, {**m, "components": comps})
+    with pytest.raises(ArtifactError, match=r"component \w+ lacks 'onnx', which the onnx target needs"):
+        targets.open_artifact(d)

@@ -237,6 +237,9 @@ def test_trt_engines_become_plans_with_the_engines_batch(art, tmp_path):
              "tensorrt": {"max_batch": 4, "version": "10.x", "gpu": "test"}})
     s = write_model_repository(tmp_path / "repo", trt, SRSettings(), max_batch=8)
     repo = s.out
+    from passion_deploy.export import targets
+
+    assert targets.serve_spec(trt).tiles_per_call == 4  # what passion-serve's batcher stacks per engine call
     cfgs = {d.name: parse(d / "config.pbtxt") for d in repo.iterdir()}
     for n in tile:
         c = cfgs[n]

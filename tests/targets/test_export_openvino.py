@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 ov = pytest.importorskip("openvino")
 
+from artifact_helpers import reseal  # noqa: E402
 from passion_deploy.cli import bench as bench_cli  # noqa: E402
 from passion_deploy.cli import export as export_cli  # noqa: E402
 from passion_deploy.export import artifact  # noqa: E402
@@ -253,7 +254,7 @@ def test_an_int8_artifact_is_refused_on_a_cpu_without_vnni(w8a8, tmp_path, monke
     shutil.copytree(w8a8[0], d)
     m = json.loads((d / "manifest.json").read_text())
     m["openvino"]["mode"] = "int8"  # as exported on a VNNI machine
-    (d / "manifest.json").write_text(json.dumps(m))
+    reseal(d, m)  # as exported on a VNNI machine
     monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: False)
     with pytest.raises(artifact.ArtifactError, match="exported with --ov-mode int8, which is not exact on this CPU"):
         open_artifact(d)

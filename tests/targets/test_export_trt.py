@@ -12,6 +12,7 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
+from artifact_helpers import reseal
 from passion_deploy.cli import export as export_cli
 from passion_deploy.export import artifact
 from passion_deploy.export.targets.trt import build as trt_build
@@ -85,7 +86,7 @@ def test_engines_built_elsewhere_are_refused_with_what_differs(trt_dir, tmp_path
     m = json.loads((out / "manifest.json").read_text())
     m["engines"] = {"vae_decoder": {"int8": {"engine": "vae_decoder.int8.engine"}, "fp16": {"engine": "vae_decoder.fp16.engine"}}}
     m["tensorrt"] = {"version": "11.4.0.106", "gpu": "NVIDIA H100 80GB HBM3", "float_precision": "fp16", "max_batch": 1}
-    (out / "manifest.json").write_text(json.dumps(m))
+    reseal(out, m)  # as exported on that machine
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.0.1"))
     monkeypatch.setattr(trt_build, "missing_for_engines", lambda: [])
     monkeypatch.setattr(trt_build, "gpu_name", lambda: "NVIDIA H200")

@@ -13,33 +13,32 @@ from passion_deploy.export.runtime import ArtifactRuntime
 from passion_deploy.models.components import component
 
 
-class EchoSR(ArtifactRuntime):
-    backend = "echo"
-    target = "echo"
-
-    def artifact_fn(self, name):
-        return component(name).fn(self.source_pipeline())
-
-
 class EchoTarget(targets.Target):
     name = "echo"
     help = "a test target: a note per component, run by the fake-quant source pipeline"
 
-    def write_component(self, job, name, graph):
+    def lower(self, job, name, graph):
         (job.out_dir / f"{name}.echo.txt").write_text(f"{len(graph.nodes)} nodes\n")
         return [f"{name}.echo.txt"], {"echo_nodes": len(graph.nodes)}
 
     def manifest_fields(self, job):
         return {"echo": {"tile": list(job.tile)}}
 
-    def open(self, model_dir, **kwargs):
-        return EchoSR(model_dir)
+    def open(self, art, timing=False, **kwargs):
+        return EchoSR(art)
+
+
+class EchoSR(ArtifactRuntime):
+    contract = EchoTarget()
+
+    def artifact_fn(self, name):
+        return component(name).fn(self.source_pipeline())
 
 
 @pytest.fixture
 def echo_registered(monkeypatch):
     mod = types.ModuleType("echo_target_for_tests")
-    mod.TARGET = EchoTarget()
+    mod.TARGET = EchoSR.contract
     monkeypatch.setitem(sys.modules, mod.__name__, mod)
     monkeypatch.setitem(targets.REGISTRY, "echo", mod.__name__)  # the one registry line
 

@@ -2,10 +2,12 @@
 runtime.OnnxSR. Its one option is the CPU instruction set the int8 GEMMs may assume."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from ... import artifact
 from ...ir.int_algebra import ISAS
 from ...ir.trace import ExportError
-from .. import Target
+from .. import ExportReport, ServeSpec, Target, onnx_component_model
 
 
 def resolve_isa(isa: str) -> str:
@@ -16,26 +18,25 @@ def resolve_isa(isa: str) -> str:
     return isa
 
 
+@dataclass(frozen=True)
+class OnnxOptions:
+    isa: str = field(default="auto", metadata={
+        "flag": "--isa", "choices": ("auto", *ISAS),
+        "help": "onnx target's int8 kernels: portable (exact on every x86 CPU), vnni (int8 weights everywhere: "
+                "fastest, exact only with VNNI), auto (vnni when this CPU has it)"})
+
+
 class OnnxTarget(Target):
     name = "onnx"
     help = "integer ONNX for ONNX Runtime's CPU int8 kernels"
+    options = OnnxOptions
+    manifest_needs = ("isa",)
+    component_needs = ("onnx",)
 
-    def add_arguments(self, parser) -> None:
-        g = parser.add_argument_group("onnx target")
-        g.add_argument("--isa", default="auto", choices=["auto", *ISAS],
-                       help="onnx target's int8 kernels: portable (exact on every x86 CPU), vnni (int8 weights everywhere: "
-                            "fastest, exact only with VNNI), auto (vnni when this CPU has it)")
+    def resolve_options(self, options) -> dict:
+        return {"isa": resolve_isa(self.make_options(options).isa)}
 
-    def options_from_args(self, args) -> dict:
-        return {"isa": args.isa}
-
-    def resolve_options(self, options: dict) -> dict:
-        unknown = sorted(set(options) - {"isa"})
-        if unknown:
-            raise ExportError(f"the onnx target has no option {unknown[0]!r}")
-        return {"isa": resolve_isa(options.get("isa", "auto"))}
-
-    def write_component(self, job, name: str, graph) -> tuple[list[str], dict]:
+    def lower(self, job, name: str, graph) -> tuple[list[str], dict]:
         from ...onnx_graph import save_onnx
         from .lower import lower_graph
 
@@ -46,18 +47,19 @@ class OnnxTarget(Target):
     def manifest_fields(self, job) -> dict:
         return {"isa": job.options["isa"]}
 
-    def summary(self, manifest: dict) -> str:
-        return f"onnx, isa {manifest.get('isa')}"
+    def open(self, art, timing=False, threads=None, timing_only_isa=False, **kwargs):
+        from .runtime import OnnxSR, open_for_timing
 
-    def open(self, model_dir, **kwargs):
-        from .runtime import OnnxSR
+        if timing:
+            return open_for_timing(art, threads, timing_only_isa)
+        return OnnxSR(art, threads=threads, **kwargs)
 
-        return OnnxSR(model_dir, **kwargs)
+    def serve_spec(self, art) -> ServeSpec:
+        comps = art.manifest["components"]
+        return ServeSpec(gpu=False, components={n: onnx_component_model(c) for n, c in comps.items()})
 
-    def open_for_timing(self, model_dir, threads=None, timing_only_isa=False):
-        from .runtime import open_for_timing
-
-        return open_for_timing(model_dir, threads, timing_only_isa)
+    def report(self, manifest: dict) -> ExportReport:
+        return ExportReport(f"onnx, isa {manifest.get('isa')}")
 
 
 TARGET = OnnxTarget()

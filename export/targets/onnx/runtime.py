@@ -9,20 +9,21 @@ import os
 
 from ... import artifact
 from ...ort_runtime import OrtRuntime, session_variant
+from . import TARGET
 
 
 class OnnxSR(OrtRuntime):
     """The artifact's integer ONNX sessions; components it does not contain run on the
     fake-quant checkpoint it was exported from."""
 
-    backend = "onnx"
-    target = "onnx"
+    contract = TARGET
 
-    def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, load_sessions: bool = True,
-                 check_isa: bool = True):
+    def __init__(self, model_dir: str | os.PathLike | artifact.Artifact, threads: int | None = None,
+                 load_sessions: bool = True, check_isa: bool = True):
+        art = artifact.load(model_dir)
         if check_isa:
-            artifact.check_cpu(artifact.read_manifest(model_dir), str(model_dir))
-        super().__init__(model_dir, threads, load_sessions)
+            artifact.check_cpu(art.manifest, str(art.dir))
+        super().__init__(art, threads, load_sessions)
 
     @property
     def description(self) -> str:
@@ -51,7 +52,7 @@ class OnnxSR(OrtRuntime):
                 "isa_check_skipped_outputs_invalid": self.manifest["isa"] == "vnni" and not artifact.cpu_has_vnni()}
 
 
-def open_for_timing(model_dir: str | os.PathLike, threads: int | None = None, timing_only_isa: bool = False) -> OnnxSR:
+def open_for_timing(model_dir: str | os.PathLike | artifact.Artifact, threads: int | None = None, timing_only_isa: bool = False) -> OnnxSR:
     """passion-bench's way in: no sessions yet (the harness opens them inside its memory sampling).
     timing_only_isa opens a --isa vnni artifact on a CPU without VNNI, where its int8 GEMMs
     saturate: the timing is meaningful, the outputs are not."""

@@ -26,13 +26,14 @@ refuses an int8 artifact on a CPU without VNNI, by name, as the onnx target refu
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 from ... import artifact
 from ...ir.trace import ExportError
-from .. import Target
+from .. import ComponentModel, ExportReport, ServeSpec, Target
 
 MODES = ("int8", "dequant")
 PRECISIONS = ("f32", "bf16")
-DEFAULTS = {"mode": "auto", "precision": "f32"}
 INSTALL_HINT = "pip install 'passion-deploy[openvino]'"
 MISSING = f"the openvino target needs OpenVINO, which is not installed here: {INSTALL_HINT}"
 # why int8 is refused without VNNI, in the words both the exporter and the runtime use
@@ -63,37 +64,37 @@ def resolve_mode(mode: str) -> tuple[str, str]:
     return mode, "asked for"
 
 
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    mode: str = field(default="auto", metadata={
+        "flag": "--ov-mode", "choices": ("auto", *MODES),
+        "help": "int8: OpenVINO's int8 primitives (fast; exact only on CPUs with VNNI, refused elsewhere); dequant: the "
+                "fake-quant graph, rounding and convs/matmuls in f32 (exact on every x86 CPU); auto (default): int8 "
+                "where this CPU has VNNI, else dequant"})
+    precision: str = field(default="f32", metadata={
+        "flag": "--ov-precision", "choices": PRECISIONS,
+        "help": "OpenVINO's inference precision for the float ops, set explicitly (default f32: exact); bf16 is "
+                "OpenVINO's own default on CPUs with bf16, faster there and judged by --verify like any other setting "
+                "(on a CPU without bf16 OpenVINO runs f32 and the manifest says so)"})
+
+
 class OpenVinoTarget(Target):
     name = "openvino"
     help = "OpenVINO IR for OpenVINO's CPU plugin (int8 kernels on the Q/DQ graph, or the fake-quant graph in f32)"
+    options = OpenVinoOptions
+    manifest_needs = ("openvino",)
+    component_needs = ("openvino_xml", "openvino_bin")
 
-    def add_arguments(self, parser) -> None:
-        g = parser.add_argument_group("openvino target")
-        g.add_argument("--ov-mode", default="auto", choices=["auto", *MODES],
-                       help="int8: OpenVINO's int8 primitives (fast; exact only on CPUs with VNNI, refused elsewhere); "
-                            "dequant: the fake-quant graph, rounding and convs/matmuls in f32 (exact on every x86 CPU); auto "
-                            "(default): int8 where this CPU has VNNI, else dequant")
-        g.add_argument("--ov-precision", default="f32", choices=list(PRECISIONS),
-                       help="OpenVINO's inference precision for the float ops, set explicitly (default f32: exact); bf16 "
-                            "is OpenVINO's own default on CPUs with bf16, faster there and judged by --verify like any "
-                            "other setting (on a CPU without bf16 OpenVINO runs f32 and the manifest says so)")
-
-    def options_from_args(self, args) -> dict:
-        return {"mode": args.ov_mode, "precision": args.ov_precision}
-
-    def resolve_options(self, options: dict) -> dict:
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise ExportError(f"the openvino target has no option {unknown[0]!r}")
-        opts = {**DEFAULTS, **options}
+    def resolve_options(self, options) -> dict:
+        o = self.make_options(options)
         if openvino_missing():
             raise ExportError(MISSING)
-        if opts["precision"] not in PRECISIONS:
-            raise ExportError(f"--ov-precision {opts['precision']!r}: choose f32 or bf16")
-        mode, why = resolve_mode(opts["mode"])
-        return {"mode": mode, "mode_chosen": why, "precision": opts["precision"]}
+        if o.precision not in PRECISIONS:
+            raise ExportError(f"--ov-precision {o.precision!r}: choose f32 or bf16")
+        mode, why = resolve_mode(o.mode)
+        return {"mode": mode, "mode_chosen": why, "precision": o.precision}
 
-    def write_component(self, job, name: str, graph) -> tuple[list[str], dict]:
+    def lower(self, job, name: str, graph) -> tuple[list[str], dict]:
         from .convert import write_openvino_ir
 
         return write_openvino_ir(job, name, graph)
@@ -106,25 +107,39 @@ class OpenVinoTarget(Target):
                              "precision": o["precision"], "exact_on": "CPUs with VNNI" if o["mode"] == "int8" else "every x86 CPU",
                              "exported_on": cpu_info()}}
 
-    def summary(self, manifest: dict) -> str:
+    def report(self, manifest: dict) -> ExportReport:
         o = manifest["openvino"]
         kernels = "int8 kernels" if o["mode"] == "int8" else "dequant mode (fake-quant graph in f32, exact without VNNI)"
-        return f"openvino {o['version'].split('-')[0]}, {kernels} ({o['mode_chosen']}), {o['precision']} precision"
+        ops = "Q/DQ" if o["mode"] == "int8" else "fake-quantized"
+        lines = tuple(f"  {comp:12s} OpenVINO IR {c['openvino_bytes'] / 1e6:.2f} MB (int8 weights "
+                      f"{c['openvino_int8_weight_bytes'] / 1e6:.2f} MB), {c['quantized_ops']} {ops} convs/matmuls"
+                      for comp, c in manifest["components"].items())
+        return ExportReport(f"openvino {o['version'].split('-')[0]}, {kernels} ({o['mode_chosen']}), {o['precision']} precision",
+                            lines)
 
-    def report_lines(self, manifest: dict) -> list[str]:
-        return [f"  {comp:12s} OpenVINO IR {c['openvino_bytes'] / 1e6:.2f} MB (int8 weights {c['openvino_int8_weight_bytes'] / 1e6:.2f} MB), "
-                f"{c['quantized_ops']} {'Q/DQ' if manifest['openvino']['mode'] == 'int8' else 'fake-quantized'} convs/matmuls"
-                for comp, c in manifest["components"].items()]
+    def open(self, art, timing=False, threads=None, timing_only_isa=False, **kwargs):
+        from .runtime import OpenVinoSR, open_for_timing
 
-    def open(self, model_dir, **kwargs):
-        from .runtime import OpenVinoSR
+        if timing:
+            return open_for_timing(art, threads, timing_only_isa)
+        return OpenVinoSR(art, threads=threads, **kwargs)
 
-        return OpenVinoSR(model_dir, **kwargs)
-
-    def open_for_timing(self, model_dir, threads=None, timing_only_isa=False):
-        from .runtime import open_for_timing
-
-        return open_for_timing(model_dir, threads, timing_only_isa)
+    def serve_spec(self, art) -> ServeSpec:
+        """Each component's IR on Triton's openvino backend, with the CPU plugin properties the
+        runtime compiles it with (the .bin is found beside the .xml under the same stem)."""
+        ov = art.manifest["openvino"]
+        params = {"INFERENCE_PRECISION_HINT": ov.get("precision", "f32")}
+        if ov.get("mode") == "dequant":  # what makes the graph exact without VNNI (the runtime's setting)
+            params["LP_TRANSFORMS_MODE"] = "NO"
+        comps = {n: ComponentModel("openvino", {c["openvino_xml"]: "model.xml", c["openvino_bin"]: "model.bin"},
+                                   c.get("input_shapes") or c["inputs"],
+                                   f"OpenVINO IR ({c['openvino_xml']}, {ov.get('mode', '?')} mode, openvino backend)",
+                                   parameters=params)
+                 for n, c in art.manifest["components"].items()}
+        note = ("the OpenVINO models carry the CPU plugin properties the artifact's runtime compiles them with "
+                "(config.pbtxt parameters); check that your OpenVINO backend passes them on, LP_TRANSFORMS_MODE above "
+                "all where the artifact runs in dequant mode")
+        return ServeSpec(gpu=False, components=comps, notes=(note,))
 
 
 TARGET = OpenVinoTarget()

@@ -16,7 +16,7 @@ import torch
 
 from ... import artifact
 from ...runtime import ArtifactRuntime, TimingVariant
-from . import MISSING, SATURATES, openvino_missing
+from . import MISSING, SATURATES, TARGET, openvino_missing
 
 
 def check_cpu(m: dict, where: str) -> None:
@@ -27,8 +27,7 @@ def check_cpu(m: dict, where: str) -> None:
 
 
 class OpenVinoSR(ArtifactRuntime):
-    backend = "openvino"
-    target = "openvino"
+    contract = TARGET
 
     def __init__(self, model_dir: str | os.PathLike, threads: int | None = None, check_isa: bool = True, **_):
         super().__init__(model_dir)

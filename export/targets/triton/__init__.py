@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from passion_deploy.devices import cuda_available
 
-from .. import Target
+from .. import ExportReport, ServeSpec, Target
 
 
 class TritonTarget(Target):
     name = "triton"
     help = "packed IR run by the Triton integer kernels (GPU; Triton's interpreter on a CPU)"
+    manifest_needs = ("kernels",)
     runs_source_pipeline = True  # the diffusers modules around the kernel layers
 
-    def write_component(self, job, name: str, graph) -> tuple[list[str], dict]:
+    def lower(self, job, name: str, graph) -> tuple[list[str], dict]:
         return [], {}  # the IR the exporter wrote is all the kernels load
 
     def manifest_fields(self, job) -> dict:
@@ -23,18 +24,18 @@ class TritonTarget(Target):
         return {"kernels": {"activation_operands": "u8", "weight_operands": WEIGHT_DTYPE,
                             "cuda_graph_latent_tile": list(job.tile)}}
 
-    def summary(self, manifest: dict) -> str:
-        return "triton"
+    def report(self, manifest: dict) -> ExportReport:
+        return ExportReport("triton", no_timing=None if cuda_available() else (
+            "without a GPU the kernels ran in Triton's interpreter, whose timings say nothing about the kernels"))
 
-    def no_timing(self, manifest: dict) -> str | None:
-        if cuda_available():
-            return None
-        return "without a GPU the kernels ran in Triton's interpreter, whose timings say nothing about the kernels"
-
-    def open(self, model_dir, **kwargs):
+    def open(self, art, timing=False, threads=None, timing_only_isa=False, **kwargs):
         from .runtime import TritonSR
 
-        return TritonSR(model_dir, **kwargs)
+        return TritonSR(art, **kwargs)
+
+    def serve_spec(self, art) -> ServeSpec:
+        # the kernels run inside the Python backend's process: no component file for Triton's own backends
+        return ServeSpec(gpu=True, components=None)
 
 
 TARGET = TritonTarget()

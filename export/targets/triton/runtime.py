@@ -27,6 +27,7 @@ import torch
 from passion_deploy.models.components import component
 
 from ...runtime import ArtifactRuntime, TimingVariant
+from . import TARGET
 from .modules import install_kernels, interpreter_overflow_checks, kernels_device
 
 
@@ -34,8 +35,7 @@ class TritonSR(ArtifactRuntime):
     """The artifact's pipeline with its integer layers on the Triton kernels. Host tensors in,
     float32 host tensors out, like every runtime; `cuda_graphs=False` runs eagerly on a GPU too."""
 
-    backend = "triton"
-    target = "triton"
+    contract = TARGET
 
     def __init__(self, model_dir: str | os.PathLike, cuda_graphs: bool = True, fp16: bool | None = None,
                  overflow_checks: bool = False):

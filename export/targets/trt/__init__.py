@@ -3,14 +3,31 @@ and, where TensorRT and a GPU exist, INT8 engines plus FP16 baseline engines
 (build.py, fp16.py), run by runtime.TrtSR, or by runtime.QdqOnnxSR in ONNX Runtime elsewhere."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from passion_deploy.models.components import COMPONENTS
 
 from ... import artifact
 from ...ir.trace import ExportError
-from .. import Target
+from .. import ComponentModel, ExportReport, ServeSpec, Target, onnx_component_model
 
 FLOAT_PRECISIONS = ("fp32", "fp16")
-DEFAULTS = {"float_precision": "fp32", "max_batch": 1, "timing_cache": None, "build_engines": True}
+
+
+@dataclass(frozen=True)
+class TrtOptions:
+    float_precision: str = field(default="fp32", metadata={
+        "flag": "--trt-float", "choices": FLOAT_PRECISIONS,
+        "help": "precision of the INT8 engines' float ops (norms, activations, softmax, the shift terms); the Q/DQ "
+                "convs and matmuls are INT8 either way. fp16 is faster, further from the fake-quant model, and refused "
+                "when a quantization scale does not survive FP16. The baseline engines are FP16"})
+    max_batch: int = field(default=1, metadata={"flag": "--max-batch", "help": "largest batch of tiles the engines accept"})
+    timing_cache: Path | None = field(default=None, metadata={
+        "flag": "--timing-cache", "metavar": "FILE",
+        "help": "TensorRT timing cache, reused between builds (default: ~/.cache/passion-deploy/trt-VERSION-GPU.timing)"})
+    build_engines: bool = field(default=True, metadata={"flag": "--no-engines",
+                                                        "help": "write and verify the Q/DQ ONNX only"})
 
 
 def batch_shapes(shapes: dict[str, tuple], max_batch: int) -> dict[str, tuple]:
@@ -24,39 +41,25 @@ def batch_shapes(shapes: dict[str, tuple], max_batch: int) -> dict[str, tuple]:
 class TrtTarget(Target):
     name = "trt"
     help = "TensorRT: Q/DQ ONNX + INT8 and FP16 engines"
+    options = TrtOptions
+    component_needs = ("onnx", "fixed_input_shapes")
 
-    def add_arguments(self, parser) -> None:
-        g = parser.add_argument_group("trt target")
-        g.add_argument("--trt-float", default="fp32", choices=list(FLOAT_PRECISIONS),
-                       help="precision of the INT8 engines' float ops (norms, activations, softmax, the shift terms); the "
-                            "Q/DQ convs and matmuls are INT8 either way. fp16 is faster, further from the fake-quant model, "
-                            "and refused when a quantization scale does not survive FP16. The baseline engines are FP16")
-        g.add_argument("--max-batch", type=int, default=1, help="largest batch of tiles the engines accept")
-        g.add_argument("--timing-cache", metavar="FILE",
-                       help="TensorRT timing cache, reused between builds (default: ~/.cache/passion-deploy/trt-VERSION-GPU.timing)")
-        g.add_argument("--no-engines", action="store_true", help="write and verify the Q/DQ ONNX only")
-
-    def options_from_args(self, args) -> dict:
-        return {"float_precision": args.trt_float, "max_batch": args.max_batch, "build_engines": not args.no_engines,
-                "timing_cache": Path(args.timing_cache) if args.timing_cache else None}
-
-    def resolve_options(self, options: dict) -> dict:
+    def resolve_options(self, options) -> dict:
         from .build import default_timing_cache, missing_for_engines
 
-        unknown = sorted(set(options) - set(DEFAULTS))
-        if unknown:
-            raise ExportError(f"the trt target has no option {unknown[0]!r}")
-        opts = {**DEFAULTS, **options}
-        if opts["max_batch"] < 1:
-            raise ExportError(f"--max-batch {opts['max_batch']}: an engine takes at least one tile per call")
-        if opts["float_precision"] not in FLOAT_PRECISIONS:
-            raise ExportError(f"--trt-float {opts['float_precision']!r}: choose fp32 or fp16")
+        o = self.make_options(options)
+        if o.max_batch < 1:
+            raise ExportError(f"--max-batch {o.max_batch}: an engine takes at least one tile per call")
+        if o.float_precision not in FLOAT_PRECISIONS:
+            raise ExportError(f"--trt-float {o.float_precision!r}: choose fp32 or fp16")
+        opts = {"float_precision": o.float_precision, "max_batch": o.max_batch, "build_engines": o.build_engines,
+                "timing_cache": Path(o.timing_cache) if o.timing_cache else None}
         opts["engines_missing"] = missing_for_engines() if opts["build_engines"] else []
         if opts["build_engines"] and not opts["engines_missing"] and opts["timing_cache"] is None:
             opts["timing_cache"] = default_timing_cache()
         return opts
 
-    def write_component(self, job, name: str, graph) -> tuple[list[str], dict]:
+    def lower(self, job, name: str, graph) -> tuple[list[str], dict]:
         import onnx
 
         from ...onnx_graph import lower_float, save_onnx
@@ -97,35 +100,45 @@ class TrtTarget(Target):
             info = tensorrt_info(o["float_precision"], o["max_batch"])
         return {"engines": engines or None, "engines_missing": o["engines_missing"], "tensorrt": info}
 
-    def summary(self, manifest: dict) -> str:
-        return "trt: TensorRT Q/DQ ONNX" + (", INT8 + FP16 engines" if manifest.get("engines") else ", no engines")
-
-    def report_lines(self, manifest: dict) -> list[str]:
-        return [f"  {comp:12s} engines: " + ", ".join(f"{k} {v['bytes'] / 1e6:.2f} MB ({v['build_seconds']} s)" for k, v in e.items())
-                for comp, e in (manifest.get("engines") or {}).items()]
-
-    def incomplete(self, manifest: dict) -> str | None:
+    def report(self, manifest: dict) -> ExportReport:
         from .build import INSTALL_HINT
 
-        if not manifest.get("engines_missing"):
-            return None
-        return (f"built no engines: this machine lacks {' and '.join(manifest['engines_missing'])}; {INSTALL_HINT}")
+        engines = manifest.get("engines") or {}
+        lines = tuple(f"  {comp:12s} engines: " + ", ".join(f"{k} {v['bytes'] / 1e6:.2f} MB ({v['build_seconds']} s)"
+                                                          for k, v in e.items())
+                      for comp, e in engines.items())
+        missing = manifest.get("engines_missing")
+        return ExportReport(
+            "trt: TensorRT Q/DQ ONNX" + (", INT8 + FP16 engines" if engines else ", no engines"), lines,
+            incomplete=f"built no engines: this machine lacks {' and '.join(missing)}; {INSTALL_HINT}" if missing else None,
+            no_timing=None if engines else ("there are no engines, and the Q/DQ graph's unfused run in ONNX Runtime "
+                                            "says nothing about TensorRT's speed"))
 
-    def no_timing(self, manifest: dict) -> str | None:
-        if manifest.get("engines"):
-            return None
-        return ("there are no engines, and the Q/DQ graph's unfused run in ONNX Runtime says nothing about "
-                "TensorRT's speed")
+    def open(self, art, timing=False, threads=None, timing_only_isa=False, **kwargs):
+        from .runtime import open_for_timing, open_trt
 
-    def open(self, model_dir, **kwargs):
-        from .runtime import open_trt
+        if timing:
+            return open_for_timing(art)
+        return open_trt(art, threads=threads, **kwargs)
 
-        return open_trt(model_dir, **kwargs)
-
-    def open_for_timing(self, model_dir, threads=None, timing_only_isa=False):
-        from .runtime import open_for_timing
-
-        return open_for_timing(model_dir)
+    def serve_spec(self, art) -> ServeSpec:
+        """The INT8 engines as TensorRT plans at their fixed tile and batch; without engines, the
+        Q/DQ graphs on the onnxruntime backend (TensorRT's arithmetic checked, not its speed)."""
+        m = art.manifest
+        engines = m.get("engines") or {}
+        if not engines:
+            return ServeSpec(gpu=True, components={n: onnx_component_model(c, what="Q/DQ ONNX")
+                                                   for n, c in m["components"].items()})
+        if set(m["components"]) - set(engines):
+            return ServeSpec(gpu=True, components=None,
+                             tiles_per_call=int((m.get("tensorrt") or {}).get("max_batch", 1)))
+        comps = {}
+        for n in (c for c in COMPONENTS if c in m["components"]):
+            plan = engines[n]["int8"]["engine"]
+            comps[n] = ComponentModel("tensorrt_plan", {plan: "model.plan"}, m["components"][n]["fixed_input_shapes"],
+                                      f"TensorRT INT8 plan ({plan})", gpu=True, platform=True)
+        batch = int((m.get("tensorrt") or {}).get("max_batch", 1))
+        return ServeSpec(gpu=True, components=comps, fixed_shapes=True, max_batch=batch, tiles_per_call=batch)
 
 
 TARGET = TrtTarget()

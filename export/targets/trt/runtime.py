@@ -31,6 +31,7 @@ from ... import artifact
 from ...onnx_graph import session_of_model
 from ...ort_runtime import OrtRuntime
 from ...runtime import ArtifactRuntime, TimingVariant
+from . import TARGET
 
 _noted = False
 
@@ -43,8 +44,7 @@ def _note_once(text: str) -> None:
 
 
 class QdqOnnxSR(OrtRuntime):
-    backend = "trt-qdq-onnx"
-    target = "trt"
+    contract = TARGET
     plain_qdq = True
 
     def __init__(self, model_dir, threads: int | None = None, load_sessions: bool = True, **_):
@@ -194,8 +194,7 @@ def check_built_here(m: dict, where: str) -> None:
 class TrtSR(ArtifactRuntime):
     """The artifact's INT8 engines (or its FP16 baseline engines with kind="fp16")."""
 
-    backend = "trt"
-    target = "trt"
+    contract = TARGET
     layer_tables = False  # per-layer values live inside fused TensorRT kernels
 
     def __init__(self, model_dir, kind: str = "int8", **_):
@@ -298,25 +297,27 @@ def open_trt(model_dir: str | os.PathLike, **kwargs):
     """TrtSR where this machine can run the engines, else QdqOnnxSR (and a note saying so)."""
     from .build import missing_for_engines
 
-    m = artifact.read_manifest(model_dir)
+    art = artifact.load(model_dir)
+    m = art.manifest
     missing = missing_for_engines()
     if m.get("engines") and not missing:
-        return TrtSR(model_dir, **kwargs)
+        return TrtSR(art, **kwargs)
     why = "the artifact has no engines" if not m.get("engines") else f"this machine lacks {' and '.join(missing)}"
     _note_once(f"passion-deploy: {model_dir}: {why}, so its TensorRT Q/DQ graph runs in ONNX Runtime on the CPU "
                "(exact semantics, no TensorRT speed)")
-    return QdqOnnxSR(model_dir, **{k: v for k, v in kwargs.items() if k == "threads"})
+    return QdqOnnxSR(art, **{k: v for k, v in kwargs.items() if k == "threads"})
 
 
 def open_for_timing(model_dir: str | os.PathLike, **_) -> TrtSR:
     """passion-bench's way in: the INT8 engines on torch's CUDA tensors, or a refusal in one sentence."""
     from .build import missing_for_engines
 
-    m = artifact.read_manifest(model_dir)
+    art = artifact.load(model_dir)
+    m = art.manifest
     missing = missing_for_engines()
     if not m.get("engines") or missing or not cuda_available():
         why = ("it has no engines" if not m.get("engines") else
                f"this machine lacks {' and '.join(missing) if missing else 'a CUDA build of torch'}")
         raise ValueError(f"{model_dir}: a trt artifact is benchmarked through its engines, but {why}; its Q/DQ ONNX runs in "
                          "ONNX Runtime only to check the graph, which says nothing about TensorRT's speed")
-    return TrtSR(model_dir, "int8")
+    return TrtSR(art, "int8")
