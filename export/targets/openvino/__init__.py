@@ -30,7 +30,8 @@ from ... import artifact
 from ...ir.trace import ExportError
 from .. import Target
 
-MODES = ("int8", "dequant")
+MODES = ("int8", "int8_qdq", "dequant")
+INT8_MODES = ("int8", "int8_qdq")  # the modes that run OpenVINO's int8 kernels (exact only with VNNI)
 PRECISIONS = ("f32", "bf16")
 DEFAULTS = {"mode": "auto", "precision": "f32"}
 INSTALL_HINT = "pip install 'passion-deploy[openvino]'"
@@ -38,6 +39,11 @@ MISSING = f"the openvino target needs OpenVINO, which is not installed here: {IN
 # why int8 is refused without VNNI, in the words both the exporter and the runtime use
 SATURATES = ("OpenVINO's int8 kernels add 8-bit products in pairs in int16 with saturation on a CPU without VNNI "
              "(measured: wrong by up to 5.6e4 codes on one conv)")
+
+
+# how the summary and the runtime name each mode's kernels, and the report its quantized ops
+KERNELS = {"int8": "int8 kernels (the CPU int8 graph)", "int8_qdq": "int8 kernels (the trt target's Q/DQ graph)"}
+OPS = {"int8": "int8", "int8_qdq": "Q/DQ", "dequant": "fake-quantized"}
 
 
 def openvino_missing() -> bool:
@@ -56,9 +62,9 @@ def resolve_mode(mode: str) -> tuple[str, str]:
         return ("int8", "auto: this CPU has VNNI") if vnni else (
             "dequant", "auto: this CPU has no VNNI, where OpenVINO's int8 kernels saturate")
     if mode not in MODES:
-        raise ExportError(f"--ov-mode {mode!r}: choose auto, int8 or dequant")
-    if mode == "int8" and not vnni:
-        raise ExportError(f"--ov-mode int8 is not exact on this CPU: {SATURATES}; use --ov-mode dequant (exact on "
+        raise ExportError(f"--ov-mode {mode!r}: choose auto, int8, int8_qdq or dequant")
+    if mode in INT8_MODES and not vnni:
+        raise ExportError(f"--ov-mode {mode} is not exact on this CPU: {SATURATES}; use --ov-mode dequant (exact on "
                           "every x86 CPU) or auto, or export on a CPU with VNNI")
     return mode, "asked for"
 
@@ -70,7 +76,9 @@ class OpenVinoTarget(Target):
     def add_arguments(self, parser) -> None:
         g = parser.add_argument_group("openvino target")
         g.add_argument("--ov-mode", default="auto", choices=["auto", *MODES],
-                       help="int8: OpenVINO's int8 primitives (fast; exact only on CPUs with VNNI, refused elsewhere); "
+                       help="int8: OpenVINO's int8 primitives on a graph built for them (u8 activations with PassionSR's zero "
+                            "points; fast; exact only on CPUs with VNNI, refused elsewhere); int8_qdq: the same kernels on the "
+                            "trt target's Q/DQ graph (the former int8 mode, kept for comparison); "
                             "dequant: the fake-quant graph, rounding and convs/matmuls in f32 (exact on every x86 CPU); auto "
                             "(default): int8 where this CPU has VNNI, else dequant")
         g.add_argument("--ov-precision", default="f32", choices=list(PRECISIONS),
@@ -103,17 +111,17 @@ class OpenVinoTarget(Target):
 
         o = job.options
         return {"openvino": {"version": openvino_version(), "mode": o["mode"], "mode_chosen": o["mode_chosen"],
-                             "precision": o["precision"], "exact_on": "CPUs with VNNI" if o["mode"] == "int8" else "every x86 CPU",
+                             "precision": o["precision"], "exact_on": "CPUs with VNNI" if o["mode"] in INT8_MODES else "every x86 CPU",
                              "exported_on": cpu_info()}}
 
     def summary(self, manifest: dict) -> str:
         o = manifest["openvino"]
-        kernels = "int8 kernels" if o["mode"] == "int8" else "dequant mode (fake-quant graph in f32, exact without VNNI)"
+        kernels = KERNELS.get(o["mode"]) or "dequant mode (fake-quant graph in f32, exact without VNNI)"
         return f"openvino {o['version'].split('-')[0]}, {kernels} ({o['mode_chosen']}), {o['precision']} precision"
 
     def report_lines(self, manifest: dict) -> list[str]:
         return [f"  {comp:12s} OpenVINO IR {c['openvino_bytes'] / 1e6:.2f} MB (int8 weights {c['openvino_int8_weight_bytes'] / 1e6:.2f} MB), "
-                f"{c['quantized_ops']} {'Q/DQ' if manifest['openvino']['mode'] == 'int8' else 'fake-quantized'} convs/matmuls"
+                f"{c['quantized_ops']} {OPS[manifest['openvino']['mode']]} convs/matmuls"
                 for comp, c in manifest["components"].items()]
 
     def open(self, model_dir, **kwargs):
