@@ -115,7 +115,25 @@ class OpenVinoSR(ArtifactRuntime):
                                                            "ir_bytes_on_disk": c["ir_file_bytes"]})]
 
     def timing_record(self) -> dict:
-        return {"runtime": self.description, "openvino": self.manifest["openvino"]}
+        return {"runtime": self.description, "openvino": self.manifest["openvino"], "exec_profile": self.exec_profiles()}
+
+    def exec_profiles(self, runs: int = 3) -> dict:
+        """Per component timed here, for each input shape it was compiled for: where the compiled
+        model spends its time (profile.compiled_profile: the plugin's counters by node type and exec
+        type, and its reference-kernel nodes), from a fresh PERF_COUNT compile on a random input of
+        that shape (the timed model runs without counters)."""
+        from . import ovcore, profile
+
+        out = {}
+        for name, models in self.models.items():
+            xml = self.dir / self.manifest["components"][name]["openvino_xml"]
+            for key in models.compiled:
+                rng = np.random.default_rng(0)
+                feeds = {k: (self.constant_feeds(name)[k] if k in self.constant_feeds(name)
+                             else rng.standard_normal(shape).astype(np.float32)) for k, shape in key}
+                shape = "x".join(str(d) for d in dict(key)[self.main_input(name)])
+                out[f"{name} {shape}"] = profile.compiled_profile(ovcore.core().read_model(str(xml)), self.config, feeds, runs)
+        return out
 
     def timing_settings(self) -> dict:
         found = {c: m.found for c, m in self.models.items() if m.found}
