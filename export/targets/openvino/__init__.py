@@ -3,9 +3,15 @@ run by OpenVINO's CPU plugin (runtime.OpenVinoSR), always with an explicit infer
 
 Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
 
-    int8     the rule-checked Q/DQ graph the trt target writes (export/qdq: one graph, two
-             engines); OpenVINO's low-precision transformations turn every Q/DQ Conv/Gemm/MatMul
-             into an int8 primitive (u8 activations, i8 weights). Exact on CPUs with VNNI (spec
+    int8     the CPU int8 graph (int8_graph.py), built for what OpenVINO's CPU plugin runs natively:
+             u8 activations with PassionSR's own zero points, int8 weights whose per-channel shift
+             term comes from one channel sum of the input (no all-ones output channel, no Split
+             of a GEMM output), token halves as one GEMM with per-row grids, zero-point-free
+             attention operands. Every quantized conv/matmul becomes an int8 primitive.
+    int8_qdq the rule-checked Q/DQ graph the trt target writes (export/qdq: one graph, two
+             engines), the former int8 mode, kept for comparison: the same int8 kernels, but
+             symmetric shifts, compensation maps and all-ones channels split off by reference
+             kernels around them. Both int8 modes are exact on CPUs with VNNI (spec
              section 6: tiny-w8a8 UNet 57.7, encoder 68.4, decoder 55.6 dB vs the Q/DQ graph).
              Without VNNI the kernels add u8 x i8 products in pairs in int16 with saturation
              (vpmaddubsw): a single Q/DQ conv with 8-bit weight codes is off by up to 5.6e4
