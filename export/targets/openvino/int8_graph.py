@@ -201,8 +201,9 @@ def lower_qlinear(b: OnnxBuilder, rec: QLayerRecipe, x: str, shape: tuple, stati
         inputs = [quantize_rows(b, group_channels(b, xs, rec, g, -1, h), plan, shape[1], f"{h}.g{g.index}.act")
                   for g in plan.rows[0].groups]
     elif plan.token_halves:
-        # a token count known only at run time (VAE attention at any image size): each half quantized
-        # on its own, one GEMM per half (LPT cannot take the per-row grid of a Concat into a GEMM)
+        # a token count known only at run time (VAE attention at any image size): the per-row vectors
+        # need it at export time, so each half is quantized on its own, one GEMM per half (a Concat of
+        # the two quantized halves into one GEMM is untried)
         return _token_halves_by_rows(b, rec, plan, xs, x, bias, h)
     else:
         inputs = [quantize(b, group_channels(b, xs, rec, g, -1, h), g.act, f"{h}.g{g.index}.act") for g in plan.rows[0].groups]
