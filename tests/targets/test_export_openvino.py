@@ -304,8 +304,11 @@ def test_bench_times_openvino_fp32_and_nncf_int8_with_fidelity_and_full_sr(w8a8,
                            "--threads", "1", "--no-memory", "--no-torch", "--no-progress", "--sr-size", "64",
                            "--json", str(rec_path)]) == 0
     rec = json.loads(rec_path.read_text())
-    art = "ov_int8" if VNNI else "ov_dequant"
+    art = f"ov_{ov_target.AUTO_INT8}" if VNNI else "ov_dequant"
     assert rec["artifact_variant"] == art and rec["openvino"]["mode"] == art[3:]
+    # where the artifact's time goes, per compiled shape: the plugin's counters by node and exec type
+    prof = rec["exec_profile"]
+    assert "vae_decoder 1x4x8x8" in prof and all(p["by_type"] and p["total_ms"] > 0 for p in prof.values())  # + full SR's
     for row in ("vae_decoder", "sr_64px"):
         vs = rec["components"][row]["variants"]
         expect = {art, "fp32_onnx", "ov_fp32", "nncf_int8"} | ({"ov_default"} if ovcore.default_precision() != "f32" else set())
