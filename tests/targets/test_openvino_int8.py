@@ -1,7 +1,7 @@
 """The openvino target's int8 graph (export/targets/openvino/int8_graph.py): built for what the CPU
 plugin runs natively (u8 activations with PassionSR's zero points, int8 weights, no all-ones output
 channel, one int8 GEMM per K-group), every quantized conv/matmul an int8 primitive, no reference
-kernel on a quantized layer's path, and its quantizers within a few boundary codes of the fake-quant."""
+kernel in the tiny UNet, and its quantizers within a few boundary codes of the fake-quant."""
 import numpy as np
 import pytest
 import torch
@@ -60,27 +60,44 @@ def test_every_quantized_gemm_is_an_int8_primitive_and_tracks_fake_quant(tiny_tr
 
 
 @needs_vnni
-def test_no_quantized_layer_of_the_tiny_unet_runs_a_reference_kernel_but_channel_splits(tiny_traced, tmp_path):
-    """No node the int8 lowering writes for a quantized layer (named after it) runs a `ref_*` kernel
-    in the compiled tiny UNet (the Q/DQ graph had hundreds: the all-ones channels' VariadicSplits),
-    except the Split of a split conv's input into its K-groups where the plugin does not place it in
-    memory (downsamplers, upsamplers, shortcuts: 11 of 35 convs; a Gather there is ref_any)."""
-    g = tiny_traced["unet"][0]
-    c = _compiled(lower_graph_int8(g), tmp_path, "unet")
-    layers = {r.name for r in g.recipes.values()}
-    refs = [r for r in profile.reference_nodes(c) if any(f"{name}." in r for name in layers)]
-    convs = {r.name for r in g.recipes.values() if getattr(r, "kind", None) == "conv" and len(r.weights) == 2}
-    assert [r for r in refs if not (r.split(" (")[0].rsplit(".", 1)[0].removeprefix("n.") in convs
-                                    and r.endswith("(Split, ref_f32)"))] == [], refs
-    assert len(refs) <= 11
-
-
-@needs_vnni
-@pytest.mark.xfail(strict=True, reason="11 conv input Splits (K-groups) and the float graph's 6 skip Concats of the tiny "
-                   "UNet still run reference kernels (issue 23 leaves them open)")
 def test_no_node_of_the_tiny_unet_runs_a_reference_kernel(tiny_traced, tmp_path):
-    c = _compiled(lower_graph_int8(tiny_traced["unet"][0]), tmp_path, "unet")
+    """No node of the compiled tiny UNet runs a `ref_*` kernel (the Q/DQ graph had hundreds: the
+    all-ones channels' VariadicSplits; before channel_copies_as_convs, 11 K-group Splits and 6 skip
+    Concats laid out channels-last), and the one-hot 1x1 Convs that replace those are exact: the
+    output is the fake-quant's within the same bound as the other int8 tests."""
+    from passion_deploy.metrics import psnr
+
+    g, ref, name, inp = tiny_traced["unet"]
+    model = lower_graph_int8(g)
+    c = _compiled(model, tmp_path, "unet")
     assert profile.reference_nodes(c) == []
+    out = c({name: inp.numpy()})[0]
+    assert psnr(torch.from_numpy(out), ref, peak=float(ref.max() - ref.min())) >= 45
+
+
+def test_channel_copies_as_convs_is_exact_and_leaves_input_splits():
+    """The one-hot 1x1 Convs give the Split's and the Concat's values bit for bit (ONNX Runtime, f32,
+    random values over many binades), and a Split of a graph input stays a Split."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from passion_deploy.export.targets.openvino.int8_graph import channel_copies_as_convs
+
+    sizes = numpy_helper.from_array(np.array([3, 5], np.int64), "sizes")
+    nodes = [helper.make_node("Split", ["x", "sizes"], ["x0", "x1"], axis=1, name="in.Split"),
+             helper.make_node("Relu", ["x"], ["r"]),
+             helper.make_node("Split", ["r", "sizes"], ["a", "b"], axis=1, name="mid.Split"),
+             helper.make_node("Concat", ["b", "a", "x1"], ["y"], axis=1, name="skip.Concat")]
+    vi = lambda n, c: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, c, 4, 6])
+    model = helper.make_model(helper.make_graph(nodes, "t", [vi("x", 8)], [vi("y", 13), vi("x0", 3)], [sizes]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    x = (np.random.default_rng(0).standard_normal((1, 8, 4, 6)) * 10.0 ** np.arange(-20, 28, 2).reshape(1, 1, 4, 6)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    want = run(model)
+    new = channel_copies_as_convs(model)
+    assert [n.op_type for n in new.graph.node].count("Split") == 1 and "Concat" not in [n.op_type for n in new.graph.node]
+    for w, got in zip(want, run(new)):
+        np.testing.assert_array_equal(got, w)
 
 
 @needs_vnni
