@@ -130,3 +130,37 @@ def test_perf_profile_sums_by_node_and_exec_type(tmp_path):
     p = profile.compiled_profile(model, ovcore.compile_config("f32"), {"x": np.ones((1, 64, 16), np.float32)}, runs=3)
     assert abs(sum(r["ms"] for r in p["by_type"].values()) - p["total_ms"]) < 1e-2
     assert p["reference_kernel_nodes"] == sum(r["nodes"] for k, r in p["by_type"].items() if " / ref" in k) >= 1
+
+
+@needs_vnni
+def test_a_unet_only_artifact_runs_its_unet_without_the_source_pipeline(tmp_path, monkeypatch):
+    """`--components unet`: the runtime runs the UNet from the artifact alone (IR, manifest, stored
+    context), with every way to the source checkpoint made to raise; its output is the fake-quant
+    UNet's (checked after, with the checkpoint loaded)."""
+    import io
+    from contextlib import redirect_stderr
+
+    from passion_deploy import checkpoint
+    from passion_deploy.cli import export as export_cli
+    from passion_deploy.export.runtime import component
+    from passion_deploy.export.targets.openvino.runtime import OpenVinoSR
+    from passion_deploy.metrics import psnr
+
+    out = tmp_path / "unet_only"
+    with redirect_stderr(io.StringIO()):
+        assert export_cli.main(["--target", "openvino", "--ov-mode", "int8", "--components", "unet", "--ckpt", "tiny-w8a8",
+                                "--out", str(out), "--no-progress", "--bench-runs", "0"]) == 0
+
+    def refuse(*_a, **_k):
+        raise AssertionError("the source pipeline was loaded")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(artifact, "load_source_pipeline", refuse)
+        mp.setattr(checkpoint, "load_checkpoint", refuse)
+        rt = OpenVinoSR(out)
+        assert rt.components == ["unet"]
+        x = torch.randn((1, 4) + tuple(rt.latent_tile), generator=torch.Generator().manual_seed(0))
+        y = rt.run("unet", x)
+    with torch.no_grad():
+        ref = component("unet").fn(rt.source_pipeline())(x)
+    assert psnr(y, ref, peak=float(ref.max() - ref.min())) >= 45
