@@ -48,7 +48,7 @@ def test_tiny_w8a8_exports_verifies_and_records_the_mode_this_cpu_needs(w8a8):
     m = artifact.read_manifest(out)
     o = m["openvino"]
     assert m["target"] == "openvino" and o["precision"] == "f32"
-    assert o["mode"] == ("int8" if VNNI else "dequant") and o["mode_chosen"].startswith("auto: this CPU has")
+    assert o["mode"] == ("int8_qdq" if VNNI else "dequant") and o["mode_chosen"].startswith("auto: this CPU has")
     assert o["exported_on"]["vnni"] == VNNI
     for comp, c in m["components"].items():
         assert {c["openvino_xml"], c["openvino_bin"], c["ir"]} <= set(m["files"])  # sealed like every file
@@ -231,13 +231,15 @@ def test_int8_mode_saturates_without_vnni(conv8):
 
 def test_auto_mode_follows_vnni_and_int8_is_refused_without_it(monkeypatch):
     monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: True)
-    assert ov_target.resolve_mode("auto") == ("int8", "auto: this CPU has VNNI")
+    assert ov_target.resolve_mode("auto") == ("int8_qdq", "auto: this CPU has VNNI")
     assert ov_target.resolve_mode("int8") == ("int8", "asked for")
     monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: False)
     assert ov_target.resolve_mode("auto")[0] == "dequant"
     with pytest.raises(ExportError, match="--ov-mode int8 is not exact on this CPU") as e:
         ov_target.resolve_mode("int8")
     assert "\n" not in str(e.value)
+    with pytest.raises(ExportError, match="--ov-mode int8_qdq is not exact on this CPU"):
+        ov_target.resolve_mode("int8_qdq")  # the former int8 graph runs the same kernels
 
 
 def test_passion_export_refuses_int8_without_vnni_in_one_sentence(tmp_path, monkeypatch):
@@ -303,8 +305,11 @@ def test_bench_times_openvino_fp32_and_nncf_int8_with_fidelity_and_full_sr(w8a8,
                            "--threads", "1", "--no-memory", "--no-torch", "--no-progress", "--sr-size", "64",
                            "--json", str(rec_path)]) == 0
     rec = json.loads(rec_path.read_text())
-    art = "ov_int8" if VNNI else "ov_dequant"
+    art = f"ov_{ov_target.AUTO_INT8}" if VNNI else "ov_dequant"
     assert rec["artifact_variant"] == art and rec["openvino"]["mode"] == art[3:]
+    # where the artifact's time goes, per compiled shape: the plugin's counters by node and exec type
+    prof = rec["exec_profile"]
+    assert "vae_decoder 1x4x8x8" in prof and all(p["by_type"] and p["total_ms"] > 0 for p in prof.values())  # + full SR's
     for row in ("vae_decoder", "sr_64px"):
         vs = rec["components"][row]["variants"]
         expect = {art, "fp32_onnx", "ov_fp32", "nncf_int8"} | ({"ov_default"} if ovcore.default_precision() != "f32" else set())

@@ -3,9 +3,15 @@ run by OpenVINO's CPU plugin (runtime.OpenVinoSR), always with an explicit infer
 
 Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
 
-    int8     the rule-checked Q/DQ graph the trt target writes (export/qdq: one graph, two
-             engines); OpenVINO's low-precision transformations turn every Q/DQ Conv/Gemm/MatMul
-             into an int8 primitive (u8 activations, i8 weights). Exact on CPUs with VNNI (spec
+    int8     the CPU int8 graph (int8_graph.py), built for what OpenVINO's CPU plugin runs natively:
+             u8 activations with PassionSR's own zero points, int8 weights whose per-channel shift
+             term comes from one channel sum of the input (no all-ones output channel, no Split
+             of a GEMM output), token halves as one GEMM with per-row grids, zero-point-free
+             attention operands. Every quantized conv/matmul becomes an int8 primitive.
+    int8_qdq the rule-checked Q/DQ graph the trt target writes (export/qdq: one graph, two
+             engines), the former int8 mode, kept for comparison: the same int8 kernels, but
+             symmetric shifts, compensation maps and all-ones channels split off by reference
+             kernels around them. Both int8 modes are exact on CPUs with VNNI (spec
              section 6: tiny-w8a8 UNet 57.7, encoder 68.4, decoder 55.6 dB vs the Q/DQ graph).
              Without VNNI the kernels add u8 x i8 products in pairs in int16 with saturation
              (vpmaddubsw): a single Q/DQ conv with 8-bit weight codes is off by up to 5.6e4
@@ -20,7 +26,8 @@ Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
              float engine needs none of the Q/DQ graph's int8 constraints. Exact on every x86 CPU,
              at f32 speed.
 
-`auto` (the default) takes int8 where the CPU has VNNI and dequant elsewhere, and says which.
+`auto` (the default) takes int8_qdq where the CPU has VNNI (the CPU int8 graph did not beat it
+where measured, see resolve_mode) and dequant elsewhere, and says which.
 The manifest records the mode, the precision and the CPU it was exported on; the runtime
 refuses an int8 artifact on a CPU without VNNI, by name, as the onnx target refuses --isa vnni.
 """
@@ -32,13 +39,20 @@ from ... import artifact
 from ...ir.trace import ExportError
 from .. import ComponentModel, ExportReport, ServeSpec, Target
 
-MODES = ("int8", "dequant")
+MODES = ("int8", "int8_qdq", "dequant")
+INT8_MODES = ("int8", "int8_qdq")  # the modes that run OpenVINO's int8 kernels (exact only with VNNI)
+AUTO_INT8 = "int8_qdq"  # what auto takes where the CPU has VNNI (resolve_mode says why)
 PRECISIONS = ("f32", "bf16")
 INSTALL_HINT = "pip install 'passion-deploy[openvino]'"
 MISSING = f"the openvino target needs OpenVINO, which is not installed here: {INSTALL_HINT}"
 # why int8 is refused without VNNI, in the words both the exporter and the runtime use
 SATURATES = ("OpenVINO's int8 kernels add 8-bit products in pairs in int16 with saturation on a CPU without VNNI "
              "(measured: wrong by up to 5.6e4 codes on one conv)")
+
+
+# how the summary and the runtime name each mode's kernels, and the report its quantized ops
+KERNELS = {"int8": "int8 kernels (the CPU int8 graph)", "int8_qdq": "int8 kernels (the trt target's Q/DQ graph)"}
+OPS = {"int8": "int8", "int8_qdq": "Q/DQ", "dequant": "fake-quantized"}
 
 
 def openvino_missing() -> bool:
@@ -54,12 +68,15 @@ def resolve_mode(mode: str) -> tuple[str, str]:
     on a CPU without VNNI is refused, since --verify could only measure its saturation here."""
     vnni = artifact.cpu_has_vnni()
     if mode == "auto":
-        return ("int8", "auto: this CPU has VNNI") if vnni else (
+        # the Q/DQ graph stays auto's int8 choice: the CPU int8 graph is exact but did not beat it
+        # where it was measured (tiny-w8a8 on a 2-core AVX-512 VNNI EPYC, alternating in one process:
+        # UNet 0.92x, encoder 1.06x, decoder 1.02x its speed; README, issue 23)
+        return (AUTO_INT8, "auto: this CPU has VNNI") if vnni else (
             "dequant", "auto: this CPU has no VNNI, where OpenVINO's int8 kernels saturate")
     if mode not in MODES:
-        raise ExportError(f"--ov-mode {mode!r}: choose auto, int8 or dequant")
-    if mode == "int8" and not vnni:
-        raise ExportError(f"--ov-mode int8 is not exact on this CPU: {SATURATES}; use --ov-mode dequant (exact on "
+        raise ExportError(f"--ov-mode {mode!r}: choose auto, int8, int8_qdq or dequant")
+    if mode in INT8_MODES and not vnni:
+        raise ExportError(f"--ov-mode {mode} is not exact on this CPU: {SATURATES}; use --ov-mode dequant (exact on "
                           "every x86 CPU) or auto, or export on a CPU with VNNI")
     return mode, "asked for"
 
@@ -68,9 +85,11 @@ def resolve_mode(mode: str) -> tuple[str, str]:
 class OpenVinoOptions:
     mode: str = field(default="auto", metadata={
         "flag": "--ov-mode", "choices": ("auto", *MODES),
-        "help": "int8: OpenVINO's int8 primitives (fast; exact only on CPUs with VNNI, refused elsewhere); dequant: the "
-                "fake-quant graph, rounding and convs/matmuls in f32 (exact on every x86 CPU); auto (default): int8 "
-                "where this CPU has VNNI, else dequant"})
+        "help": "int8: OpenVINO's int8 primitives on a graph built for them (u8 activations with PassionSR's zero "
+                "points; exact only on CPUs with VNNI, refused elsewhere); int8_qdq: the same kernels on the trt "
+                "target's Q/DQ graph (auto's choice with VNNI); dequant: the fake-quant graph, rounding and "
+                "convs/matmuls in f32 (exact on every x86 CPU); auto (default): int8_qdq where this CPU has VNNI, "
+                "else dequant"})
     precision: str = field(default="f32", metadata={
         "flag": "--ov-precision", "choices": PRECISIONS,
         "help": "OpenVINO's inference precision for the float ops, set explicitly (default f32: exact); bf16 is "
@@ -80,7 +99,7 @@ class OpenVinoOptions:
 
 class OpenVinoTarget(Target):
     name = "openvino"
-    help = "OpenVINO IR for OpenVINO's CPU plugin (int8 kernels on the Q/DQ graph, or the fake-quant graph in f32)"
+    help = "OpenVINO IR for OpenVINO's CPU plugin (int8 kernels on a CPU int8 graph or the Q/DQ graph, or the fake-quant graph in f32)"
     options = OpenVinoOptions
     manifest_needs = ("openvino",)
     component_needs = ("openvino_xml", "openvino_bin")
@@ -104,13 +123,13 @@ class OpenVinoTarget(Target):
 
         o = job.options
         return {"openvino": {"version": openvino_version(), "mode": o["mode"], "mode_chosen": o["mode_chosen"],
-                             "precision": o["precision"], "exact_on": "CPUs with VNNI" if o["mode"] == "int8" else "every x86 CPU",
+                             "precision": o["precision"], "exact_on": "CPUs with VNNI" if o["mode"] in INT8_MODES else "every x86 CPU",
                              "exported_on": cpu_info()}}
 
     def report(self, manifest: dict) -> ExportReport:
         o = manifest["openvino"]
-        kernels = "int8 kernels" if o["mode"] == "int8" else "dequant mode (fake-quant graph in f32, exact without VNNI)"
-        ops = "Q/DQ" if o["mode"] == "int8" else "fake-quantized"
+        kernels = KERNELS.get(o["mode"]) or "dequant mode (fake-quant graph in f32, exact without VNNI)"
+        ops = OPS[o["mode"]]
         lines = tuple(f"  {comp:12s} OpenVINO IR {c['openvino_bytes'] / 1e6:.2f} MB (int8 weights "
                       f"{c['openvino_int8_weight_bytes'] / 1e6:.2f} MB), {c['quantized_ops']} {ops} convs/matmuls"
                       for comp, c in manifest["components"].items())

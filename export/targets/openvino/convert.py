@@ -70,6 +70,12 @@ def lower_component(graph, mode: str, probes: list[str] | None = None):
         from .fq_graph import fake_quant_op_count, lower_graph_fq
 
         return guard_divisions(lower_graph_fq(graph, probes)), fake_quant_op_count(graph)
+    if mode == "int8":
+        from .int8_graph import int8_op_count, lower_graph_int8
+
+        return lower_graph_int8(graph, probes), int8_op_count(graph)
+    if mode != "int8_qdq":
+        raise ValueError(f"no openvino graph for mode {mode!r}")
     from ...qdq.lower import lower_graph_qdq
     from ...qdq.rules import qdq_violations, quantized_op_count
 
@@ -100,7 +106,7 @@ def write_openvino_ir(job, name: str, graph) -> tuple[list[str], dict]:
     import openvino as ov
 
     mode = job.options["mode"]
-    job.status("Q/DQ graph" if mode == "int8" else "fake-quant graph")
+    job.status({"int8": "int8 graph", "int8_qdq": "Q/DQ graph"}.get(mode, "fake-quant graph"))
     onnx_model, quantized_ops = lower_component(graph, mode)
     shapes = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
               for i in onnx_model.graph.input}

@@ -16,13 +16,13 @@ import torch
 
 from ... import artifact
 from ...runtime import ArtifactRuntime, TimingVariant
-from . import MISSING, SATURATES, TARGET, openvino_missing
+from . import INT8_MODES, KERNELS, MISSING, SATURATES, TARGET, openvino_missing
 
 
 def check_cpu(m: dict, where: str) -> None:
     """The CPU check of the module docstring (the manifest's mode against this CPU's VNNI)."""
-    if m["openvino"]["mode"] == "int8" and not artifact.cpu_has_vnni():
-        raise artifact.ArtifactError(f"{where}: exported with --ov-mode int8, which is not exact on this CPU: {SATURATES}; "
+    if m["openvino"]["mode"] in INT8_MODES and not artifact.cpu_has_vnni():
+        raise artifact.ArtifactError(f"{where}: exported with --ov-mode {m['openvino']['mode']}, which is not exact on this CPU: {SATURATES}; "
                                      "re-export it here with --ov-mode dequant (or auto)")
 
 
@@ -59,7 +59,7 @@ class OpenVinoSR(ArtifactRuntime):
                  for c, m in self.models.items() if m.found]
         ran = {m.found["precision"] for m in self.models.values() if m.found}
         prec = self.precision if not ran or ran == {self.precision} else f"{self.precision} asked, {'/'.join(sorted(ran))} ran"
-        kernels = "int8 kernels" if self.mode == "int8" else "dequant mode (the fake-quant graph: rounding and convs/matmuls in f32)"
+        kernels = KERNELS.get(self.mode) or "dequant mode (the fake-quant graph: rounding and convs/matmuls in f32)"
         return (f"OpenVINO {o['version'].split('-')[0]} CPU, {kernels}, {prec} precision, {self.manifest['quant_config_name']} "
                 f"from {self.dir} [{', '.join(found) if found else ', '.join(self.components)}]")
 
@@ -152,13 +152,31 @@ class OpenVinoSR(ArtifactRuntime):
                                                            "ir_bytes_on_disk": c["ir_file_bytes"]})]
 
     def timing_record(self) -> dict:
-        return {"runtime": self.description, "openvino": self.manifest["openvino"]}
+        return {"runtime": self.description, "openvino": self.manifest["openvino"], "exec_profile": self.exec_profiles()}
+
+    def exec_profiles(self, runs: int = 3) -> dict:
+        """Per component timed here, for each input shape it was compiled for: where the compiled
+        model spends its time (profile.compiled_profile: the plugin's counters by node type and exec
+        type, and its reference-kernel nodes), from a fresh PERF_COUNT compile on a random input of
+        that shape (the timed model runs without counters)."""
+        from . import ovcore, profile
+
+        out = {}
+        for name, models in self.models.items():
+            xml = self.dir / self.manifest["components"][name]["openvino_xml"]
+            for key in models.compiled:
+                rng = np.random.default_rng(0)
+                feeds = {k: (self.constant_feeds(name)[k] if k in self.constant_feeds(name)
+                             else rng.standard_normal(shape).astype(np.float32)) for k, shape in key}
+                shape = "x".join(str(d) for d in dict(key)[self.main_input(name)])
+                out[f"{name} {shape}"] = profile.compiled_profile(ovcore.core().read_model(str(xml)), self.config, feeds, runs)
+        return out
 
     def timing_settings(self) -> dict:
         found = {c: m.found for c, m in self.models.items() if m.found}
         return {"ov_inference_num_threads": self.threads or "default", "ov_mode": self.mode, "ov_precision": self.precision,
                 "ov_compiled": found,
-                "cpu_check_skipped_outputs_invalid": self.mode == "int8" and not artifact.cpu_has_vnni()}
+                "cpu_check_skipped_outputs_invalid": self.mode in INT8_MODES and not artifact.cpu_has_vnni()}
 
 
 def open_for_timing(model_dir: str | os.PathLike, threads: int | None = None, timing_only_isa: bool = False) -> OpenVinoSR:
