@@ -60,19 +60,23 @@ def test_every_quantized_gemm_is_an_int8_primitive_and_tracks_fake_quant(tiny_tr
 
 
 @needs_vnni
-def test_no_node_of_the_tiny_unet_runs_a_reference_kernel(tiny_traced, tmp_path):
+def test_no_node_of_the_tiny_unet_runs_a_reference_kernel(tiny_traced, tmp_path, monkeypatch):
     """No node of the compiled tiny UNet runs a `ref_*` kernel (the Q/DQ graph had hundreds: the
     all-ones channels' VariadicSplits; before channel_copies_as_convs, 11 K-group Splits and 6 skip
-    Concats laid out channels-last), and the one-hot 1x1 Convs that replace those are exact: the
-    output is the fake-quant's within the same bound as the other int8 tests."""
-    from passion_deploy.metrics import psnr
+    Concats laid out channels-last), only those are rewritten (34 one-hot Convs here), and the
+    rewrite is exact: the output is bit for bit the one of the graph without it (measured)."""
+    from passion_deploy.export.targets.openvino import int8_graph
 
-    g, ref, name, inp = tiny_traced["unet"]
+    g, _ref, name, inp = tiny_traced["unet"]
     model = lower_graph_int8(g)
+    one_hot = sum(n.name.endswith(".select") or ".place" in n.name for n in model.graph.node)
     c = _compiled(model, tmp_path, "unet")
     assert profile.reference_nodes(c) == []
-    out = c({name: inp.numpy()})[0]
-    assert psnr(torch.from_numpy(out), ref, peak=float(ref.max() - ref.min())) >= 45
+    monkeypatch.setattr(int8_graph, "reference_copies", lambda _m: set())
+    plain = _compiled(lower_graph_int8(g), tmp_path, "unet_plain")
+    n_plain = len(profile.reference_nodes(plain))  # 17 here; the plugin's layout choice may differ elsewhere
+    assert n_plain > 0 and one_hot >= 2 * n_plain  # every rewritten Split / Concat has two or more parts
+    np.testing.assert_array_equal(c({name: inp.numpy()})[0], plain({name: inp.numpy()})[0])
 
 
 def test_channel_copies_as_convs_is_exact_and_leaves_input_splits():
@@ -91,7 +95,8 @@ def test_channel_copies_as_convs_is_exact_and_leaves_input_splits():
     vi = lambda n, c: helper.make_tensor_value_info(n, TensorProto.FLOAT, [1, c, 4, 6])
     model = helper.make_model(helper.make_graph(nodes, "t", [vi("x", 8)], [vi("y", 13), vi("x0", 3)], [sizes]),
                               opset_imports=[helper.make_opsetid("", 17)])
-    x = (np.random.default_rng(0).standard_normal((1, 8, 4, 6)) * 10.0 ** np.arange(-20, 28, 2).reshape(1, 1, 4, 6)).astype(np.float32)
+    scales = 10.0 ** np.arange(-20, 28, 2).reshape(1, 1, 4, 6)  # values from 1e-20 to 1e26
+    x = (np.random.default_rng(0).standard_normal((1, 8, 4, 6)) * scales).astype(np.float32)
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     want = run(model)
     new = channel_copies_as_convs(model)

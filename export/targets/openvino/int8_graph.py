@@ -27,9 +27,9 @@ test_openvino_int8.py holds the graph to it):
   (u8 or i8 A, i8 B: measured). q and P take u8 with zero point 0 where their grid starts at 0
   (P's does: P * s_vw >= 0), else int8 with the shift closest to 0 (ia.sym_act); K and V int8
   with their shift; a nonzero shift adds its row/column sums (onnx_graph.add_offset_products).
-- channel Splits (K-groups) and Concats (skips) of NCHW tensors: at a static shape as one-hot 1x1
-  Convs (channel_copies_as_convs), since the int8 convs lay them out channels-last, where the
-  plugin has only a reference kernel for them.
+- channel Splits (K-groups) and Concats (skips) of NCHW tensors that the plugin runs as reference
+  kernels (it lays them out channels-last next to the int8 convs; found by compiling): at a static
+  shape as one-hot 1x1 Convs (channel_copies_as_convs), exact.
 
 Bit-exactness is not promised where the plugin's float arithmetic moves a value that sits at a
 rounding boundary (its FakeQuantize multiplies by a reciprocal and may fold the LET transform into
@@ -322,16 +322,19 @@ def splits_to_gathers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def channel_copies_as_convs(model: onnx.ModelProto) -> onnx.ModelProto:
+def channel_copies_as_convs(model: onnx.ModelProto, only: set[str] | None = None) -> onnx.ModelProto:
     """Every channel Split / Concat of an NCHW tensor as 1x1 Convs with one-hot weights (a Concat:
     one Conv per part placing it in the output's channels, the parts added). Why: the int8 convs
     make the CPU plugin lay these tensors out channels-last, where a channel Split or Concat is no
     longer in place and runs its only other kernel, a reference one (`ref_f32`: the tiny UNet's 11
     K-group Splits of downsamplers, upsamplers and shortcuts and its 6 skip Concats; measured). The
     1x1 Convs run as oneDNN kernels and are exact in f32: each output is 1 * x plus zeros times the
-    other channels (finite inputs). Measured on the tiny UNet: no reference kernel left, fake-quant
-    PSNR unchanged, no slower. A Split of a graph input is left alone: it is in place there, and as
-    a Conv it cost the tiny VAE encoder's conv_in 5 dB (64.1 -> 59.3, cause not found)."""
+    other channels (finite inputs). Measured on the tiny UNet (VNNI EPYC): no reference kernel
+    left, output bit for bit unchanged, but no faster: those reference kernels are plain copies
+    (0.11 ms of a 22.9 ms profile), the 34 Convs cost about 0.4 ms (wall time 1.02x, median of
+    41). A Split of a graph input is left alone: it is in place there, and as a Conv it cost the
+    tiny VAE encoder's conv_in 5 dB (64.1 -> 59.3, cause not found). `only`: the names of the
+    nodes to rewrite (reference_copies), else every such node."""
     from onnx import helper, numpy_helper, shape_inference
 
     info = {v.name: v for v in shape_inference.infer_shapes(model).graph.value_info}
@@ -355,6 +358,9 @@ def channel_copies_as_convs(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes = []
     for n in model.graph.node:
         attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        if only is not None and n.name not in only:
+            nodes.append(n)
+            continue
         if (n.op_type == "Split" and n.input[0] not in graph_inputs and channels(n.input[0])
                 and attrs.get("axis", 0) % 4 == 1 and len(n.input) > 1 and n.input[1] in inits):
             c, start = channels(n.input[0]), 0
@@ -387,10 +393,33 @@ def lower_graph_int8(g: Graph, probes: list[str] | None = None) -> onnx.ModelPro
     """The int8 mode's ONNX of IR graph `g` (module docstring), traced input shapes kept."""
     static = all(d is not None for shape in g.inputs.values() for d in shape)
     model = lower_ir(g, quantized_lowering(_conv, lower_qlinear, _attention, static_tokens=static), probes)
+    model = splits_to_gathers(model)
     # only at a static shape (the UNet): there the rewrite leaves no reference kernel at all; the
-    # dynamic-shape VAE keeps its shape arithmetic's reference nodes either way, and most of its
-    # Splits are in place, where the Convs would only add work at full image resolution
-    return channel_copies_as_convs(splits_to_gathers(model)) if static else splits_to_gathers(model)
+    # dynamic-shape VAE keeps its shape arithmetic's reference nodes either way. Only the copies the
+    # plugin runs as reference kernels: the others are in place (free), and rewriting all of them
+    # (82 Convs in the tiny UNet) cost 5% of its profiled time against the 17 nodes' 1.4%
+    return channel_copies_as_convs(model, reference_copies(model)) if static else model
+
+
+def reference_copies(model: onnx.ModelProto) -> set[str]:
+    """Names of the Split / Concat nodes of `model` that the CPU plugin at hand runs as reference
+    kernels, found by compiling it as the int8 mode does (the layout that decides it is the
+    plugin's choice, not visible in the ONNX). Another CPU or plugin version may place others in
+    memory or not: the rewrite is exact either way, only the count of reference nodes can differ."""
+    import tempfile
+    from pathlib import Path
+
+    from .convert import convert
+    from .ovcore import compile_config, core
+
+    with tempfile.TemporaryDirectory(prefix="passion-ov-layout-") as tmp:
+        compiled = core().compile_model(convert(model, Path(tmp), "layout"), "CPU", compile_config("f32", "int8", None))
+    names = set()
+    for op in compiled.get_runtime_model().get_ops():
+        rt = op.get_rt_info()
+        if rt["layerType"].astype(str) in ("Split", "Concatenation") and rt["primitiveType"].astype(str).startswith("ref"):
+            names.add(op.get_friendly_name())
+    return names
 
 
 def _conv(b, rec, x, **_):
