@@ -15,6 +15,16 @@ from .labels import label
 CHARTS = ("latency", "memory", "layers")
 
 
+def record_problem(rec) -> str | None:
+    """Why `rec` is not a passion-bench record the report can render (None when it is): other
+    committed JSON (a custom comparison, a GPU check) sits beside the records in results/."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("components"), dict):
+        return "not a passion-bench record (no components)"
+    if "artifact_variant" not in rec or not all(isinstance(c, dict) and "variants" in c for c in rec["components"].values()):
+        return "not a passion-bench record (no artifact variant timed against baselines)"
+    return None
+
+
 def _mb(n) -> str:
     return f"{n / 1e6:,.1f}" if isinstance(n, (int, float)) and not isinstance(n, bool) else "-"
 

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .ir.irfile import load_ir
-from .onnx_graph import PROBE_PREFIX, session, session_of_model
+from .onnx_graph import session, session_of_model
 from .runtime import ArtifactRuntime, TimingVariant
 
 
@@ -42,19 +42,6 @@ class OrtRuntime(ArtifactRuntime):
             outs = [sess.run(None, {main: x[i:i + 1].detach().float().numpy(), **feeds})[0] for i in range(x.shape[0])]
             return torch.from_numpy(np.concatenate(outs, axis=0))
         return run
-
-    def run_with_layers(self, name: str, x: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        """The component's output on x (this artifact's session) and the outputs of the named
-        quantized layers / attention cores: the IR lowered again with those values as extra
-        graph outputs (the same lowering, but a separate model, so the artifact runs unchanged)."""
-        g = load_ir(self.dir / self.manifest["components"][name]["ir"])
-        value = {n.name: n.outputs[0] for n in g.nodes if n.name in layers}
-        model = self.lower(g, [value[n] for n in layers])
-        sess = session_of_model(model, plain_qdq=self.plain_qdq, integer_view=self.integer_view)
-        del model
-        outs = sess.run([PROBE_PREFIX + value[n] for n in layers], {self.main_input(name): x.detach().float().cpu().numpy(), **self.constant_feeds(name)})
-        return self.run(name, x), dict(zip(layers, outs))
-
 
     def component_model(self, name: str):
         """The component's ONNX model as this runtime's sessions run it (the artifact's file)."""

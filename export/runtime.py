@@ -48,7 +48,7 @@ class SRRuntime:
     """One-step SR on host tensors. Subclasses set `backend` and implement `component_fn`."""
 
     backend = ""
-    layer_tables = True  # whether run_with_layers can give per-layer values (--verify's tables)
+    layer_tables = True  # whether run_layers can give per-layer values (--verify's tables)
     fixed_vae_latent_tile: tuple[int, int] | None = None  # VAE tiles of exactly this size (fixed engines)
 
     def __init__(self, constants: dict, latent_tile, device: torch.device | str = "cpu",
@@ -210,10 +210,6 @@ class ArtifactRuntime(SRRuntime):
         if name == "unet" and tuple(x.shape[-2:]) != self.latent_tile:
             raise ValueError(f"{self.dir}: the UNet runs on {self.latent_tile[0]}x{self.latent_tile[1]} latent tiles, "
                              f"got {tuple(x.shape[-2:])}")
-
-    def run_with_layers(self, name: str, x: torch.Tensor, layers: list[str]):
-        """(component output on x, {layer: its output}) for --verify's per-layer table."""
-        raise NotImplementedError(f"{self.dir}: the {self.target} runtime has no per-layer values")
 
     # -- passion-bench (benchmarks/harness.py), which opens a runtime with its Target's open_for_timing --
     timing_baselines: tuple[str, ...] = ()  # the float baselines timed next to the artifact (record keys)

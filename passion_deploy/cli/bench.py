@@ -64,14 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if bool(args.model) == bool(args.from_json):
         p.error("give either --model DIR (run the benchmark) or --from-json REC.json (render a saved record)")
-    from ..benchmarks.report import markdown, render_report
+    from ..benchmarks.report import markdown, record_problem, render_report
     from ..io_utils import atomic_write_text
 
     if args.from_json:
         try:
             rec = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
-            if not isinstance(rec, dict) or not isinstance(rec.get("components"), dict):
-                raise ValueError("not a passion-bench record (no components)")
+            problem = record_problem(rec)
+            if problem:
+                raise ValueError(problem)
         except (OSError, ValueError) as e:
             print(f"passion-bench: {args.from_json}: {e}", file=sys.stderr)
             return 2

@@ -140,7 +140,8 @@ def test_dequant_mode_rounds_activations_as_onnx_runtime_does(tmp_path):
     graph) also multiplies by 1/scale, which is why the dequant graph does not use Q/DQ pairs."""
     from passion_deploy.export.ir.int_algebra import Grid
     from passion_deploy.export.onnx_graph import OnnxBuilder, save_onnx
-    from passion_deploy.export.targets.openvino.convert import convert, guard_divisions
+    from passion_deploy.export.targets.openvino.convert import guard_divisions
+    from passion_deploy.export.targets.openvino.ovcore import convert
     from passion_deploy.export.targets.openvino.fq_graph import fake_quant
 
     s, o, d = 1.37, 0.0519, 0.0173

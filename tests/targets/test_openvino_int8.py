@@ -17,7 +17,7 @@ needs_vnni = pytest.mark.skipif(not VNNI, reason="OpenVINO's int8 kernels are ex
 
 
 def _compiled(model, tmp_path, stem):
-    from passion_deploy.export.targets.openvino.convert import convert
+    from passion_deploy.export.targets.openvino.ovcore import convert
 
     return ovcore.core().compile_model(convert(model, tmp_path, stem), "CPU", ovcore.compile_config("f32", "int8", 2))
 
@@ -124,7 +124,7 @@ def test_perf_profile_sums_by_node_and_exec_type(tmp_path):
     and the reference-kernel count (a Split along the last axis runs one: measured)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    from passion_deploy.export.targets.openvino.convert import convert
+    from passion_deploy.export.targets.openvino.ovcore import convert
 
     inits = [numpy_helper.from_array(np.array([8, 8], np.int64), "sizes")]
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Split", ["r", "sizes"], ["a", "b"], axis=2),

@@ -11,6 +11,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from artifact_helpers import reseal
 from passion_deploy.export import artifact
 from passion_deploy.export.exporter import export_artifact
 from passion_deploy.export.verify import verify_layers
@@ -34,7 +35,7 @@ def _plant(src, dst, component: str, init: str, change):
     t.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(t).copy()), init))
     onnx.save(model, str(dst / f))
     m["files"][f] = artifact.file_record(dst / f)
-    (dst / "manifest.json").write_text(json.dumps(m, indent=2))
+    reseal(dst, m)  # as if exported so: the planted defect is in the file, not in the manifest
     return dst
 
 

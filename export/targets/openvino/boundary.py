@@ -32,7 +32,7 @@ def boundary_codes(graph, x: np.ndarray, compile_config: dict, extra_feeds: dict
     the quantized conv/linear layers of IR `graph` on input `x` (its main input)."""
     import onnx
 
-    from .convert import convert
+    from .ovcore import convert
     from .ovcore import core
 
     layers = [n for n in graph.nodes if n.op in ("qconv", "qlinear") and graph.recipes[n.attrs["recipe"]].acts is not None]

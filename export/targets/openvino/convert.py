@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from ...ir.trace import ExportError
+from .ovcore import convert
 
 
 NO_FOLD = "passion.lowest_float"
@@ -85,21 +86,6 @@ def lower_component(graph, mode: str, probes: list[str] | None = None):
         raise ExportError(f"{graph.name}: the Q/DQ graph breaks the explicit-quantization rules: {bad[0]}"
                           + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""))
     return qdq, quantized_op_count(qdq)
-
-
-def convert(model, tmp: Path, stem: str):
-    """The OpenVINO model of an ONNX graph (by way of a file in `tmp`: the ONNX frontend reads
-    external data beyond protobuf's 2 GB, a BytesIO cannot carry it).
-
-    Read by Core.read_model, not ov.convert_model: convert_model's offline constant folding turns
-    the weights' decompression (i8 constant -> Convert -> Multiply) into f32 constants once no
-    activation Q/DQ pair sits next to it (measured: the dequant tiny encoder's int8 weight bytes
-    fell from 330 kB to 17 kB and its .bin grew 3.4x); read_model keeps them int8."""
-    from ...onnx_graph import save_onnx
-    from .ovcore import core
-
-    save_onnx(model, tmp, stem)
-    return core().read_model(str(tmp / f"{stem}.onnx"))
 
 
 def write_openvino_ir(job, name: str, graph) -> tuple[list[str], dict]:

@@ -409,7 +409,7 @@ def reference_copies(model: onnx.ModelProto) -> set[str]:
     import tempfile
     from pathlib import Path
 
-    from .convert import convert
+    from .ovcore import convert
     from .ovcore import compile_config, core
 
     with tempfile.TemporaryDirectory(prefix="passion-ov-layout-") as tmp:

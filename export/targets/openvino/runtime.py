@@ -9,7 +9,6 @@ graphs are exported at batch 1; the VAE runs at any size (one compiled model per
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -73,27 +72,6 @@ class OpenVinoSR(ArtifactRuntime):
             xs = x.detach().float().cpu().numpy()
             return torch.from_numpy(np.concatenate([models(self.feeds(name, xs[i:i + 1])) for i in range(xs.shape[0])]))
         return run
-
-    def run_with_layers(self, name: str, x: torch.Tensor, layers: list[str]):
-        """The component's output on x and the named quantized layers' outputs: the IR lowered to
-        the artifact's graph for its mode with those values as extra outputs, compiled with its
-        settings (a separate model: the artifact runs unchanged)."""
-        import tempfile
-
-        from ...ir.irfile import load_ir
-        from ...onnx_graph import PROBE_PREFIX
-        from . import ovcore
-        from .convert import convert, lower_component
-
-        g = load_ir(self.dir / self.manifest["components"][name]["ir"])
-        value = {n.name: n.outputs[0] for n in g.nodes if n.name in layers}
-        with tempfile.TemporaryDirectory(prefix="passion-ov-probes-") as tmp:
-            model = convert(lower_component(g, self.mode, probes=[value[n] for n in layers])[0], Path(tmp), "probes")
-        feeds = self.feeds(name, x.detach().float().cpu().numpy())
-        probe = ovcore.StaticModels(model, self.config, lambda c: ovcore.check_compiled(c, self.mode, self.precision, str(self.dir)))
-        res = probe.get(feeds)(feeds)
-        outs = {n: np.asarray(res[PROBE_PREFIX + value[n]]) for n in layers}
-        return self.run(name, x), outs
 
     def run_layers(self, name: str, layer_inputs: dict[str, list[list[np.ndarray]]]) -> dict[str, list[np.ndarray]]:
         """Each named quantized layer cut out of the artifact's own OpenVINO model (its input

@@ -125,16 +125,3 @@ class TritonSR(ArtifactRuntime):
                     res.append(y.float().cpu().numpy())
                 out[layer] = res
         return out
-
-    @torch.no_grad()
-    def run_with_layers(self, name: str, x: torch.Tensor, layers: list[str]) -> tuple[torch.Tensor, dict[str, np.ndarray]]:
-        """The component's output on x and the outputs of the named kernel layers / attention
-        cores, captured during that one run (eager: hooks do not fire inside a CUDA graph)."""
-        from ...layer_capture import capture_layers
-
-        self.check_input(name, x)
-        fn = component(name).fn(self.pipe)
-        out = []
-        with self.kernel_context():
-            got = capture_layers(self.pipe, name, layers, lambda: out.append(fn(x.to(self.device, self.compute_dtype))))
-        return out[0].float().cpu(), got
