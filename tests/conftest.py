@@ -15,8 +15,9 @@ def calib_batches():
     return [x[:1], x[1:]]
 
 
-def stats_calibrated_tiny(calib_batches):
-    """A statistics-calibrated W8A8 (UNet+VAE) fake-quant tiny pipeline."""
+@pytest.fixture(scope="session")
+def tiny_w8a8(calib_batches):
+    """A statistics-calibrated W8A8 (UNet+VAE) fake-quant tiny pipeline, shared read-only."""
     from passion_deploy.calibrate import statistics_pass
     from passion_deploy.config import NAMED_CONFIGS
     from passion_deploy.models import build_pipeline
@@ -27,37 +28,19 @@ def stats_calibrated_tiny(calib_batches):
     return pipe
 
 
-def trace_components(pipe, x):
-    """Each component of `pipe` traced to the deploy IR on the reference's own input:
+@pytest.fixture(scope="session")
+def tiny_traced(tiny_w8a8, calib_batches):
+    """Each tiny W8A8 component traced to the deploy IR on the reference's own input:
     {component: (graph, fake-quant output, input name, input)}."""
     from passion_deploy.export.ir.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
 
+    x = calib_batches[0]
     with torch.no_grad():
-        z = pipe.encode(x)
-        z0 = pipe.denoise(z)
-        traced = {"unet": (trace_unet(pipe, z), "latent", z), "vae_encoder": (trace_vae_encoder(pipe, x), "image", x),
-                  "vae_decoder": (trace_vae_decoder(pipe, z0), "latent", z0)}
+        z = tiny_w8a8.encode(x)
+        z0 = tiny_w8a8.denoise(z)
+        traced = {"unet": (trace_unet(tiny_w8a8, z), "latent", z), "vae_encoder": (trace_vae_encoder(tiny_w8a8, x), "image", x),
+                  "vae_decoder": (trace_vae_decoder(tiny_w8a8, z0), "latent", z0)}
     return {comp: (g, ref, name, inp) for comp, ((g, ref), name, inp) in traced.items()}
-
-
-@pytest.fixture(scope="session")
-def tiny_w8a8(calib_batches):
-    """A statistics-calibrated W8A8 (UNet+VAE) fake-quant tiny pipeline, shared read-only."""
-    return stats_calibrated_tiny(calib_batches)
-
-
-@pytest.fixture(scope="session")
-def tiny_traced(tiny_w8a8, calib_batches):
-    """Each tiny W8A8 component traced to the deploy IR (trace_components), shared read-only."""
-    return trace_components(tiny_w8a8, calib_batches[0])
-
-
-@pytest.fixture(scope="module")
-def private_tiny_traced(calib_batches):
-    """tiny_traced built afresh for one module: in the whole suite the shared graphs, after other
-    tests used them, compiled to 236 of 238 int8 GEMMs in OpenVINO where fresh ones give 238
-    (measured; the test that counts them takes these)."""
-    return trace_components(stats_calibrated_tiny(calib_batches), calib_batches[0])
 
 
 def pytest_configure(config):
