@@ -33,20 +33,32 @@ from passion_deploy.quant.attention import reciprocal
 from passion_deploy.quant.layers import QuantConv, QuantLayer, split_point
 
 FLOAT_TOLERANCE = 2.0**-14  # of the layer's output range (max |ref|)
-TIE_ULPS = 16  # a code within this many float32 ulps (of max(|x/D|, 1)) of a half step is at a boundary
+TIE_ULPS = 16  # a code within this many float32 ulps (near_tie: of the largest term, at least 1) of a half step is at a boundary
 BOUNDARY_SHARE = 0.01  # of a layer's activation codes
 BOUND_SLACK = 1.01
 
 
-def near_tie(v: torch.Tensor) -> torch.Tensor:
-    """Where v = x / D is within TIE_ULPS float32 ulps of a half step (a rounding boundary)."""
+def near_tie(v: torch.Tensor, magnitude: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Where v = x / D is within TIE_ULPS float32 ulps of a half step (a rounding boundary). The
+    ulps are of max(|v|, 1), or of `magnitude` where larger: the largest term, in code units, of
+    the expression an engine may evaluate instead of the fake-quant's (x - o) / s / D. OpenVINO's
+    FakeQuantize folds the LET transform and the zero point into one x * a + b and rounds the
+    unsigned code q = v + zp, so it rounds relative to |x| / (s D), |o| / (s D) and |v| + |zp|
+    (measured on the tiny UNet's int8 graph: codes 40 ulps of |v| from a half step moved)."""
     a = v.double().abs()
     frac = a - torch.floor(a)
-    return (frac - 0.5).abs() <= TIE_ULPS * 2.0**-23 * torch.clamp(a, min=1.0)
+    scale = torch.clamp(a, min=1.0)
+    if magnitude is not None:
+        scale = torch.maximum(scale, torch.as_tensor(magnitude, dtype=torch.float64))
+    return (frac - 0.5).abs() <= TIE_ULPS * 2.0**-23 * scale
 
 
 def _steps(quantizers) -> list[float]:
     return [float(q.step_and_zero_point()[0]) for q in quantizers]
+
+
+def _zero_points(quantizers) -> list[float]:
+    return [abs(float(q.step_and_zero_point()[1])) for q in quantizers]
 
 
 @torch.no_grad()
@@ -56,13 +68,24 @@ def layer_ties(layer: QuantLayer, x: torch.Tensor) -> tuple[torch.Tensor, float]
     if layer.a_quant is None:
         return torch.zeros_like(x, dtype=torch.bool), 0.0
     xs = layer.transform_input(x) if layer.use_let else x  # a 1x1-conv-form linear gets its tokens here
-    ds = _steps(layer.a_quant)
-    if len(ds) == 1:
-        v = xs / torch.tensor(ds[0], dtype=xs.dtype)
-    else:
+    # the expression's largest terms before the division by D: |x| / s and |o| / s of the LET transform
+    terms = xs.abs()
+    if layer.use_let:
+        view = lambda t: layer._channel_view(t, x.dim()).abs()
+        terms = torch.maximum(x.abs(), view(layer.let_offset)) / view(layer.let_scale)
+    ds, zps = _steps(layer.a_quant), _zero_points(layer.a_quant)
+
+    def per_grid(f):
+        """f(t, D, zp) on each split half with its own grid, concatenated back (spec 3's split)."""
+        if len(ds) == 1:
+            return lambda t: f(t, ds[0], zps[0])
         h = split_point(xs.shape[1])
-        v = torch.cat([xs[:, :h] / torch.tensor(ds[0], dtype=xs.dtype), xs[:, h:] / torch.tensor(ds[1], dtype=xs.dtype)], dim=1)
-    return near_tie(v), max(ds)
+        return lambda t: torch.cat([f(t[:, :h], ds[0], zps[0]), f(t[:, h:], ds[1], zps[1])], dim=1)
+
+    v = per_grid(lambda t, d, _zp: t / torch.tensor(d, dtype=t.dtype))(xs)
+    magnitude = torch.maximum(per_grid(lambda t, d, _zp: t.double() / d)(terms),
+                              v.double().abs() + per_grid(lambda t, _d, zp: torch.full_like(t, zp, dtype=torch.float64))(v))
+    return near_tie(v, magnitude), max(ds)
 
 
 def _window_counts(layer: QuantConv, ties: torch.Tensor) -> torch.Tensor:

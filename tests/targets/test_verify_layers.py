@@ -107,3 +107,29 @@ def test_chaotic_miniature_planted_defect_fails_by_name(mini_enc, tmp_path):
     assert layer is not None
     bad = _plant(mini_enc, tmp_path / "bad", "vae_encoder", f"{layer}.let_offset", _offset_sign)
     assert _failed(verify_layers(bad, ["vae_encoder"])["vae_encoder"]) == [layer]
+
+
+def test_a_tie_is_measured_in_ulps_of_the_code_an_engine_rounds():
+    """A value 40 ulps of |v| = 1.5 below a half step is no tie for an engine that rounds v itself,
+    but is one for an engine rounding the unsigned code v + zp with zp = 128 (OpenVINO's
+    FakeQuantize: one ulp of 129.5 is 16 of 1.5), as it is for a term |x| / (s D) of 200 code
+    units; a value a whole 1e-3 code from the half step is never one (a wrong code stays wrong)."""
+    import torch
+
+    from passion_deploy.export.layer_gate import near_tie
+
+    v = torch.tensor([1.5 - 40 * 2.0**-23 * 1.5, 1.5 - 1e-3], dtype=torch.float32)
+    assert near_tie(v).tolist() == [False, False]
+    assert near_tie(v, v.double().abs() + 128).tolist() == [True, False]
+    assert near_tie(v, torch.tensor([200.0, 200.0])).tolist() == [True, False]
+
+
+@pytest.mark.skipif(not artifact.cpu_has_vnni(), reason="OpenVINO's int8 kernels are exact only with VNNI (spec section 6)")
+def test_openvino_int8_graph_passes_every_layer(tmp_path):
+    """The openvino target's CPU int8 graph (its FakeQuantize rounds the u8 code with the LET
+    transform folded in) passes the gate layer by layer on the tiny encoder: codes it rounds the
+    other way lie at half steps within float error of the terms it computes from."""
+    pytest.importorskip("openvino")
+    out = _export("tiny-w8a8", tmp_path / "ov", target="openvino", options={"mode": "int8"})
+    rows = verify_layers(out)["vae_encoder"]
+    assert rows and _failed(rows) == []

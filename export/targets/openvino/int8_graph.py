@@ -23,10 +23,8 @@ test_openvino_int8.py holds the graph to it):
   concatenated on the token axis: the plugin's FullyConnected takes the per-row scale and zero
   point (one int8 GEMM per layer, not one per half);
 - channel halves (split convs / 2-D linears): one int8 GEMM per K-group, their grids differ;
-- attention: an activation-by-activation MatMul runs int8 only with zero point 0 on both sides
-  (u8 or i8 A, i8 B: measured). q and P take u8 with zero point 0 where their grid starts at 0
-  (P's does: P * s_vw >= 0), else int8 with the shift closest to 0 (ia.sym_act); K and V int8
-  with their shift; a nonzero shift adds its row/column sums (onnx_graph.add_offset_products).
+- attention cores in float on fake-quantized operands (lower_qattention): the plugin fuses them into
+  its MHA kernel only in float, and that beats int8 MatMuls that write the N x N scores (measured).
 - channel Splits (K-groups) and Concats (skips) of NCHW tensors that the plugin runs as reference
   kernels (it lays them out channels-last next to the int8 convs; found by compiling): at a static
   shape as one-hot 1x1 Convs (channel_copies_as_convs), exact.
@@ -37,7 +35,6 @@ its ranges): such codes are counted per layer by `boundary_codes` and reported.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -46,8 +43,9 @@ from ...ir import int_algebra as ia
 from ...ir.graph import Graph
 from ...ir.plan import Encoding, GroupPlan, LayerPlan, layer_plan
 from ...ir.recipes import QAttentionRecipe, QLayerRecipe, WeightGroup
-from ...onnx_graph import (AttentionOps, OnnxBuilder, add_constants, add_offset_products, group_input, let_transform,
-                           lower_attention, lower_ir, quantized_lowering, row_inputs, shared, weight_only)
+from ...onnx_graph import (OnnxBuilder, add_constants, group_input, let_transform, lower_ir, quantized_lowering, row_inputs,
+                           shared, weight_only)
+from . import fq_graph
 
 
 def _sym_weight_operand(wg: WeightGroup, _act) -> ia.WeightOperand:
@@ -222,64 +220,15 @@ def lower_qlinear(b: OnnxBuilder, rec: QLayerRecipe, x: str, shape: tuple, stati
 
 # -- attention ----------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class ZeroFreeAct:
-    """An attention A operand with zero point 0 (what an int8 activation MatMul takes): u8 when
-    the grid starts at 0 and fits it (j = operand), else int8 with the shift closest to 0 (j =
-    m + shift, ia.sym_act). Mirrors ia.SymAct's fields so qdq-style helpers read either."""
-
-    dtype: str
-    step: np.float32
-    shift: int
-    lo: int
-    hi: int
-
-    @property
-    def needs_clip(self) -> bool:
-        return (self.lo, self.hi) != ia.DTYPE_RANGE[self.dtype]
-
-
-def zero_free_act(grid: ia.Grid) -> ZeroFreeAct:
-    u8 = ia.act_operand(grid, "u8")
-    if u8.kernel_zero == 0 and not u8.residual and not u8.wide:
-        return ZeroFreeAct("u8", u8.step, 0, u8.lo, u8.hi)
-    s = ia.sym_act(grid)
-    return ZeroFreeAct("s8", s.step, s.shift, s.lo, s.hi)
-
-
-def quantize_zero_free(b: OnnxBuilder, x: str, op, hint: str) -> str:
-    """x -> DQ(Q(x - shift*D)) = m * D with zero point 0, u8 or int8 (op: ZeroFreeAct or ia.SymAct)."""
-    dtype = getattr(op, "dtype", "s8")
-    if op.shift:
-        x = b.node("Sub", [x, b.scalar(np.float32(op.shift * float(op.step)), np.float32)], hint)
-    if op.needs_clip:
-        x = b.node("Clip", [x, b.scalar(np.float32(op.lo * float(op.step)), np.float32),
-                            b.scalar(np.float32(op.hi * float(op.step)), np.float32)], hint)
-    scale, zero = b.scalar(op.step, np.float32), b.scalar(0, np.uint8 if dtype == "u8" else np.int8)
-    return b.node("DequantizeLinear", [b.node("QuantizeLinear", [x, scale, zero], hint), scale, zero], hint)
-
-
-def const_codes(b: OnnxBuilder, values, op: ia.SymAct, hint: str) -> str:
-    """DQ of the int8 m = j - shift of a folded constant (cross-attention K/V), j rounded half
-    away from zero as the fake-quant rounds (spec section 2)."""
-    import torch
-
-    v = values.double() / float(op.step)
-    m = torch.clamp(torch.sign(v) * torch.floor(v.abs() + 0.5) - op.shift, op.lo, op.hi).numpy().astype(np.int8)
-    scale, zero = b.scalar(op.step, np.float32), b.scalar(0, np.int8)
-    return b.node("DequantizeLinear", [b.init(hint, m), scale, zero], hint)
-
-
-def matmul(b: OnnxBuilder, a: str, aop, bb: str, bop, scale: float, k: int, hint: str) -> str:
-    """scale * (a^ @ b^) from the zero-point-free operands a = a^ - ca, bb = b^ - cb."""
-    y = add_offset_products(b, b.node("MatMul", [a, bb], hint), lambda: a, aop.shift * float(aop.step),
-                            lambda: bb, bop.shift * float(bop.step), k, hint)
-    return y if scale == 1.0 else b.node("Mul", [y, b.scalar(scale, np.float32)], hint)
-
-
 def lower_qattention(b: OnnxBuilder, rec: QAttentionRecipe, q: str, k: str, v: str, consts: dict) -> str:
-    ops = (zero_free_act(rec.q), ia.sym_act(rec.k), zero_free_act(rec.p), ia.sym_act(rec.v))
-    return lower_attention(b, rec, q, k, v, consts, AttentionOps(ops, quantize_zero_free, const_codes, matmul))
+    """The attention core as the fake-quant writes it (fq_graph's: q, k, P and v fake-quantized to
+    their grid values, float MatMuls), not as int8 MatMuls. Why: the CPU plugin fuses MatMul ->
+    Softmax -> fake-quant -> MatMul into one tiled MHA kernel (snippets) that never writes the
+    N x N scores to memory, and it fuses them only in float. The int8 form (u8/i8 operands with
+    zero point 0, the shifts' row and column sums added to the scores) ran MatMul, its offset sums,
+    Softmax and P's quantizer as separate nodes over the N x N tensor: on the tiny UNet (VNNI EPYC,
+    2 threads) the float core made the whole UNet 1.2-1.4x faster at the same dB vs the fake-quant."""
+    return fq_graph.lower_qattention(b, rec, q, k, v, consts)
 
 
 def splits_to_gathers(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -431,8 +380,18 @@ def _attention(b, rec, q, k, v, consts, **_):
 
 
 def int8_op_count(g: Graph) -> int:
-    """Convs/matmuls on quantized activations: one per K-group of a layer (token halves share one),
-    two per attention core."""
-    return sum(2 if n.op == "qattention" else (len(g.recipes[n.attrs["recipe"]].weights)
-                                               if g.recipes[n.attrs["recipe"]].acts is not None else 0)
-               for n in g.nodes if n.op in ("qconv", "qlinear", "qattention"))
+    """Convs/matmuls on quantized activations and int8 weights: one per K-group of a layer (token
+    halves share one). Attention cores run in float (lower_qattention)."""
+    return sum(len(g.recipes[n.attrs["recipe"]].weights) for n in g.nodes
+               if n.op in ("qconv", "qlinear") and g.recipes[n.attrs["recipe"]].acts is not None)
+
+
+def fused_attention_count(compiled) -> int:
+    """Nodes of a compiled model that run a whole attention core (the plugin's MHA kernel: one
+    node whose original layers hold both a MatMul and the Softmax)."""
+    n = 0
+    for op in compiled.get_runtime_model().get_ops():
+        rt = op.get_rt_info()
+        names = rt["originalLayersNames"].astype(str) if "originalLayersNames" in rt else ""
+        n += "Softmax" in names and "MatMul" in names
+    return n
