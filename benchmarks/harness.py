@@ -5,8 +5,9 @@ The artifact's runtime supplies its own variants (`timing_variants`, export/runt
 the float baselines that apply (`timing_baselines`), which this module builds from the fake-quant
 checkpoint the artifact was exported from: fp32_onnx (the IR traced without quantization, lowered
 the same way, in ONNX Runtime), torch_fp32 / torch_fp16 (the FP model in PyTorch; on a GPU in
-CUDA graphs at the runtime's shapes) and what CPU users pick instead (benchmarks/cpu_baselines.py:
-OpenVINO FP32 / default precision, NNCF INT8). A runtime on a CPU where its kernels only run in an
+CUDA graphs at the runtime's shapes); the runtime's own baselines, what a user of its toolkit
+picks instead (its `own_baselines`, export/runtime.py RuntimeBaselines: OpenVINO FP32 / default
+precision and NNCF INT8 for the openvino target), are built by its target. A runtime on a CPU where its kernels only run in an
 interpreter says so in the record's settings. Records name variants by key (benchmarks/labels.py).
 
 `vs`: another target's artifact of the same checkpoint, whose own variant joins the alternation.
@@ -124,7 +125,8 @@ class Baselines:
     """The float baselines a runtime names, built from the fake-quant checkpoint its artifact was
     exported from: fp32_onnx (the IR traced without quantization, lowered with lower_float, in
     ONNX Runtime) and one PyTorch baseline, torch_fp32 or torch_fp16 (its float model on the
-    runtime's device, or `device`; on a GPU captured in CUDA graphs at the runtime's tile shapes)."""
+    runtime's device, or `device`; on a GPU captured in CUDA graphs at the runtime's tile shapes),
+    plus the runtime's own (its `own_baselines`), which its target builds from the FP32 ONNX files."""
 
     def __init__(self, rt: ArtifactRuntime, names: list[str], components: list[str], threads: int | None, workdir: Path, log,
                  device: torch.device | None = None, shapes: dict | None = None, fidelity: bool = False,
@@ -132,12 +134,15 @@ class Baselines:
         from passion_deploy.export import artifact
         from passion_deploy.export.fp_model import fp_copy
 
-        from .cpu_baselines import OV_BASELINES, OpenVinoBaselines, PhotoData, require
+        from .fidelity import PhotoData
 
-        require(names)
+        own = rt.own_baselines
+        own_names = [n for n in names if own is not None and n in own.needs]
+        if own_names:
+            own.require(own_names)  # a missing package is refused before the minutes of lowering below
         self.rt, self.names, self.threads, self.dir = rt, list(names), threads, workdir
         self.device = torch.device(device) if device is not None else rt.device
-        self.fp = self.graphs = self.photos = self.ov = None
+        self.fp = self.graphs = self.photos = self.own = None
         self.onnx_files: dict[str, list[str]] = {}
         self.skipped: dict[str, str] = {}
         if not names and not fidelity and not sr_px:
@@ -146,21 +151,21 @@ class Baselines:
         log(f"passion-bench: loading the fake-quant checkpoint for the baselines {', '.join(names)} "
             f"({m['source_checkpoint']['name']})")
         pipe = artifact.load_source_pipeline(m, rt.dir, *rt.source_weights)
-        ov_names = [n for n in names if n in OV_BASELINES]
-        if "fp32_onnx" in names or ov_names:
+        if "fp32_onnx" in names or own_names:  # the runtime's own baselines are compiled from these files
             self.onnx_files = self.lower_float(pipe, components, log)
         fp32 = None
-        if fidelity or sr_px or "nncf_int8" in names:
+        calibrated = [n for n in own_names if n in own.calibrated]
+        if fidelity or sr_px or calibrated:
             # real-photo inputs, FP32 references and NNCF's calibration data, all computed now on the CPU
             # in FP32, before the PyTorch baseline may move that pipeline to a GPU or FP16
             log("passion-bench: FP32 references on real photos (fidelity, calibration)")
             fp32 = fp_copy(pipe, inplace=True).to("cpu", torch.float32)
             self.photos = PhotoData(fp32, rt, shapes or {}, calib_dir, sr_px, log)
-            if "nncf_int8" in names:
+            if calibrated:  # every component's calibration inputs, while the FP32 pipeline is at hand
                 self.photos.calibration("unet")
-        if ov_names:
-            self.ov = OpenVinoBaselines(rt, workdir, threads, self.photos, log)
-            self.skipped = {k: v for k, v in self.ov.skipped().items() if k in names}
+        if own_names:
+            self.own = own(rt, workdir, threads, self.photos, log)
+            self.skipped = {k: v for k, v in self.own.skipped().items() if k in names}
             self.names = [n for n in self.names if n not in self.skipped]
         dtype = next((TORCH_DTYPES[n] for n in names if n in TORCH_DTYPES), None)
         if dtype is None and self.photos is not None:
@@ -193,9 +198,9 @@ class Baselines:
 
     def variants(self, comp: str, x: torch.Tensor) -> list[TimingVariant]:
         build = {"fp32_onnx": self.fp32_onnx, "torch_fp32": self.pytorch, "torch_fp16": self.pytorch}
-        out = [build[n](n, comp, x) if n in build else self.ov.variant(n, comp, x) for n in self.names]
-        if self.ov is not None:
-            self.ov.release()  # the variants hold what they compile from; the cache need not
+        out = [build[n](n, comp, x) if n in build else self.own.variant(n, comp, x) for n in self.names]
+        if self.own is not None:
+            self.own.release()  # the variants hold what they compile from; the cache need not
         return out
 
     def fp32_onnx(self, name: str, comp: str, x: torch.Tensor) -> TimingVariant:
@@ -255,7 +260,7 @@ def score_fidelity(variants: list[TimingVariant], fns: dict, rec: dict, x: torch
     """Each variant's output on the real-photo input x, in dB vs the FP32 PyTorch pipeline's `ref`."""
     from passion_deploy.metrics import db_value, output_psnr
 
-    from .cpu_baselines import to_tensor
+    from .fidelity import to_tensor
 
     with torch.no_grad():
         for v in variants:
@@ -269,7 +274,7 @@ def time_full_sr(groups: dict[str, dict], rt: ArtifactRuntime, photos, runs: int
     `groups`: variant -> {component: TimingVariant}."""
     from passion_deploy.export.runtime import TimingVariant
 
-    from .cpu_baselines import ComposedSR
+    from .fidelity import ComposedSR
 
     def whole(name: str, vs: dict) -> TimingVariant:
         fields: dict = {}

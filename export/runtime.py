@@ -22,6 +22,7 @@ from typing import Callable
 
 import torch
 
+from passion_deploy.errors import PassionError
 from passion_deploy.models.components import COMPONENTS, component, tile_shapes
 from passion_deploy.models.pipeline import z0_from_eps
 
@@ -213,6 +214,8 @@ class ArtifactRuntime(SRRuntime):
 
     # -- passion-bench (benchmarks/harness.py), which opens a runtime with its Target's open_for_timing --
     timing_baselines: tuple[str, ...] = ()  # the float baselines timed next to the artifact (record keys)
+    # builds those of timing_baselines the harness does not (it builds fp32_onnx and the PyTorch ones)
+    own_baselines: type[RuntimeBaselines] | None = None
 
     def timing_variants(self, name: str, x: torch.Tensor) -> list[TimingVariant]:
         """Component `name` as the artifact runs it, on host input x: the artifact's own variant
@@ -226,3 +229,44 @@ class ArtifactRuntime(SRRuntime):
     def timing_settings(self) -> dict:
         """How this runtime ran, for the record's settings."""
         return {"device": str(self.device)}
+
+
+class RuntimeBaselines:
+    """Float baselines a target's runtime names and builds itself (ArtifactRuntime.own_baselines):
+    what a user of the target's toolkit would run instead of the artifact on the same hardware,
+    compiled from the FP32 ONNX files passion-bench lowers from the source checkpoint into
+    `onnx_dir` (one `<component>.onnx` each). The harness owns the generic baselines, the timing
+    loop and the real-photo data; a target that adds baselines adds them here, in its own folder.
+
+    `photos` is the harness's real-photo data (benchmarks/fidelity.py PhotoData): `calibration(comp)`
+    gives a component's inputs on the calibration photos, `calib_names` says which; it is None when
+    no baseline in `calibrated` was asked for and no fidelity is scored."""
+
+    needs: dict[str, tuple[str, ...]] = {}  # each baseline built here -> the Python packages it needs
+    install_hint = ""  # how to install them, said when one is missing
+    calibrated: tuple[str, ...] = ()  # baselines calibrated on real photos: the harness computes those first
+
+    @classmethod
+    def require(cls, names) -> None:
+        """Refuse, in one sentence, a baseline asked for that this installation cannot build
+        (before any work: the FP32 ONNX lowering of a large model takes minutes)."""
+        from importlib.util import find_spec
+
+        for name in names:
+            for module in cls.needs.get(name, ()):
+                if find_spec(module) is None:
+                    raise PassionError(f"the {name} baseline needs {module}, which is not installed here: {cls.install_hint}")
+
+    def __init__(self, rt: ArtifactRuntime, onnx_dir: Path, threads: int | None, photos, log):
+        self.rt, self.dir, self.threads, self.photos, self.log = rt, onnx_dir, threads, photos, log
+
+    def skipped(self) -> dict[str, str]:
+        """Baselines asked for that are not timed here, and why (the record says so)."""
+        return {}
+
+    def variant(self, name: str, comp: str, x: torch.Tensor) -> TimingVariant:
+        """Baseline `name` of component `comp` on host input x."""
+        raise NotImplementedError
+
+    def release(self) -> None:
+        """Forget what was cached while building one component's variants (they hold what they need)."""

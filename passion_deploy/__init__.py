@@ -8,6 +8,9 @@ The Python API (passion_deploy/api.py), imported on first use so `import passion
     export_model(pipe_or_ckpt, target, out, options=None, verify=False) -> Artifact (sealed directory)
     verify_artifact(artifact_or_dir)                              artifact vs its fake-quant model
     open(artifact_dir, device="auto")                             -> Upscaler: .upscale(image), (tensor)
+    upscaler(backend, preset=None, ckpt=None, config="w8a8")      a PyTorch pipeline (fp32, fp16, fakequant) -> Upscaler
+    passionsr_upscaler(config_yaml)                               PassionSR's imported model -> Upscaler
+    benchmark(artifact_dir)                                       passion-bench's record: latency, memory, fidelity
     target_options(target)                                        the target's options dataclass
     PassionError                                                  every refusal: one sentence, .path
 """
@@ -19,11 +22,13 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 # (not "calibrate" / "export": those name the subpackages, whose attributes would shadow the functions)
-_API = ("load", "import_passionsr", "quantize", "export_model", "verify_artifact", "open", "target_options", "Upscaler")
+_API = ("load", "import_passionsr", "quantize", "export_model", "verify_artifact", "open", "upscaler", "passionsr_upscaler",
+        "benchmark", "target_options", "Upscaler")
 __all__ = [*_API, "PassionError", "__version__"]
 
 if TYPE_CHECKING:
-    from .api import Upscaler, export_model, import_passionsr, load, open, quantize, target_options, verify_artifact  # noqa: F401
+    from .api import (Upscaler, benchmark, export_model, import_passionsr, load, open, passionsr_upscaler,  # noqa: F401
+                      quantize, target_options, upscaler, verify_artifact)
     from .errors import PassionError  # noqa: F401
 
 

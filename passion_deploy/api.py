@@ -7,11 +7,15 @@
 Calibration follows ModelOpt's shape: `quantize(pipe, config, forward_loop)` quantizes a float
 pipeline and runs the caller's loop (or `images=`) through it to set every quantizer; export is
 a separate, explicit step. Every refusal is a PassionError naming the file and the problem.
+
+The commands are shells over these functions: passion-sr, passion-serve and passion-batch run an
+Upscaler from `open` (an artifact), `upscaler` (a PyTorch pipeline, as --backend names it) or
+`passionsr_upscaler` (PassionSR's model, imported), and compare it with its `fp32_reference`;
+passion-bench's record is `benchmark`.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
 
@@ -19,12 +23,18 @@ import numpy as np
 import torch
 
 from .errors import PassionError
+from .runner import BACKENDS, Tiling
+
+__all__ = ["BACKENDS", "Tiling", "Upscaler", "benchmark", "export_model", "import_passionsr", "is_checkpoint", "load",
+           "open", "passionsr_parameters", "passionsr_upscaler", "quantize", "target_options", "upscaler",
+           "verify_artifact"]
 
 if TYPE_CHECKING:
     from PIL import Image
 
     from .export.artifact import Artifact
     from .models.pipeline import OneStepSR
+    from .runner import SRModel
 
 
 def load(ckpt: str | os.PathLike, weights: str | os.PathLike | None = None, lora: str | os.PathLike | None = None,
@@ -129,6 +139,28 @@ def verify_artifact(art, min_psnr: float = 45.0, probes: int = 3, progress: bool
     return report
 
 
+def benchmark(artifact_dir: str | os.PathLike, components: list[str] | None = None, runs: int = 5, warmup: int = 1,
+              vae_px: int | None = None, threads: int | None = None, torch_baseline: bool = True,
+              baselines: list[str] | None = None, timing_only_isa: bool = False, memory: bool = True,
+              fidelity: bool = True, sr_px: int | None = None, vs: str | os.PathLike | None = None,
+              calib_dir: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
+              lora: str | os.PathLike | None = None, device: "str | torch.device | None" = None,
+              progress: bool = True, log: Callable[[str], None] = print) -> dict:
+    """Latency, memory and fidelity of an artifact against its float baselines, per component, as
+    passion-bench measures them (benchmarks/harness.py): the record passion-bench --json writes.
+    `baselines`: a subset of the float baselines its runtime names (default: all; `torch_baseline`
+    False drops the PyTorch one); `fidelity`: each variant's output on a real photo in dB vs FP32;
+    `sr_px`: full SR to that output size as one more row; `vs`: another target's artifact of the
+    same checkpoint timed alongside; `device`: where the PyTorch baseline runs (default: where the
+    artifact runs); `weights` / `lora`: the FP weights of a source checkpoint saved without them."""
+    from .benchmarks.harness import run_benchmark
+
+    return run_benchmark(artifact_dir, components, runs, warmup, vae_px, threads, torch_eager=torch_baseline,
+                         progress=progress, log=log, timing_only_isa=timing_only_isa, memory=memory, weights=weights,
+                         lora=lora, device=None if device is None else _device(device), vs=vs, fidelity=fidelity,
+                         sr_px=sr_px, calib_dir=calib_dir, baselines=baselines)
+
+
 def target_options(target: str):
     """The options dataclass of a target (its fields are passion-export's flags)."""
     from .export.targets import get_target
@@ -136,32 +168,95 @@ def target_options(target: str):
     return get_target(target).options
 
 
-@dataclass
 class Upscaler:
-    """An opened artifact: `upscale` takes a PIL image or an H x W x 3 uint8 array and returns the
-    4x image (PIL); calling it on a 1 x 3 x H x W tensor in [0, 1] (the LR upscaled to the
-    model's size) returns the model's output tensor, untiled."""
+    """An SR model ready to run: an opened artifact (`open`) or a PyTorch pipeline (`upscaler`,
+    `passionsr_upscaler`). `upscale` takes a PIL image or an H x W x 3 uint8 array and returns the
+    4x image (PIL); `upscale_tensor` takes a 3 x h x w tensor in [0, 1] and the tiling, as passion-sr
+    runs it; calling it on a 1 x 3 x H x W tensor in [0, 1] (the LR upscaled to the model's size)
+    returns the model's output tensor, untiled. `label` names it in a table or a picture."""
 
-    runtime: object
-    color_fix: str = "adain"
+    def __init__(self, runtime, color_fix: str = "adain", label: str = "",
+                 reference: "Callable[[], Upscaler] | None" = None):
+        self.runtime = runtime  # an SR runtime (export/runtime.py's contract)
+        self.color_fix = color_fix
+        self.label = label or (runtime.backend.upper() if runtime is not None else "")
+        self._reference = reference  # builds fp32_reference's model, when it is not this one
 
-    def upscale(self, image) -> "Image.Image":
-        from PIL import Image
+    # -- what the model is --------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        """fp32, fp16 or fakequant for a PyTorch pipeline; the target's name for an artifact."""
+        return self.runtime.backend
 
-        from .images import to_uint8
-        from .runner import SRModel, super_resolve
+    @property
+    def description(self) -> str:
+        return self.runtime.description
 
-        lr = _as_tensor(image)
-        rt = self.runtime
-        sr = super_resolve(SRModel(rt, rt.backend, rt.latent_tile, rt.description), lr, color_fix=self.color_fix)
-        return Image.fromarray(to_uint8(sr), "RGB")
+    @property
+    def latent_tile(self) -> tuple[int, int]:
+        """The UNet's tile in latent pixels (what it was calibrated or exported at)."""
+        return self.runtime.latent_tile
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.runtime(x)
+    @property
+    def fixed_vae_latent_tile(self) -> tuple[int, int] | None:
+        """The one VAE tile an artifact of fixed-shape engines runs (None: any size)."""
+        return getattr(self.runtime, "fixed_vae_latent_tile", None)
 
     @property
     def artifact(self) -> "Artifact":
         return self.runtime.artifact
+
+    @property
+    def model(self) -> "SRModel":
+        """The model as runner.super_resolve takes it."""
+        from .runner import SRModel
+
+        rt = self.runtime
+        return SRModel(rt, rt.backend, rt.latent_tile, rt.description, self.label)
+
+    def vae_tiles(self, setting="auto") -> tuple[tuple[int, int] | None, tuple[int, int] | None, bool]:
+        """(encoder tile, decoder tile, exact) in latent pixels for a Tiling.vae_tile `setting`."""
+        from .runner import vae_tiles
+
+        return vae_tiles(self.runtime, self.latent_tile, setting)
+
+    # -- where it runs ---------------------------------------------------------------------------
+    def to(self, device: "str | torch.device") -> "Upscaler":
+        """A PyTorch pipeline moved to `device` (auto, cpu, cuda, cuda:N or a torch.device); an
+        artifact keeps running where its target runs."""
+        from .runner import place
+
+        place(self.model, _device(device))  # moves the runtime itself: the SRModel holds it
+        return self
+
+    def fp32_reference(self, device: "str | torch.device" = "auto") -> "Upscaler":
+        """The FP32 model this one is judged against (passion-sr's FP32 column), on `device`: itself
+        when it is FP32; for a calibrated checkpoint or an artifact, the same weights with every
+        quantizer off; for PassionSR's imported model, its merged FP model; otherwise the FP32
+        pipeline of the same preset and weights. Built on each call."""
+        if self.backend == "fp32":
+            return self
+        if self._reference is None:
+            raise PassionError(f"{self.description}: this model has no FP32 reference")
+        return self._reference().to(device)
+
+    # -- running ----------------------------------------------------------------------------------
+    def upscale(self, image) -> "Image.Image":
+        from PIL import Image
+
+        from .images import to_uint8
+
+        return Image.fromarray(to_uint8(self.upscale_tensor(_as_tensor(image))), "RGB")
+
+    def upscale_tensor(self, lr: torch.Tensor, tiling: "Tiling | None" = None, color_fix: str | None = None) -> torch.Tensor:
+        """3 x h x w LR in [0, 1] -> 3 x 4h x 4w in [0, 1], tiled as `tiling` says (default: runner.Tiling()),
+        colour-fixed with `color_fix` (default: the Upscaler's)."""
+        from . import runner
+
+        return runner.super_resolve(self.model, lr, tiling=tiling, color_fix=self.color_fix if color_fix is None else color_fix)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.runtime(x)
 
 
 def _as_tensor(image) -> torch.Tensor:
@@ -176,6 +271,12 @@ def _as_tensor(image) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))).float() / 255.0
 
 
+def _device(device: "str | torch.device") -> torch.device:
+    from .devices import resolve_device
+
+    return device if isinstance(device, torch.device) else resolve_device(device)
+
+
 def open(artifact_dir: "str | os.PathLike | Artifact", device: str = "auto", color_fix: str = "adain") -> Upscaler:  # noqa: A001
     """An exported artifact as an Upscaler. The target decides where it runs (ONNX Runtime and
     OpenVINO on the CPU, TensorRT and the Triton kernels on a GPU where there is one); an explicit
@@ -183,8 +284,91 @@ def open(artifact_dir: "str | os.PathLike | Artifact", device: str = "auto", col
     from .devices import resolve_device
     from .export.targets import load as load_target
 
+    from .runner import artifact_label
+
     art, tgt = load_target(artifact_dir)
     asked = resolve_device(device)  # an unknown device or a missing GPU is refused here
     if device != "auto" and asked.type == "cuda" and not tgt.serve_spec(art).gpu:
         raise PassionError(f"{art.dir}: a {tgt.name} artifact runs on the CPU; open it with device='cpu' or 'auto'", art.dir)
-    return Upscaler(tgt.open(art), color_fix)
+    rt = tgt.open(art)
+
+    def reference() -> Upscaler:
+        # a fresh copy of the source checkpoint: the runtime's own runs the components the artifact lacks
+        from .export.artifact import load_source_pipeline
+
+        return _quantizers_off(load_source_pipeline(rt.manifest, rt.dir, *rt.source_weights))
+    return Upscaler(rt, color_fix, artifact_label(rt), reference)
+
+
+def upscaler(backend: str = "fp32", preset: str | None = None, ckpt: str | os.PathLike | None = None, config: str = "w8a8",
+             weights: str | os.PathLike | None = None, lora: str | os.PathLike | None = None,
+             random_weights: int | None = None, device: "str | torch.device" = "auto", color_fix: str = "adain",
+             progress: bool = True) -> Upscaler:
+    """A PyTorch pipeline as an Upscaler, named as passion-sr's --backend flags name it: `backend`
+    fp32 or fp16 on the `preset`'s weights (tiny by default; or `weights` + `lora`, or seeded
+    `random_weights` for benchmarks), or fakequant: a calibrated checkpoint `ckpt` (path or bundled
+    name; its preset, which a `preset` given must match), else the float pipeline quantized with
+    `config` and statistics-calibrated on the bundled photos. On `device` (auto: the GPU when there
+    is one). PassionSR's own model, imported from its inference YAML: passionsr_upscaler."""
+    from .runner import load_model
+
+    m = load_model(preset, backend, weights, lora, random_weights, ckpt, config, progress=progress)
+
+    def reference() -> Upscaler:
+        if backend == "fakequant" and ckpt is not None:
+            from .checkpoint import load_checkpoint
+
+            return _quantizers_off(load_checkpoint(ckpt, preset=preset, weights=weights, lora=lora))
+        return upscaler("fp32", preset, weights=weights, lora=lora, random_weights=random_weights, device="cpu",
+                        progress=progress)
+    return Upscaler(m.pipe, color_fix, m.label, reference).to(device)
+
+
+def passionsr_upscaler(config: str | os.PathLike, device: "str | torch.device" = "auto", color_fix: str = "adain",
+                       progress: bool = True) -> Upscaler:
+    """PassionSR's fake-quant model, imported from its inference YAML (the blocks' quant_ckpt, the SD
+    checkpoint and the OSEDiff LoRA it names), as an Upscaler on `device`; its fp32_reference is
+    PassionSR's merged FP model (its reference-form LET is no identity with the quantizers off)."""
+    from .runner import pipeline_model, short_quant_name
+
+    pipe = import_passionsr(config, progress=progress).pipe
+    name = pipe.quant_config.name
+    m = pipeline_model(pipe, "fakequant", pipe.latent_tile, f"fake-quant {name}, PassionSR's parameters from {config}",
+                       f"fake-quant {short_quant_name(name)}")
+
+    def reference() -> Upscaler:
+        from .importers import build_fp_pipeline, job_from_yaml
+
+        fp = build_fp_pipeline(job_from_yaml(config)).pipe
+        r = pipeline_model(fp, "fp32", m.latent_tile, f"fp32 (PassionSR's FP weights, {Path(config).name})", "FP32")
+        return Upscaler(r.pipe, color_fix, r.label)
+    return Upscaler(m.pipe, color_fix, m.label, reference).to(device)
+
+
+def _quantizers_off(pipe) -> Upscaler:
+    """A calibrated checkpoint's pipeline with every quantizer off: its FP32 model up to float rounding."""
+    from .quant.wrap import set_quant_state
+    from .runner import pipeline_model
+
+    set_quant_state(pipe, weight=False, act=False)
+    m = pipeline_model(pipe, "fp32", pipe.latent_tile, f"fp32 ({Path(str(pipe.checkpoint_path)).name} with quantizers off)",
+                       "FP32")
+    return Upscaler(m.pipe, label=m.label)
+
+
+def passionsr_parameters(config: str | os.PathLike | None) -> str | None:
+    """The key through which a PassionSR inference YAML names its calibrated parameters
+    (`quantize_config.<block>.quant_ckpt`), or None for a quantization config: a YAML that names
+    them is PassionSR's model (passionsr_upscaler), never a config to calibrate with."""
+    from .importers import names_quant_ckpt
+
+    return names_quant_ckpt(config) if config else None
+
+
+def is_checkpoint(name: str | os.PathLike) -> bool:
+    """Whether `name` is a calibrated checkpoint (a bundled name such as tiny-w6a6, or a file that is
+    not a YAML config) rather than a quantization config (w8a8, ... or a YAML file)."""
+    from .checkpoint import BUNDLED
+
+    name = str(name)
+    return name in BUNDLED or (Path(name).is_file() and not name.endswith((".yaml", ".yml")))

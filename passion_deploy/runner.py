@@ -123,8 +123,7 @@ def load_model(preset: str | None = None, backend: str = "fp32", weights=None, l
         from .export.targets import open_artifact
 
         rt = open_artifact(model_dir)
-        qname = getattr(rt, "manifest", {}).get("quant_config_name", "")
-        return SRModel(rt, rt.backend, rt.latent_tile, rt.description, f"{rt.backend.upper()} {short_quant_name(qname)}".strip())
+        return SRModel(rt, rt.backend, rt.latent_tile, rt.description, artifact_label(rt))
 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -144,6 +143,12 @@ def load_model(preset: str | None = None, backend: str = "fp32", weights=None, l
         pipe = pipe.half()
     tile = get_preset(preset).latent_tile
     return pipeline_model(pipe, backend, (tile, tile), f"{backend} ({pipe.weights_source})", backend.upper())
+
+
+def artifact_label(rt) -> str:
+    """An artifact runtime's column name: its target and quantization ('ONNX W8A8')."""
+    qname = getattr(rt, "manifest", {}).get("quant_config_name", "")
+    return f"{rt.backend.upper()} {short_quant_name(qname)}".strip()
 
 
 def short_quant_name(name: str) -> str:

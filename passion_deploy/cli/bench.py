@@ -77,18 +77,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"passion-bench: {args.from_json}: {e}", file=sys.stderr)
             return 2
     else:
-        from ..benchmarks.harness import run_benchmark
-        from ..devices import resolve_device
+        from ..api import benchmark
 
         comps = [c.strip() for c in args.components.split(",")] if args.components else None
         try:
-            rec = run_benchmark(args.model, comps, args.runs, args.warmup, args.vae_size, args.threads,
-                                torch_eager=not args.no_torch, progress=not args.no_progress,
-                                baselines=[b.strip() for b in args.baselines.split(",")] if args.baselines else None,
-                                timing_only_isa=args.timing_only, memory=not args.no_memory,
-                                weights=args.weights, lora=args.lora,
-                                device=resolve_device(args.device) if args.device else None,
-                                vs=args.vs, fidelity=not args.no_fidelity, sr_px=args.sr_size, calib_dir=args.calib_images)
+            rec = benchmark(args.model, comps, args.runs, args.warmup, args.vae_size, args.threads,
+                            torch_baseline=not args.no_torch, progress=not args.no_progress,
+                            baselines=[b.strip() for b in args.baselines.split(",")] if args.baselines else None,
+                            timing_only_isa=args.timing_only, memory=not args.no_memory,
+                            weights=args.weights, lora=args.lora, device=args.device or None,
+                            vs=args.vs, fidelity=not args.no_fidelity, sr_px=args.sr_size, calib_dir=args.calib_images)
         except ValueError as e:  # a PassionError, or the harness's own refusals (plain ValueErrors)
             print(f"passion-bench: {e}", file=sys.stderr)
             return 2

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .sr import DEFAULT_MAX_PIXELS, UsageError, _load, check_tiling, parse_vae_tile
 
+if TYPE_CHECKING:
+    from ..api import Upscaler
+    from ..serving.spec import ModelSpec, SRSettings
+
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    from ..runner import BACKENDS
+    from ..api import BACKENDS
 
     m = p.add_argument_group("model (as passion-sr takes it)")
     m.add_argument("--model", metavar="DIR", help="an artifact directory written by passion-export")
@@ -61,9 +66,17 @@ def sr_settings(args) -> "SRSettings":
     return SRSettings(args.tile_overlap, args.vae_tile, args.vae_overlap, args.color_fix, args.max_pixels)
 
 
-def load_checked(spec, settings):
-    """The model loaded as passion-sr loads it, and the tiling checked against its tiles (every
-    refusal one sentence)."""
-    model = _load(spec.load)
+def load_checked(spec, settings) -> "Upscaler":
+    """The model opened through the Python API, as passion-sr opens it, and the tiling checked
+    against its tiles (every refusal one sentence). The server's instances and Ray's workers load
+    it again for themselves (ModelSpec.load: the same loaders under both)."""
+    from .. import api
+
+    def load():
+        if spec.model_dir:
+            return api.open(spec.model_dir)
+        return api.upscaler(spec.backend, spec.preset, spec.ckpt, spec.config, spec.weights, spec.lora,
+                            device=spec.device, progress=False)
+    model = _load(load)
     check_tiling(model, settings.tiling())
     return model

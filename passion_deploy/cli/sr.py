@@ -22,9 +22,9 @@ SCALE = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..api import BACKENDS
     from ..colorfix import COLOR_FIXES, DEFAULT_COLOR_FIX
     from ..compare import DEFAULT_CROP
-    from ..runner import BACKENDS
 
     p = argparse.ArgumentParser(prog="passion-sr", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,7 +111,7 @@ def parse_compare_specs(values: list[str]) -> list[CompareSpec]:
 
 
 class Models:
-    """The main model and the comparison columns, each loaded on first use."""
+    """The main model and the comparison columns, Upscalers of the Python API, each loaded on first use."""
 
     def __init__(self, args):
         self.args = args
@@ -121,55 +121,29 @@ class Models:
 
     def main(self):
         if self._main is None:
-            a = self.args
-            from ..runner import load_model, place
+            from .. import api
 
+            a = self.args
             if a.import_key:
-                self._main = imported_model(a.config)
+                self._main = api.passionsr_upscaler(a.config, device=a.device)
+            elif a.model:  # an artifact runs where its target runs, whatever --device says
+                self._main = api.open(a.model)
             else:
-                self._main = load_model(a.preset, a.backend, a.weights, a.lora, a.random_weights, a.ckpt, a.config,
-                                        model_dir=a.model)
-            self._main = place(self._main, a.device)
+                self._main = api.upscaler(a.backend, a.preset, a.ckpt, a.config, a.weights, a.lora, a.random_weights,
+                                          device=a.device)
         return self._main
 
     def fp32(self):
         """FP32 reference: the main model if it is FP32; for a checkpoint or an artifact, the same
         weights with every quantizer off (equal to the FP32 model up to float rounding)."""
         if self._fp32 is None:
-            from ..runner import load_model, pipeline_model, place
-
-            main, a = self.main(), self.args
-            if main.backend == "fp32":
-                self._fp32 = main
-            elif a.import_key:  # PassionSR's merged FP model (its reference-form LET is no identity with quantizers off)
-                from ..importers import build_fp_pipeline, job_from_yaml
-
-                fp = build_fp_pipeline(job_from_yaml(a.config)).pipe
-                self._fp32 = pipeline_model(fp, "fp32", main.latent_tile, f"fp32 (PassionSR's FP weights, {Path(a.config).name})", "FP32")
-            elif a.model or (main.backend == "fakequant" and a.ckpt):
-                from ..checkpoint import load_checkpoint
-                from ..quant.wrap import set_quant_state
-
-                if a.model:
-                    from ..export import artifact
-
-                    pipe = artifact.load_source_pipeline(main.pipe.manifest, main.pipe.dir, *main.pipe.source_weights)
-                else:
-                    pipe = load_checkpoint(a.ckpt, preset=a.preset, weights=a.weights, lora=a.lora)
-                set_quant_state(pipe, weight=False, act=False)
-                self._fp32 = pipeline_model(pipe, "fp32", pipe.latent_tile,
-                                     f"fp32 ({Path(str(pipe.checkpoint_path)).name} with quantizers off)", "FP32")
-            else:
-                self._fp32 = load_model(a.preset, "fp32", a.weights, a.lora, a.random_weights)
-            self._fp32 = place(self._fp32, self.args.device)
+            self._fp32 = self.main().fp32_reference(self.args.device)
         return self._fp32
 
     def extra(self):
         """(label, model) per --compare-with column, the main model first when it is not FP32."""
         if self._extra is None:
-            from ..checkpoint import BUNDLED
-            from ..importers import names_quant_ckpt
-            from ..runner import load_model, place
+            from .. import api
 
             a = self.args
             cols = [] if self.main().backend == "fp32" else [(self.main().label, self.main())]
@@ -178,47 +152,39 @@ class Models:
                 if s.spec == "fp32":
                     continue
                 if s.spec == "fp16":
-                    m = load_model(a.preset, "fp16", a.weights, a.lora, a.random_weights)
+                    m = api.upscaler("fp16", a.preset, weights=a.weights, lora=a.lora, random_weights=a.random_weights,
+                                     device=a.device)
                 elif kind == "fakequant":
-                    if names_quant_ckpt(arg or a.config):
-                        m = imported_model(arg or a.config)
-                    elif arg and (arg in BUNDLED or Path(arg).is_file() and not arg.endswith((".yaml", ".yml"))):
-                        m = load_model(a.preset, "fakequant", a.weights, ckpt=arg)
+                    if api.passionsr_parameters(arg or a.config):
+                        m = api.passionsr_upscaler(arg or a.config, device=a.device)
+                    elif arg and api.is_checkpoint(arg):
+                        m = api.upscaler("fakequant", a.preset, ckpt=arg, weights=a.weights, device=a.device)
                         m.label = f"{m.label} ({Path(arg).stem})"
                     elif arg:
-                        m = load_model(a.preset, "fakequant", a.weights, a.lora, a.random_weights, config=arg)
+                        m = api.upscaler("fakequant", a.preset, config=arg, weights=a.weights, lora=a.lora,
+                                         random_weights=a.random_weights, device=a.device)
                     else:
-                        m = load_model(a.preset, "fakequant", a.weights, a.lora, a.random_weights, a.ckpt, a.config)
+                        m = api.upscaler("fakequant", a.preset, a.ckpt, a.config, a.weights, a.lora, a.random_weights,
+                                         device=a.device)
                 elif Path(s.spec).is_dir():
-                    m = load_model(model_dir=s.spec)
+                    m = api.open(s.spec)
                 else:
                     raise UsageError(f"--compare-with {s.spec!r}: not fp16, fakequant[:CKPT_OR_CONFIG] or an artifact folder")
                 if s.label:
                     m.label = s.label
-                cols.append((m.label, place(m, a.device)))
+                cols.append((m.label, m))
             self._extra = cols
         return self._extra
-
-
-def imported_model(config: str):
-    """The fake-quant model of a PassionSR inference YAML whose blocks name quant_ckpt, imported."""
-    from ..importers import import_passionsr, job_from_yaml
-    from ..runner import pipeline_model, short_quant_name
-
-    pipe = import_passionsr(job_from_yaml(config)).pipe
-    name = pipe.quant_config.name
-    return pipeline_model(pipe, "fakequant", pipe.latent_tile, f"fake-quant {name}, PassionSR's parameters from {config}",
-                          f"fake-quant {short_quant_name(name)}")
 
 
 def resolve_model_args(args) -> None:
     """--config naming PassionSR's calibrated parameters (quantize_config.<block>.quant_ckpt) selects
     that model, imported; it is never dropped in favour of another model."""
+    from ..api import passionsr_parameters
     from ..devices import resolve_device
-    from ..importers import names_quant_ckpt
 
     args.device = resolve_device(args.device)  # a DeviceError is a refusal main's wrapper says as it is
-    args.import_key = names_quant_ckpt(args.config) if args.config else None
+    args.import_key = passionsr_parameters(args.config)
     if args.import_key:
         for flag, value in (("--ckpt", args.ckpt), ("--model", args.model), ("--weights", args.weights),
                             ("--lora", args.lora), ("--random-weights", args.random_weights)):
@@ -233,13 +199,11 @@ def resolve_model_args(args) -> None:
 
 
 def check_tiling(model, tiling) -> None:
-    """Refuse overlaps that do not fit the model's tiles (one sentence, before any image runs)."""
-    from ..runner import vae_tiles
-
+    """Refuse overlaps that do not fit the model's (an Upscaler's) tiles (one sentence, before any image runs)."""
     th, tw = model.latent_tile
     if tiling.overlap is not None and not 0 <= tiling.overlap < min(th, tw):
         raise UsageError(f"--tile-overlap {tiling.overlap} must be at least 0 and below the UNet tile {th}x{tw}")
-    enc, dec, exact = vae_tiles(model.pipe, model.latent_tile, tiling.vae_tile)
+    enc, dec, _ = model.vae_tiles(tiling.vae_tile)
     for name, tile in (("encoder", enc), ("decoder", dec)):
         if tile is not None and tiling.vae_overlap is not None and not 0 <= tiling.vae_overlap < min(tile):
             raise UsageError(f"--vae-overlap {tiling.vae_overlap} must be at least 0 and below the VAE {name} tile "
@@ -314,11 +278,11 @@ def _comparison_picture(f, lr, sr, hr, models, run, args, crop_setting, table):
 
 
 def _run(args) -> int:
+    from ..api import Tiling
     from ..compare import parse_crop, save_picture
     from ..evaluation import MetricsTable, align_hr, find_hr, hr_index, image_metrics_row
     from ..images import ImageError, list_images, quantize_8bit, read_image, upscale_bicubic, write_png
     from ..io_utils import OutputError, atomic_write_text, real_path, writable_dir
-    from ..runner import Tiling, super_resolve
 
     _check_args(args)
     try:
@@ -386,14 +350,14 @@ def _run(args) -> int:
             if not announced and (need_sr or need_pic):
                 main_model = _load(models.main)
                 check_tiling(main_model, tiling)
-                if getattr(main_model.pipe, "fixed_vae_latent_tile", None) is not None and args.vae_tile != "auto":
-                    th, tw = main_model.pipe.fixed_vae_latent_tile
+                if main_model.fixed_vae_latent_tile is not None and args.vae_tile != "auto":
+                    th, tw = main_model.fixed_vae_latent_tile
                     tqdm.write(f"passion-sr: --vae-tile ignored: this model's VAE runs on fixed {th}x{tw} latent tiles")
                 tqdm.write(f"passion-sr: {main_model.description}")
                 announced = True
 
             def run(model):
-                return super_resolve(model, lr, tiling=tiling, color_fix=args.color_fix)
+                return model.upscale_tensor(lr, tiling, args.color_fix)
 
             # the main output: computed and written, or the finished one read back
             try:

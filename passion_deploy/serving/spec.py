@@ -41,7 +41,8 @@ class ModelSpec:
     # worker on a GPU node gets its GPU); an artifact runs where its target runs
 
     def load(self) -> SRModel:
-        """The model, loaded with passion-sr's own calls (resolve_device, runner.load_model, place)."""
+        """The model, loaded by what passion-sr's Python API calls (api.upscaler, api.open) run:
+        resolve_device, runner.load_model, place. Serving sits under the API, so it calls them itself."""
         from ..devices import resolve_device
         from ..runner import load_model, place
 

@@ -16,6 +16,7 @@ import torch
 from ... import artifact
 from ...runtime import ArtifactRuntime, TimingVariant
 from . import INT8_MODES, KERNELS, MISSING, SATURATES, TARGET, openvino_missing
+from .baselines import OpenVinoBaselines
 
 
 def check_cpu(m: dict, where: str) -> None:
@@ -114,6 +115,7 @@ class OpenVinoSR(ArtifactRuntime):
     # -- passion-bench --------------------------------------------------------------------------
     # ORT FP32 and PyTorch FP32 as for every CPU artifact, and what a CPU user of OpenVINO picks
     timing_baselines = ("fp32_onnx", "ov_fp32", "ov_default", "nncf_int8", "torch_fp32")
+    own_baselines = OpenVinoBaselines  # the OpenVINO ones (baselines.py)
 
     @property
     def variant_name(self) -> str:
