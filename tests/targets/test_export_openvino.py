@@ -48,7 +48,7 @@ def test_tiny_w8a8_exports_verifies_and_records_the_mode_this_cpu_needs(w8a8):
     m = artifact.read_manifest(out)
     o = m["openvino"]
     assert m["target"] == "openvino" and o["precision"] == "f32"
-    assert o["mode"] == ("int8_qdq" if VNNI else "dequant") and o["mode_chosen"].startswith("auto: this CPU has")
+    assert o["mode"] == ("int8" if VNNI else "dequant") and o["mode_chosen"].startswith("auto: this CPU has")
     assert o["exported_on"]["vnni"] == VNNI
     for comp, c in m["components"].items():
         assert {c["openvino_xml"], c["openvino_bin"], c["ir"]} <= set(m["files"])  # sealed like every file
@@ -232,7 +232,7 @@ def test_int8_mode_saturates_without_vnni(conv8):
 
 def test_auto_mode_follows_vnni_and_int8_is_refused_without_it(monkeypatch):
     monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: True)
-    assert ov_target.resolve_mode("auto") == ("int8_qdq", "auto: this CPU has VNNI")
+    assert ov_target.resolve_mode("auto") == ("int8", "auto: this CPU has VNNI")
     assert ov_target.resolve_mode("int8") == ("int8", "asked for")
     monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: False)
     assert ov_target.resolve_mode("auto")[0] == "dequant"

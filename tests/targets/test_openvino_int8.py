@@ -116,10 +116,15 @@ def test_channel_copies_as_convs_is_exact_and_leaves_input_splits():
     x = (np.random.default_rng(0).standard_normal((1, 8, 4, 6)) * scales).astype(np.float32)
     run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
     want = run(model)
+    pristine = type(model)()
+    pristine.CopyFrom(model)  # the rewrite edits its model in place
     new = channel_copies_as_convs(model)
     assert [n.op_type for n in new.graph.node].count("Split") == 1 and "Concat" not in [n.op_type for n in new.graph.node]
     for w, got in zip(want, run(new)):
         np.testing.assert_array_equal(got, w)
+    # copies wider than max_channels stay copies: the 8-channel Split and the 13-channel Concat at 4
+    kept = [n.op_type for n in channel_copies_as_convs(pristine, max_channels=4).graph.node]
+    assert kept.count("Split") == 2 and kept.count("Concat") == 1 and "Conv" not in kept
 
 
 @needs_vnni

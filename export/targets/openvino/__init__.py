@@ -6,10 +6,11 @@ Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
     int8     the CPU int8 graph (int8_graph.py), built for what OpenVINO's CPU plugin runs natively:
              u8 activations with PassionSR's own zero points, int8 weights whose per-channel shift
              term comes from one channel sum of the input (no all-ones output channel, no Split
-             of a GEMM output), token halves as one GEMM with per-row grids, zero-point-free
-             attention operands. Every quantized conv/matmul becomes an int8 primitive.
+             of a GEMM output), token halves as one GEMM with per-row grids. Every quantized
+             conv/linear becomes an int8 primitive; attention cores stay float on fake-quantized
+             operands, which the plugin fuses into one MHA kernel (int8_graph.lower_qattention).
     int8_qdq the rule-checked Q/DQ graph the trt target writes (export/qdq: one graph, two
-             engines), the former int8 mode, kept for comparison: the same int8 kernels, but
+             engines), the former int8 mode, kept for comparison: int8 kernels, but
              symmetric shifts, compensation maps and all-ones channels split off by reference
              kernels around them. Both int8 modes are exact on CPUs with VNNI (spec
              section 6: tiny-w8a8 UNet 57.7, encoder 68.4, decoder 55.6 dB vs the Q/DQ graph).
@@ -26,8 +27,8 @@ Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
              float engine needs none of the Q/DQ graph's int8 constraints. Exact on every x86 CPU,
              at f32 speed.
 
-`auto` (the default) takes int8_qdq where the CPU has VNNI (the CPU int8 graph did not beat it
-where measured, see resolve_mode) and dequant elsewhere, and says which.
+`auto` (the default) takes int8 where the CPU has VNNI (faster than int8_qdq where measured, see
+resolve_mode) and dequant elsewhere, and says which.
 The manifest records the mode, the precision and the CPU it was exported on; the runtime
 refuses an int8 artifact on a CPU without VNNI, by name, as the onnx target refuses --isa vnni.
 """
@@ -41,7 +42,7 @@ from .. import ComponentModel, ExportReport, ServeSpec, Target
 
 MODES = ("int8", "int8_qdq", "dequant")
 INT8_MODES = ("int8", "int8_qdq")  # the modes that run OpenVINO's int8 kernels (exact only with VNNI)
-AUTO_INT8 = "int8_qdq"  # what auto takes where the CPU has VNNI (resolve_mode says why)
+AUTO_INT8 = "int8"  # what auto takes where the CPU has VNNI (resolve_mode says why)
 PRECISIONS = ("f32", "bf16")
 INSTALL_HINT = "pip install 'passion-deploy[openvino]'"
 MISSING = f"the openvino target needs OpenVINO, which is not installed here: {INSTALL_HINT}"
@@ -68,9 +69,9 @@ def resolve_mode(mode: str) -> tuple[str, str]:
     on a CPU without VNNI is refused, since --verify could only measure its saturation here."""
     vnni = artifact.cpu_has_vnni()
     if mode == "auto":
-        # the Q/DQ graph stays auto's int8 choice: the CPU int8 graph is exact but did not beat it
-        # where it was measured (tiny-w8a8 on a 2-core AVX-512 VNNI EPYC, alternating in one process:
-        # UNet 0.92x, encoder 1.06x, decoder 1.02x its speed; README, issue 23)
+        # the CPU int8 graph: it passes --verify's per-layer gate and, with its attention cores fused
+        # by the plugin, beats the Q/DQ graph (tiny-w8a8 on a 2-core AVX-512 VNNI EPYC, alternating in
+        # one process: UNet 1.48x, decoder 1.55x, encoder 1.18x its speed; README, issue 23)
         return (AUTO_INT8, "auto: this CPU has VNNI") if vnni else (
             "dequant", "auto: this CPU has no VNNI, where OpenVINO's int8 kernels saturate")
     if mode not in MODES:
@@ -87,8 +88,8 @@ class OpenVinoOptions:
         "flag": "--ov-mode", "choices": ("auto", *MODES),
         "help": "int8: OpenVINO's int8 primitives on a graph built for them (u8 activations with PassionSR's zero "
                 "points; exact only on CPUs with VNNI, refused elsewhere); int8_qdq: the same kernels on the trt "
-                "target's Q/DQ graph (auto's choice with VNNI); dequant: the fake-quant graph, rounding and "
-                "convs/matmuls in f32 (exact on every x86 CPU); auto (default): int8_qdq where this CPU has VNNI, "
+                "target's Q/DQ graph; dequant: the fake-quant graph, rounding and "
+                "convs/matmuls in f32 (exact on every x86 CPU); auto (default): int8 where this CPU has VNNI, "
                 "else dequant"})
     precision: str = field(default="f32", metadata={
         "flag": "--ov-precision", "choices": PRECISIONS,

@@ -27,7 +27,8 @@ test_openvino_int8.py holds the graph to it):
   its MHA kernel only in float, and that beats int8 MatMuls that write the N x N scores (measured).
 - channel Splits (K-groups) and Concats (skips) of NCHW tensors that the plugin runs as reference
   kernels (it lays them out channels-last next to the int8 convs; found by compiling): at a static
-  shape as one-hot 1x1 Convs (channel_copies_as_convs), exact.
+  shape, where narrow (ONE_HOT_MAX_CHANNELS), as one-hot 1x1 Convs (channel_copies_as_convs),
+  exact; wide ones stay reference copies, which cost less than their convs (measured on sd21).
 
 Bit-exactness is not promised where the plugin's float arithmetic moves a value that sits at a
 rounding boundary (its FakeQuantize multiplies by a reciprocal and may fold the LET transform into
@@ -271,7 +272,15 @@ def splits_to_gathers(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def channel_copies_as_convs(model: onnx.ModelProto, only: set[str] | None = None) -> onnx.ModelProto:
+# a one-hot 1x1 Conv does one multiply-add per output channel for each element it copies: cheap on
+# narrow tensors, not on wide ones. Measured (VNNI EPYC, 2 threads): the tiny UNet's 34 (<= 128
+# channels) cost 0.4 ms of 23 ms; the sd21 UNet's 32 (320-1920 channels) cost 770 ms of 5.5 s as
+# convs against 7 ms of 2.1 s as the plugin's reference copies (plain memory copies), so those stay
+ONE_HOT_MAX_CHANNELS = 128
+
+
+def channel_copies_as_convs(model: onnx.ModelProto, only: set[str] | None = None,
+                            max_channels: int | None = None) -> onnx.ModelProto:
     """Every channel Split / Concat of an NCHW tensor as 1x1 Convs with one-hot weights (a Concat:
     one Conv per part placing it in the output's channels, the parts added). Why: the int8 convs
     make the CPU plugin lay these tensors out channels-last, where a channel Split or Concat is no
@@ -283,7 +292,8 @@ def channel_copies_as_convs(model: onnx.ModelProto, only: set[str] | None = None
     (0.11 ms of a 22.9 ms profile), the 34 Convs cost about 0.4 ms (wall time 1.02x, median of
     41). A Split of a graph input is left alone: it is in place there, and as a Conv it cost the
     tiny VAE encoder's conv_in 5 dB (64.1 -> 59.3, cause not found). `only`: the names of the
-    nodes to rewrite (reference_copies), else every such node."""
+    nodes to rewrite (reference_copies), else every such node; `max_channels`: leave a copy whose
+    source (Split) or result (Concat) has more channels (ONE_HOT_MAX_CHANNELS says why)."""
     from onnx import helper, numpy_helper, shape_inference
 
     info = {v.name: v for v in shape_inference.infer_shapes(model).graph.value_info}
@@ -310,8 +320,10 @@ def channel_copies_as_convs(model: onnx.ModelProto, only: set[str] | None = None
         if only is not None and n.name not in only:
             nodes.append(n)
             continue
+        wide = lambda c: max_channels is not None and c > max_channels
         if (n.op_type == "Split" and n.input[0] not in graph_inputs and channels(n.input[0])
-                and attrs.get("axis", 0) % 4 == 1 and len(n.input) > 1 and n.input[1] in inits):
+                and not wide(channels(n.input[0])) and attrs.get("axis", 0) % 4 == 1 and len(n.input) > 1
+                and n.input[1] in inits):
             c, start = channels(n.input[0]), 0
             for out, k in zip(n.output, numpy_helper.to_array(inits[n.input[1]]).tolist()):
                 w = one_hot(out + ".select", k, c, 0, start, k)
@@ -319,7 +331,7 @@ def channel_copies_as_convs(model: onnx.ModelProto, only: set[str] | None = None
                 start += k
             continue
         parts = [channels(i) for i in n.input]
-        if n.op_type == "Concat" and attrs["axis"] % 4 == 1 and all(parts):
+        if n.op_type == "Concat" and attrs["axis"] % 4 == 1 and all(parts) and not wide(sum(parts)):
             c, start, placed = sum(parts), 0, []
             for i, (inp, k) in enumerate(zip(n.input, parts)):
                 name = f"{n.output[0]}.place{i}"
@@ -346,8 +358,11 @@ def lower_graph_int8(g: Graph, probes: list[str] | None = None) -> onnx.ModelPro
     # only at a static shape (the UNet): there the rewrite leaves no reference kernel at all; the
     # dynamic-shape VAE keeps its shape arithmetic's reference nodes either way. Only the copies the
     # plugin runs as reference kernels: the others are in place (free), and rewriting all of them
-    # (82 Convs in the tiny UNet) cost 5% of its profiled time against the 17 nodes' 1.4%
-    return channel_copies_as_convs(model, reference_copies(model)) if static else model
+    # (82 Convs in the tiny UNet) cost 5% of its profiled time against the 17 nodes' 1.4%. Only
+    # narrow ones (ONE_HOT_MAX_CHANNELS): a wide tensor's reference copy is far cheaper than its conv
+    if not static:
+        return model
+    return channel_copies_as_convs(model, reference_copies(model), max_channels=ONE_HOT_MAX_CHANNELS)
 
 
 def reference_copies(model: onnx.ModelProto) -> set[str]:
