@@ -303,16 +303,20 @@ def open(artifact_dir: "str | os.PathLike | Artifact", device: str = "auto", col
 def upscaler(backend: str = "fp32", preset: str | None = None, ckpt: str | os.PathLike | None = None, config: str = "w8a8",
              weights: str | os.PathLike | None = None, lora: str | os.PathLike | None = None,
              random_weights: int | None = None, device: "str | torch.device" = "auto", color_fix: str = "adain",
-             progress: bool = True) -> Upscaler:
+             progress: bool = True, calib_exclude: Iterable[str] = ()) -> Upscaler:
     """A PyTorch pipeline as an Upscaler, named as passion-sr's --backend flags name it: `backend`
     fp32 or fp16 on the `preset`'s weights (tiny by default; or `weights` + `lora`, or seeded
     `random_weights` for benchmarks), or fakequant: a calibrated checkpoint `ckpt` (path or bundled
     name; its preset, which a `preset` given must match), else the float pipeline quantized with
-    `config` and statistics-calibrated on the bundled photos. On `device` (auto: the GPU when there
-    is one). PassionSR's own model, imported from its inference YAML: passionsr_upscaler."""
+    `config` and statistics-calibrated on the bundled photos, less those whose file stem is in
+    `calib_exclude` (passion-demo leaves out the photo it shows, so the model is not judged on its
+    own calibration data). On `device` (auto: the GPU when there is one). PassionSR's own model,
+    imported from its inference YAML: passionsr_upscaler."""
     from .runner import load_model
 
-    m = load_model(preset, backend, weights, lora, random_weights, ckpt, config, progress=progress)
+    # one name given as a string is that photo, not its letters
+    exclude = (calib_exclude,) if isinstance(calib_exclude, str) else tuple(calib_exclude)
+    m = load_model(preset, backend, weights, lora, random_weights, ckpt, config, progress=progress, calib_exclude=exclude)
 
     def reference() -> Upscaler:
         if backend == "fakequant" and ckpt is not None:

@@ -110,3 +110,29 @@ def test_passion_bench_measures_through_the_api(tmp_path, monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "passion-bench: benchmark refused by the api"
     (args, kwargs), = seen
     assert args[0] == str(tmp_path) and args[2] == 7 and kwargs["device"] == "cpu" and kwargs["fidelity"] is False
+
+
+def test_passion_demo_runs_the_upscalers_the_api_builds(tmp_path, monkeypatch, capsys):
+    """FP32 and fake-quant both come from api.upscaler, on the CPU, with the photo shown left out of
+    the calibration (the fake-quant one is refused here: the FP32 run is proof enough that it runs)."""
+    from passion_deploy.calibrate.data import bundled_photos
+    from passion_deploy.cli import demo
+
+    photos = bundled_photos()
+    if not photos:
+        pytest.skip("no bundled photos in this checkout")
+    real, asked = api.upscaler, []
+
+    def spy(backend, *args, **kwargs):
+        asked.append((backend, kwargs))
+        if backend == "fakequant":
+            raise PassionError("upscaler refused by the api")
+        return real(backend, *args, **kwargs)
+
+    monkeypatch.setattr(api, "upscaler", spy)
+    assert demo.main(["-o", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "passion-demo: upscaler refused by the api"
+    assert [b for b, _ in asked] == ["fp32", "fakequant"]
+    assert all(k["calib_exclude"] == (photos[0].stem,) and k["device"] == "cpu" for _, k in asked)
+    assert (tmp_path / f"{photos[0].stem}_fp32.png").exists()
+
