@@ -21,9 +21,12 @@ def image(tmp_path):
     return path
 
 
-def refuse(what: str):
-    """An API function that refuses, as a bad model would: the command must say its sentence."""
+def refuse(what: str, calls: list | None = None):
+    """An API function that refuses, as a bad model would: the command must say its sentence.
+    With `calls`, each call's (args, kwargs) is kept there first, so a test can check what it was asked."""
     def refused(*args, **kwargs):
+        if calls is not None:
+            calls.append((args, kwargs))
         raise PassionError(f"{what} refused by the api")
     return refused
 
@@ -92,12 +95,7 @@ def test_passion_bench_measures_through_the_api(tmp_path, monkeypatch, capsys):
     from passion_deploy.cli import bench
 
     seen = []
-
-    def benchmark(*args, **kwargs):
-        seen.append((args, kwargs))
-        raise PassionError("benchmark refused by the api")
-
-    monkeypatch.setattr(api, "benchmark", benchmark)
+    monkeypatch.setattr(api, "benchmark", refuse("benchmark", seen))
     assert bench.main(["--model", str(tmp_path), "--runs", "7", "--device", "cpu", "--no-fidelity"]) == 2
     assert capsys.readouterr().err.strip() == "passion-bench: benchmark refused by the api"
     (args, kwargs), = seen
@@ -181,12 +179,7 @@ def test_passion_calibrate_calibrates_through_the_api(tmp_path, monkeypatch, cap
     from passion_deploy.cli import calibrate
 
     seen = []
-
-    def calibration(*args, **kwargs):
-        seen.append((args, kwargs))
-        raise PassionError("calibration refused by the api")
-
-    monkeypatch.setattr(api, "calibration", calibration)
+    monkeypatch.setattr(api, "calibration", refuse("calibration", seen))
     out = str(tmp_path / "c.safetensors")
     assert calibrate.main(["--config", str(SEED), "--preset", "tiny", "--out", out, "--device", "cpu", "--stats-only"]) == 2
     assert capsys.readouterr().err.strip() == "passion-calibrate: calibration refused by the api"
