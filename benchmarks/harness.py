@@ -39,6 +39,8 @@ from passion_deploy.measure import GpuPeak, PeakRSS, fresh_process_peak
 from passion_deploy.measure import time_alternating
 from passion_deploy.models.components import component
 
+from .report import result_line, speedups  # the record's own lines, logged as each component is measured
+
 if TYPE_CHECKING:
     from passion_deploy.export.runtime import ArtifactRuntime, TimingVariant
 
@@ -83,12 +85,6 @@ def versions() -> dict:
             if dist.lower() not in v and (wanted is None or dist.lower() in wanted):
                 v[dist.lower()] = metadata.version(dist)
     return v
-
-
-def speedups(rec: dict, artifact_variant: str) -> dict:
-    """Baseline median / artifact median, per baseline variant."""
-    art = rec[artifact_variant]["median_s"]
-    return {f"vs_{v}": r["median_s"] / art for v, r in rec.items() if v != artifact_variant and "median_s" in r}
 
 
 def bench_inputs(rt: ArtifactRuntime, vae_px: int | None, seed: int = 0) -> dict[str, tuple[str, torch.Tensor]]:
@@ -299,11 +295,6 @@ def probe_onnx_files(rt: ArtifactRuntime, comp: str, x: torch.Tensor, variants: 
     for v in variants:
         if v.onnx_file is not None:
             rec[v.name]["subprocess_memory"] = fresh_process_peak(v.onnx_file, feeds, threads, workdir)
-
-
-def result_line(comp: str, rec: dict, speed: dict) -> str:
-    return (f"  {comp:12s} " + "   ".join(f"{v} {r['median_s'] * 1e3:9.2f} ms" for v, r in rec.items())
-            + "   -> " + ", ".join(f"{s:.2f}x vs {k.removeprefix('vs_')}" for k, s in speed.items()))
 
 
 def run_benchmark(model_dir: str | Path, components: list[str] | None = None, runs: int = 5, warmup: int = 1,

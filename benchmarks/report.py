@@ -15,6 +15,26 @@ from .labels import label
 CHARTS = ("latency", "memory", "layers")
 
 
+def speedups(rec: dict, artifact_variant: str) -> dict:
+    """Baseline median / artifact median, per baseline variant."""
+    art = rec[artifact_variant]["median_s"]
+    return {f"vs_{v}": r["median_s"] / art for v, r in rec.items() if v != artifact_variant and "median_s" in r}
+
+
+def result_line(comp: str, rec: dict, speed: dict) -> str:
+    """One component's medians and speed-ups, as the harness logs it while it measures."""
+    return (f"  {comp:12s} " + "   ".join(f"{v} {r['median_s'] * 1e3:9.2f} ms" for v, r in rec.items())
+            + "   -> " + ", ".join(f"{s:.2f}x vs {k.removeprefix('vs_')}" for k, s in speed.items()))
+
+
+def total_line(rec: dict) -> str:
+    """The result line of the whole model: each variant's medians summed over the record's
+    components (passion-export --verify's latency comparison ends with it)."""
+    comps = list(rec["components"].values())
+    total = {v: {"median_s": sum(c["variants"][v]["median_s"] for c in comps)} for v in comps[0]["variants"]}
+    return result_line("all", total, speedups(total, rec["artifact_variant"]))
+
+
 def record_problem(rec) -> str | None:
     """Why `rec` is not a passion-bench record the report can render (None when it is): other
     committed JSON (a custom comparison, a GPU check) sits beside the records in results/."""

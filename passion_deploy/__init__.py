@@ -5,8 +5,10 @@ The Python API (passion_deploy/api.py), imported on first use so `import passion
     load(ckpt, weights=None, lora=None, device="cpu")            calibrated checkpoint -> fake-quant pipeline
     import_passionsr(config_yaml, out=None)                       PassionSR's released model -> pipeline
     quantize(pipe, config, forward_loop=None, images=None)        float pipeline -> calibrated fake-quant one
+    calibration(ptq_yaml, out=None).run()                         PassionSR's full DQC (passion-calibrate)
     export_model(pipe_or_ckpt, target, out, options=None, verify=False) -> Artifact (sealed directory)
     verify_artifact(artifact_or_dir)                              artifact vs its fake-quant model
+    verification_lines(report)                                    that report as passion-export prints it
     open(artifact_dir, device="auto")                             -> Upscaler: .upscale(image), (tensor)
     upscaler(backend, preset=None, ckpt=None, config="w8a8")      a PyTorch pipeline (fp32, fp16, fakequant) -> Upscaler
     passionsr_upscaler(config_yaml)                               PassionSR's imported model -> Upscaler
@@ -22,13 +24,13 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 # (not "calibrate" / "export": those name the subpackages, whose attributes would shadow the functions)
-_API = ("load", "import_passionsr", "quantize", "export_model", "verify_artifact", "open", "upscaler", "passionsr_upscaler",
-        "benchmark", "target_options", "Upscaler")
+_API = ("load", "import_passionsr", "quantize", "calibration", "export_model", "verify_artifact", "verification_lines", "open",
+        "upscaler", "passionsr_upscaler", "benchmark", "target_options", "Upscaler")
 __all__ = [*_API, "PassionError", "__version__"]
 
 if TYPE_CHECKING:
-    from .api import (Upscaler, benchmark, export_model, import_passionsr, load, open, passionsr_upscaler,  # noqa: F401
-                      quantize, target_options, upscaler, verify_artifact)
+    from .api import (Upscaler, benchmark, calibration, export_model, import_passionsr, load, open,  # noqa: F401
+                      passionsr_upscaler, quantize, target_options, upscaler, verification_lines, verify_artifact)
     from .errors import PassionError  # noqa: F401
 
 

@@ -15,6 +15,9 @@ passion-bench's record is `benchmark`.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable
@@ -25,9 +28,9 @@ import torch
 from .errors import PassionError
 from .runner import BACKENDS, Tiling
 
-__all__ = ["BACKENDS", "Tiling", "Upscaler", "benchmark", "export_model", "import_passionsr", "is_checkpoint", "load",
+__all__ = ["ABLATION", "BACKENDS", "Calibration", "CalibrationResult", "Tiling", "Upscaler", "benchmark", "calibration", "export_model", "import_passionsr", "is_checkpoint", "load",
            "open", "passionsr_parameters", "passionsr_upscaler", "quantize", "target_options", "upscaler",
-           "verify_artifact"]
+           "verification_lines", "verify_artifact"]
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -98,6 +101,138 @@ class _Recorder:
         self.batches.append(lr_up.detach())
 
 
+ABLATION = (  # (name, use LET layers, train LET, train LBQ): the rows of PassionSR's ablation table
+    ("MinMax", False, False, False),
+    ("LET only", True, True, False),
+    ("LBQ only", False, False, True),
+    ("PassionSR (LET + LBQ)", True, True, True),
+)
+
+
+def calibration(config: str | os.PathLike, out: str | os.PathLike | None = None, preset: str | None = None,
+                weights: str | os.PathLike | None = None, lora: str | os.PathLike | None = None,
+                random_weights: int | None = None, device: str | None = None, stats_only: bool = False) -> "Calibration":
+    """PassionSR's full DQC as passion-calibrate runs it, from a PassionSR PTQ YAML `config`: the
+    job read, the output checked, the float pipeline built and the calibration pairs loaded, ready
+    to `run`. `out`: the checkpoint (default: quantize_config.output_modelpath/<config name>.safetensors);
+    `preset`, `weights`, `lora`, `random_weights`, `device` replace the YAML's; `stats_only` keeps
+    the statistics pass and skips the training stages. (`quantize` is the statistics pass alone,
+    on any data.) A YAML whose blocks name quant_ckpt is PassionSR's calibrated model: import_passionsr."""
+    from .calibrate.data import load_calibration_pairs
+    from .calibrate.job import load_job
+    from .io_utils import writable_file
+    from .models import build_pipeline
+
+    try:
+        job = load_job(config, preset, None if weights is None else str(weights), device, random_weights,
+                       None if lora is None else str(lora))
+        dev = str(_device(job.device))  # the YAML's device unless `device` replaces it; auto: the GPU where there is one
+        if out is None and job.output is None:
+            raise PassionError(f"{job.source}: give --out or quantize_config.output_modelpath", job.source)
+        target = Path(out) if out is not None else job.output / f"{job.quant.name}.safetensors"
+        target = writable_file(target, "--out")  # refused now, not after the calibration
+        fp = build_pipeline(job.preset, job.weights, job.lora, job.random_weights, job.context).to(dev)
+        pairs = [(lr.to(dev), hr.to(dev), n) for lr, hr, n in load_calibration_pairs(job.cali_img_path, job.process_size)]
+    except PassionError:
+        raise
+    except ValueError as e:  # the job's plain ValueErrors (a tile the model cannot take, ...) are refusals too
+        raise PassionError(str(e)) from None
+    return Calibration(job, fp, pairs, dev, target, stats_only)
+
+
+class Calibration:
+    """A DQC calibration ready to run (made by `calibration`): `job` (the YAML read: .quant, .preset,
+    .process_size, .plan), `fp` (the float pipeline on `device`), `pairs` (the LR/HR calibration pairs),
+    `out` (the checkpoint it writes). `run` calibrates and writes the checkpoint and its report;
+    `ablation_variant` calibrates one row of PassionSR's ablation (ABLATION) and `write_ablation` writes them."""
+
+    def __init__(self, job, fp, pairs: list, device: str, out: Path, stats_only: bool = False):
+        self.job, self.fp, self.pairs, self.device, self.out, self.stats_only = job, fp, pairs, device, out, stats_only
+        self.report: dict | None = None  # the last run's report (the ablation names its config and held-out images)
+        self._eval = None
+
+    @property
+    def heldout_eval(self):
+        """PSNR vs the float model on held-out photos, built once: the run and every ablation row share it."""
+        if self._eval is None:
+            from .calibrate.report import make_heldout_eval
+
+            self._eval = make_heldout_eval(self.fp, self.job.process_size, self.device)
+        return self._eval
+
+    def _calibrate(self, job, plan, out: Path | None, progress: bool):
+        """Quantize a copy of the float pipeline with job.quant and run DQC with `plan`: (q, state, final eval)."""
+        from .calibrate.dqc import DQC
+        from .quant import quantize_pipeline
+
+        q = quantize_pipeline(copy.deepcopy(self.fp), job.quant)
+        desc = {**job.describe(), "plan": repr(plan)}
+        try:
+            state = DQC(self.fp, q, self.pairs, plan, out, desc, progress=progress, eval_fn=self.heldout_eval).run()
+            return q, state, self.heldout_eval(q)
+        except ValueError as e:  # the calibration's plain ValueErrors (no batch, sizes that differ) are refusals too
+            raise PassionError(str(e)) from None
+
+    def run(self, progress: bool = True) -> "CalibrationResult":
+        """DQC with the job's plan (the statistics pass alone with stats_only): writes the checkpoint
+        at `out` and its report beside it (CKPT.report.json), and removes the resume file."""
+        from .calibrate.report import build_report, write_report
+        from .checkpoint import save_checkpoint
+
+        plan = self.job.plan
+        if self.stats_only:
+            plan = dataclasses.replace(plan, train_let=False, train_lbq=False)
+        q, state, final = self._calibrate(self.job, plan, self.out, progress)
+        self.report = build_report(self.job, state, self.heldout_eval, final)
+        stem = str(self.out).removesuffix(".safetensors")
+        report_path = Path(stem + ".report.json")
+        save_checkpoint(q.to("cpu"), self.out, extra={"report": report_path.name})
+        write_report(report_path, self.report)
+        Path(stem + ".partial.safetensors").unlink(missing_ok=True)
+        return CalibrationResult(q, self.out, self.report, report_path)
+
+    def ablation_variant(self, name: str, progress: bool = True) -> dict:
+        """One ABLATION row calibrated from scratch (nothing written): its held-out PSNR before and
+        after, and its seconds."""
+        rows = {row[0]: row[1:] for row in ABLATION}
+        if name not in rows:
+            raise PassionError(f"ablation: no variant {name!r} (choose {', '.join(rows)})")
+        use_let, train_let, train_lbq = rows[name]
+        quant = self.job.quant
+        quant = dataclasses.replace(quant, unet=dataclasses.replace(quant.unet, let=use_let) if quant.unet else None,
+                                    vae=dataclasses.replace(quant.vae, let=use_let) if quant.vae else None)
+        plan = dataclasses.replace(self.job.plan, train_let=train_let, train_lbq=train_lbq)
+        _, state, final = self._calibrate(dataclasses.replace(self.job, quant=quant), plan, None, progress)
+        seconds = sum(s["seconds"] for s in state["stages"]) + (state.get("stats_seconds") or 0)
+        return {"variant": name, "init": state.get("init_eval"), "calibrated": final, "seconds": round(seconds, 1)}
+
+    def write_ablation(self, rows: list[dict]) -> tuple[dict, Path]:
+        """The ablation record of `rows` (after `run`: it names the run's config and held-out images),
+        written beside the checkpoint as CKPT.ablation.json: (record, path)."""
+        from .io_utils import atomic_write_text
+
+        if self.report is None:
+            raise PassionError(f"{self.out}: run the calibration before its ablation", self.out)
+        ablation = {"config": self.report["config"], "heldout_images": self.report["heldout"]["images"], "variants": rows}
+        path = Path(str(self.out).removesuffix(".safetensors") + ".ablation.json")
+        atomic_write_text(path, json.dumps(ablation, indent=2) + "\n")
+        return ablation, path
+
+
+class CalibrationResult:
+    """What Calibration.run made: `pipe` (the calibrated fake-quant pipeline, on the CPU as saved),
+    `checkpoint`, `report` (what `report_path` holds) and `summary` (the report as a Markdown table)."""
+
+    def __init__(self, pipe, checkpoint: Path, report: dict, report_path: Path):
+        self.pipe, self.checkpoint, self.report, self.report_path = pipe, checkpoint, report, report_path
+
+    @property
+    def summary(self) -> str:
+        from .calibrate.report import markdown_summary
+
+        return markdown_summary(self.report)
+
+
 def export_model(pipe_or_ckpt, target: str, out: str | os.PathLike, options=None, components: tuple[str, ...] | None = None,
                  tile: tuple[int, int] | None = None, verify: bool = False, progress: bool = False,
                  dynamic_constants: bool = False, weights: str | os.PathLike | None = None,
@@ -128,26 +263,38 @@ def export_model(pipe_or_ckpt, target: str, out: str | os.PathLike, options=None
     return art
 
 
-def verify_artifact(art, min_psnr: float = 45.0, probes: int = 3, progress: bool = False, device: str = "auto") -> dict:
+def verify_artifact(art: "str | os.PathLike | Artifact", min_psnr: float | None = None, probes: int = 3,
+                    progress: bool = False, device: "str | torch.device" = "auto") -> dict:
     """The artifact (a directory or an Artifact) against the fake-quant model it came from: the
     report passion-export --verify writes to DIR/verify.json; "passed" says whether every
-    component and the end-to-end output meet the bar."""
-    from .devices import resolve_device
-    from .export.verify import verify_artifact as run_verify
+    component and the end-to-end output meet the bar. The bar is the per-layer gate plus a loose
+    floor `min_psnr` (dB vs fake-quant, for gross errors; None: passion-export's default, 20 dB);
+    `device` is where the fake-quant reference runs (the artifact runs where its target runs)."""
+    from .export.verify import DEFAULT_MIN_PSNR, verify_artifact as run_verify
 
-    report, _ = run_verify(art, min_psnr, probes, progress, device=resolve_device(device))
+    report, _ = run_verify(art, DEFAULT_MIN_PSNR if min_psnr is None else min_psnr, probes, progress, device=_device(device))
     return report
 
 
-def benchmark(artifact_dir: str | os.PathLike, components: list[str] | None = None, runs: int = 5, warmup: int = 1,
+def verification_lines(report: dict) -> list[str]:
+    """A verify_artifact report as passion-export --verify prints it: one line per component and
+    end to end (PSNR vs fake-quant and vs FP), one per component's layer gate, then the verdict."""
+    from .export.verify import summary_lines, verdict_line
+
+    return [*summary_lines(report), verdict_line(report)]
+
+
+def benchmark(artifact_dir: "str | os.PathLike | Artifact", components: list[str] | None = None, runs: int = 5, warmup: int = 1,
               vae_px: int | None = None, threads: int | None = None, torch_baseline: bool = True,
               baselines: list[str] | None = None, timing_only_isa: bool = False, memory: bool = True,
               fidelity: bool = True, sr_px: int | None = None, vs: str | os.PathLike | None = None,
               calib_dir: str | os.PathLike | None = None, weights: str | os.PathLike | None = None,
               lora: str | os.PathLike | None = None, device: "str | torch.device | None" = None,
               progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Latency, memory and fidelity of an artifact against its float baselines, per component, as
-    passion-bench measures them (benchmarks/harness.py): the record passion-bench --json writes.
+    """Latency, memory and fidelity of an artifact (a directory or an Artifact) against its float
+    baselines, per component, as passion-bench measures them (benchmarks/harness.py): the record
+    passion-bench --json writes; `log` gets each line the harness says (a component's result line
+    starts with two spaces).
     `baselines`: a subset of the float baselines its runtime names (default: all; `torch_baseline`
     False drops the PyTorch one); `fidelity`: each variant's output on a real photo in dB vs FP32;
     `sr_px`: full SR to that output size as one more row; `vs`: another target's artifact of the
@@ -303,16 +450,20 @@ def open(artifact_dir: "str | os.PathLike | Artifact", device: str = "auto", col
 def upscaler(backend: str = "fp32", preset: str | None = None, ckpt: str | os.PathLike | None = None, config: str = "w8a8",
              weights: str | os.PathLike | None = None, lora: str | os.PathLike | None = None,
              random_weights: int | None = None, device: "str | torch.device" = "auto", color_fix: str = "adain",
-             progress: bool = True) -> Upscaler:
+             progress: bool = True, calib_exclude: Iterable[str] = ()) -> Upscaler:
     """A PyTorch pipeline as an Upscaler, named as passion-sr's --backend flags name it: `backend`
     fp32 or fp16 on the `preset`'s weights (tiny by default; or `weights` + `lora`, or seeded
     `random_weights` for benchmarks), or fakequant: a calibrated checkpoint `ckpt` (path or bundled
     name; its preset, which a `preset` given must match), else the float pipeline quantized with
-    `config` and statistics-calibrated on the bundled photos. On `device` (auto: the GPU when there
-    is one). PassionSR's own model, imported from its inference YAML: passionsr_upscaler."""
+    `config` and statistics-calibrated on the bundled photos, less those whose file stem is in
+    `calib_exclude` (passion-demo leaves out the photo it shows, so the model is not judged on its
+    own calibration data). On `device` (auto: the GPU when there is one). PassionSR's own model,
+    imported from its inference YAML: passionsr_upscaler."""
     from .runner import load_model
 
-    m = load_model(preset, backend, weights, lora, random_weights, ckpt, config, progress=progress)
+    # one name given as a string is that photo, not its letters
+    exclude = (calib_exclude,) if isinstance(calib_exclude, str) else tuple(calib_exclude)
+    m = load_model(preset, backend, weights, lora, random_weights, ckpt, config, progress=progress, calib_exclude=exclude)
 
     def reference() -> Upscaler:
         if backend == "fakequant" and ckpt is not None:

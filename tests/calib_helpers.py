@@ -55,3 +55,15 @@ def head_qkv(attn, hidden, ctx):
     """q, k, v after the projections, in the (batch*heads, tokens, head_dim) layout of spec section 4."""
     src = hidden if ctx is None else ctx
     return tuple(attn.head_to_batch_dim(t) for t in (attn.to_q(hidden), attn.to_k(src), attn.to_v(src)))
+
+
+def attention_probe(bits: int, cross: bool, tokens: int):
+    """An observed attention core as the IR and kernel tests judge it: (recipe, q, k, v, the
+    fake-quant processor's output on them), q/k/v in the (batch*heads, tokens, head_dim) layout."""
+    from passion_deploy.export.ir.recipes import attention_recipe
+
+    attn, proc, hidden, ctx = observed_attention(bits, cross, tokens)
+    q, k, v = head_qkv(attn, hidden, ctx)
+    with torch.no_grad():
+        out = proc.attention(q, k, v, attn.scale)
+    return attention_recipe("attn", attn, proc), q, k, v, out

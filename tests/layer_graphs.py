@@ -1,6 +1,7 @@
 """One-layer IR graphs and their checks, shared by the ONNX lowering tests (onnx and trt targets)."""
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 from torch import nn
 
@@ -82,6 +83,15 @@ def attention_case(bits: int, cross: bool, const_kv: bool, wide_p: bool):
         g = single("qattention", rec, {"q": q, "k": k, "v": v}, ref.shape)
         feeds = {"q": q.numpy(), "k": k.numpy(), "v": v.numpy()}
     return rec, g, feeds, ref, v
+
+
+def attention_cases(test):
+    """Parametrize `test(bits, cross, const_kv, wide_p)` over the attention grid every lowering is
+    checked on: 8 and 6 bits, self and cross attention, K/V as inputs or folded constants, P's grid
+    at 0 or well above it (attention_case's arguments)."""
+    for name, values in (("wide_p", [False, True]), ("const_kv", [False, True]), ("cross", [False, True]), ("bits", [8, 6])):
+        test = pytest.mark.parametrize(name, values)(test)  # innermost first, as stacked decorators apply
+    return test
 
 
 def check_attention(y, ref, rec, v):

@@ -49,6 +49,14 @@ def passion_sr_outputs(model_dir: Path, in_dir: Path, out_dir: Path, *extra: str
     return {p.stem: np.asarray(Image.open(p).convert("RGB")) for p in sorted(out_dir.glob("*.png"))}
 
 
+def images_with_outputs(model_dir: Path, folder: Path, sizes: list[tuple[int, int]], seed: int = 0
+                        ) -> tuple[list[Path], dict[str, np.ndarray]]:
+    """Test images of the given (width, height) in folder/lr and passion-sr --model's output for
+    each (folder/ref): (paths, {stem: uint8 H x W x 3}), what a served image must equal."""
+    paths = write_images(folder / "lr", sizes, seed=seed)
+    return paths, passion_sr_outputs(model_dir, folder / "lr", folder / "ref")
+
+
 def rgb(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 

@@ -137,6 +137,22 @@ class Target:
         return ExportReport(self.name)
 
 
+class CpuRuntimeTarget(Target):
+    """A target whose runtime runs in this process on the CPU (onnx, openvino): its package's
+    `runtime` module holds the SR runtime class named by `runtime` (taking the artifact, `threads`
+    and the runtime's keyword arguments) and `open_for_timing(art, threads, timing_only_isa)`,
+    passion-bench's way in. That module loads on the first open: its engine is an optional package."""
+
+    runtime = ""  # the SR runtime class's name in <the target's package>.runtime
+
+    def open(self, art: artifact.Artifact, timing: bool = False, threads: int | None = None,
+             timing_only_isa: bool = False, **kwargs):
+        module = importlib.import_module(".runtime", type(self).__module__)
+        if timing:
+            return module.open_for_timing(art, threads, timing_only_isa)
+        return getattr(module, self.runtime)(art, threads=threads, **kwargs)
+
+
 def onnx_component_model(c: dict, onnx_key: str = "onnx", gpu: bool = False, what: str = "ONNX") -> ComponentModel:
     """A component's ONNX file (+ external weights, which keep the name the graph refers to) on
     Triton's onnxruntime backend."""

@@ -2,21 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
-import json
 import sys
 import time
 from pathlib import Path
 
 from . import refusals
-
-ABLATION = (  # (name, use LET layers, train LET, train LBQ): the shape of PassionSR's ablation table
-    ("MinMax", False, False, False),
-    ("LET only", True, True, False),
-    ("LBQ only", False, False, True),
-    ("PassionSR (LET + LBQ)", True, True, True),
-)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,32 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", action="store_true", help="also run MinMax / LET only / LBQ only and write the comparison")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
-
-
-def _device(name: str) -> str:
-    """The config's (or --device's) device; auto is the GPU when there is one, cuda without one is refused."""
-    from ..devices import resolve_device
-
-    return str(resolve_device(name))
-
-
-def _output_path(args, job) -> Path:
-    if args.out:
-        return Path(args.out)
-    if job.output is not None:
-        return job.output / f"{job.quant.name}.safetensors"
-    raise ValueError(f"{job.source}: give --out or quantize_config.output_modelpath")
-
-
-def calibrate_one(job, fp, pairs, plan, out, eval_fn, progress):
-    """Quantize a copy of fp, run DQC with `plan`; returns (q, state, final eval)."""
-    from ..calibrate.dqc import DQC
-    from ..quant import quantize_pipeline
-
-    q = quantize_pipeline(copy.deepcopy(fp), job.quant)
-    desc = {**job.describe(), "plan": repr(plan)}
-    state = DQC(fp, q, pairs, plan, out, desc, progress=progress, eval_fn=eval_fn).run()
-    return q, state, (eval_fn(q) if eval_fn else None)
 
 
 def import_instead(args, key: str) -> int:
@@ -88,73 +52,33 @@ def import_instead(args, key: str) -> int:
 @refusals("passion-calibrate")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..importers import names_quant_ckpt
+    from ..api import ABLATION, calibration, passionsr_parameters
 
-    key = names_quant_ckpt(args.config)
+    key = passionsr_parameters(args.config)
     if key:
         return import_instead(args, key)
-    from ..calibrate.data import load_calibration_pairs
-    from ..calibrate.job import load_job
-    from ..calibrate.report import build_report, make_heldout_eval, markdown_summary, write_report
-    from ..checkpoint import save_checkpoint
-    from ..errors import PassionError
-    from ..io_utils import atomic_write_text, writable_file
-    from ..models import build_pipeline
-
     t_start = time.perf_counter()
     progress = not args.no_progress
-    try:
-        job = load_job(args.config, args.preset, args.weights, args.device, args.random_weights, args.lora)
-        device = _device(job.device)
-        out = writable_file(_output_path(args, job), "--out")  # refused now, not after the calibration
-        fp = build_pipeline(job.preset, job.weights, job.lora, job.random_weights, job.context).to(device)
-        pairs = [(lr.to(device), hr.to(device), n) for lr, hr, n in load_calibration_pairs(job.cali_img_path, job.process_size)]
-    except ValueError as e:  # the job's plain ValueErrors (a tile the model cannot take, ...) are refusals too
-        raise PassionError(str(e)) from None
-    plan = job.plan
-    if args.stats_only:
-        plan = dataclasses.replace(plan, train_let=False, train_lbq=False)
-    print(f"passion-calibrate: {job.quant.name} on {job.preset} ({fp.weights_source}), {len(pairs)} calibration "
-          f"images at {job.process_size} px, device {device} -> {out}")
-    eval_fn = make_heldout_eval(fp, job.process_size, device)
-    try:
-        q, state, final = calibrate_one(job, fp, pairs, plan, out, eval_fn, progress)
-    except ValueError as e:  # the calibration's plain ValueErrors (no batch, sizes that differ) are refusals too
-        raise PassionError(str(e)) from None
-    report = build_report(job, state, eval_fn, final)
-    save_checkpoint(q.to("cpu"), out, extra={"report": out.name.removesuffix(".safetensors") + ".report.json"})
-    report_path = Path(str(out).removesuffix(".safetensors") + ".report.json")
-    write_report(report_path, report)
-    partial = Path(str(out).removesuffix(".safetensors") + ".partial.safetensors")
-    partial.unlink(missing_ok=True)
+    calib = calibration(args.config, args.out, args.preset, args.weights, args.lora, args.random_weights, args.device,
+                        stats_only=args.stats_only)
+    job = calib.job
+    print(f"passion-calibrate: {job.quant.name} on {job.preset} ({calib.fp.weights_source}), {len(calib.pairs)} calibration "
+          f"images at {job.process_size} px, device {calib.device} -> {calib.out}")
+    result = calib.run(progress)
     print()
-    print(markdown_summary(report))
+    print(result.summary)
 
     if args.ablation:
         rows = []
-        for name, use_let, train_let, train_lbq in ABLATION:
-            variant = dataclasses.replace(job, quant=_with_let(job.quant, use_let))
-            vplan = dataclasses.replace(job.plan, train_let=train_let, train_lbq=train_lbq)
+        for name, *_ in ABLATION:
             print(f"passion-calibrate: ablation variant {name}")
-            _, vstate, vfinal = calibrate_one(variant, fp, pairs, vplan, None, eval_fn, progress)
-            rows.append({"variant": name, "init": vstate.get("init_eval"), "calibrated": vfinal,
-                         "seconds": round(sum(s["seconds"] for s in vstate["stages"]) + (vstate.get("stats_seconds") or 0), 1)})
-        ablation = {"config": report["config"], "heldout_images": report["heldout"]["images"], "variants": rows}
-        abl_path = Path(str(out).removesuffix(".safetensors") + ".ablation.json")
-        atomic_write_text(abl_path, json.dumps(ablation, indent=2) + "\n")
+            rows.append(calib.ablation_variant(name, progress))
+        ablation, abl_path = calib.write_ablation(rows)
         print()
         print(ablation_markdown(ablation))
         print(f"ablation written to {abl_path}")
-    print(f"\npassion-calibrate: wrote {out} and {report_path.name} in {time.perf_counter() - t_start:.0f} s")
+    print(f"\npassion-calibrate: wrote {result.checkpoint} and {result.report_path.name} in {time.perf_counter() - t_start:.0f} s")
     return 0
-
-
-def _with_let(quant, use_let: bool):
-    return dataclasses.replace(
-        quant,
-        unet=dataclasses.replace(quant.unet, let=use_let) if quant.unet else None,
-        vae=dataclasses.replace(quant.vae, let=use_let) if quant.vae else None,
-    )
 
 
 def ablation_markdown(ablation: dict) -> str:

@@ -45,20 +45,19 @@ def build_parser() -> argparse.ArgumentParser:
 @refusals(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ..api import export_model
+    from ..api import export_model, target_options
     from ..devices import resolve_device
     from ..export.exporter import parse_tile
-    from ..export.targets import export_report, get_target
+    from ..export.targets import export_report
     from ..io_utils import writable_dir
 
     args.device = resolve_device(args.device)
-    target = get_target(args.target)
     progress = not args.no_progress
     components = tuple(c.strip() for c in args.components.split(",") if c.strip())
     t0 = time.perf_counter()
     writable_dir(args.out, "--out")  # refused now, not after tracing and lowering
     tile = parse_tile(args.tile) if args.tile else None
-    art = export_model(args.ckpt, args.target, args.out, options_from_args(args, target.options), components, tile,
+    art = export_model(args.ckpt, args.target, args.out, options_from_args(args, target_options(args.target)), components, tile,
                        progress=progress, dynamic_constants=args.dynamic_constants, weights=args.weights, lora=args.lora)
     manifest, out = art.manifest, Path(args.out)
     report = export_report(manifest)
@@ -84,18 +83,17 @@ def _verify_and_time(args, art, report, progress: bool) -> int:
     again), then the latency comparison where timing it here says something."""
     if not args.verify:
         return 0
-    from ..export.verify import DEFAULT_MIN_PSNR, summary_lines, verdict_line, verify_artifact
+    from ..api import verification_lines, verify_artifact
 
     try:
-        min_psnr = DEFAULT_MIN_PSNR if args.min_psnr is None else args.min_psnr
-        result, ok = verify_artifact(art, min_psnr, args.probes, progress, device=args.device)
+        result = verify_artifact(art, args.min_psnr, args.probes, progress, device=args.device)
     except ValueError as e:  # a refusal (PassionError), or a runtime's plain shape check while it runs
         print(f"{PROG}: verification could not run: {e}", file=sys.stderr)
         return 2
+    ok = result["passed"]
     print(f"{PROG}: verification on {result['probes']} -> {art.dir / 'verify.json'}")
-    for line in summary_lines(result):
+    for line in verification_lines(result):
         print(line)
-    print(verdict_line(result))
     if ok and args.bench_runs and report.no_timing:
         print(f"{PROG}: no latency comparison: {report.no_timing}")
     elif ok and args.bench_runs:
@@ -106,19 +104,19 @@ def _verify_and_time(args, art, report, progress: bool) -> int:
 
 
 def latency_comparison(art, runs: int, progress: bool) -> int:
-    """The artifact's per-component latency vs its FP32 baselines (passion-bench's harness, no memory probes)."""
-    from ..benchmarks.harness import result_line, run_benchmark, speedups
+    """The artifact's per-component latency vs its FP32 baselines (passion-bench's measurement,
+    without its memory probes or fidelity scores: this is a glance, passion-bench the record)."""
+    from ..api import benchmark
+    from ..benchmarks.report import total_line
 
     print(f"{PROG}: latency, median of {runs} alternating runs on this machine "
           f"(full record: passion-bench --model {art.dir} --json OUT.json)")
     try:
-        rec = run_benchmark(art, runs=runs, progress=progress, memory=False, log=_bench_log)
+        rec = benchmark(art, runs=runs, memory=False, fidelity=False, progress=progress, log=_bench_log)
     except (ValueError, OSError) as e:  # PassionError is a ValueError: a refusal, said as the comparison's
         print(f"{PROG}: the latency comparison could not run: {e}", file=sys.stderr)
         return 2
-    variants = list(next(iter(rec["components"].values()))["variants"])
-    total = {v: {"median_s": sum(c["variants"][v]["median_s"] for c in rec["components"].values())} for v in variants}
-    print(result_line("all", total, speedups(total, rec["artifact_variant"])))
+    print(total_line(rec))
     return 0
 
 

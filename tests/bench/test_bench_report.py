@@ -342,9 +342,9 @@ def test_one_loop_loads_in_the_warm_up_then_alternates_the_variants():
     assert rec["baseline"]["load_and_warmup_rss_increase_bytes"] >= 1_000_000  # weights held before the warm-up count
     for r in rec.values():
         assert len(r["samples_s"]) == 5 and r["min_s"] <= r["median_s"] <= r["max_s"] and r["peak_rss_bytes"] > 0
-    speed = harness.speedups(rec, "artifact")
+    speed = report.speedups(rec, "artifact")
     assert list(speed) == ["vs_baseline"] and speed["vs_baseline"] > 1
-    line = harness.result_line("unet", rec, speed)
+    line = report.result_line("unet", rec, speed)
     assert line.startswith("  unet         artifact ") and line.endswith(f"-> {speed['vs_baseline']:.2f}x vs baseline")
 
 

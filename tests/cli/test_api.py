@@ -51,3 +51,14 @@ def test_upscale_refuses_what_is_not_an_rgb_uint8_image(image):
 def test_open_refuses_a_folder_that_is_no_artifact(tmp_path):
     with pytest.raises(pd.PassionError, match="manifest.json: missing"):
         pd.open(tmp_path)
+
+
+def test_upscaler_leaves_the_named_photos_out_of_its_calibration():
+    """passion-demo's need: the photo it shows is not among the fake-quant model's calibration data."""
+    from passion_deploy.calibrate.data import bundled_photos
+
+    stems = [p.stem for p in bundled_photos()]
+    if len(stems) < 2:
+        pytest.skip("fewer than two bundled photos in this checkout")
+    up = pd.upscaler("fakequant", "tiny", device="cpu", progress=False, calib_exclude=stems[0])  # one name: a string
+    assert stems[0] not in up.description and all(s in up.description for s in stems[1:]), up.description

@@ -8,10 +8,10 @@ import torch
 from torch import nn
 
 from passion_deploy.export.ir import int_algebra as ia
-from passion_deploy.export.ir.recipes import attention_recipe, layer_recipe, run_attention, run_layer
+from passion_deploy.export.ir.recipes import layer_recipe, run_attention, run_layer
 from passion_deploy.quant.layers import QuantConv, QuantLinear
 from passion_deploy.quant.quantizer import QuantSpec
-from calib_helpers import calibrated_layer, head_qkv, observed_attention
+from calib_helpers import attention_probe, calibrated_layer
 
 SPECS = {
     "w8a8": (QuantSpec(8), QuantSpec(8)),
@@ -109,11 +109,8 @@ def test_one_signed_weight_channel_and_out_of_range_activation_grid():
 @pytest.mark.parametrize("bits", [8, 6])
 @pytest.mark.parametrize("cross", [False, True])
 def test_attention_recipe_matches_fake_quant(bits, cross):
-    attn, proc, hidden, ctx = observed_attention(bits, cross, tokens=12)
-    rec = attention_recipe("attn", attn, proc)
-    q, k, v = head_qkv(attn, hidden, ctx)
+    rec, q, k, v, ref = attention_probe(bits, cross, tokens=12)
     with torch.no_grad():
-        ref = proc.attention(q, k, v, attn.scale)
         for isa in ("portable", "vnni"):
             out = run_attention(rec, q, k, v, isa)
             # scores agree to float rounding; a P code may flip where P*s_vw/D sits within

@@ -21,7 +21,7 @@ from passion_deploy.export.targets.triton.layers import kernel_attention  # noqa
 from passion_deploy.export.targets.triton.operands import kernel_act  # noqa: E402
 from passion_deploy.kernels import reference as ref  # noqa: E402
 from passion_deploy.kernels.attention import MAX_KEYS, act_matmul, softmax_quant, streaming_attention  # noqa: E402
-from calib_helpers import head_qkv, observed_attention  # noqa: E402
+from calib_helpers import attention_probe, head_qkv, observed_attention  # noqa: E402
 
 # several tiles in M and N; K = 32, the int8 dot's minimum on NVIDIA GPUs (K = 37 and 8 below
 # still leave K tails). Compiled for sm_80/sm_90 by test_kernels_aot ("test-small").
@@ -82,11 +82,7 @@ def test_softmax_quant_checks_shapes():
 @pytest.mark.parametrize("bits", [8, 6])
 @pytest.mark.parametrize("cross", [False, True])
 def test_attention_kernels_match_fake_quant(bits, cross):
-    attn, proc, hidden, ctx = observed_attention(bits, cross, tokens=19)
-    rec = attention_recipe("attn", attn, proc)
-    q, k, v = head_qkv(attn, hidden, ctx)
-    with torch.no_grad():
-        fq = proc.attention(q, k, v, attn.scale)
+    rec, q, k, v, fq = attention_probe(bits, cross, tokens=19)
     ka = kernel_attention(rec, block=STREAM_SMALL, act_block=(32, 16), matmul_block=SMALL,
                           softmax_block=(16, 16)).to(DEV)
     out, parts = ka(q.to(DEV), k.to(DEV), v.to(DEV), store_int=True)

@@ -25,7 +25,7 @@ import pytest
 pytest.importorskip("pytriton", reason="passion-serve runs Triton through PyTriton: pip install 'passion-deploy[serve]'")
 pytest.importorskip("tritonclient.http", reason="the tests are Triton clients: pip install 'tritonclient[http,grpc]'")
 
-from serving_helpers import ServeProcess, infer, passion_sr_outputs, rgb, tiny_onnx_artifact, write_images  # noqa: E402
+from serving_helpers import ServeProcess, images_with_outputs, infer, rgb  # noqa: E402
 
 BUDGET = 32 * 32  # --max-pixels: the fuzz's few valid images stay cheap to run
 N_FUZZ = 300
@@ -34,16 +34,9 @@ DTYPES = ["UINT8", "INT8", "UINT16", "INT32", "INT64", "FP16", "FP32", "FP64", "
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return tiny_onnx_artifact(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def good(artifact, tmp_path_factory):
     """One small image and passion-sr --model's output for it."""
-    tmp = tmp_path_factory.mktemp("fuzz_images")
-    (path,) = write_images(tmp / "lr", [(12, 10)], seed=3)
-    ref = passion_sr_outputs(artifact, tmp / "lr", tmp / "ref")
+    (path,), ref = images_with_outputs(artifact, tmp_path_factory.mktemp("fuzz_images"), [(12, 10)], seed=3)
     return rgb(path), ref[path.stem], path
 
 

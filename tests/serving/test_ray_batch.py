@@ -18,7 +18,7 @@ ray = pytest.importorskip("ray", reason="passion-batch runs on Ray: pip install 
 
 from passion_deploy.serving.ray_batch import RayBatch  # noqa: E402
 from passion_deploy.serving.spec import ModelSpec, SRSettings  # noqa: E402
-from serving_helpers import passion_sr_outputs, rgb, tiny_onnx_artifact, write_images  # noqa: E402
+from serving_helpers import images_with_outputs, rgb  # noqa: E402
 
 N_IMAGES = 20
 
@@ -32,13 +32,11 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    art = tiny_onnx_artifact(tmp_path_factory)
+def data(artifact, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
     sizes = [(12 + 4 * (i % 5), 10 + 6 * (i % 3)) for i in range(N_IMAGES)]
-    paths = write_images(tmp / "lr", sizes, seed=11)
-    ref = passion_sr_outputs(art, tmp / "lr", tmp / "ref")
-    return art, paths, ref, tmp
+    paths, ref = images_with_outputs(artifact, tmp, sizes, seed=11)
+    return artifact, paths, ref, tmp
 
 
 def test_killed_worker_mid_job_every_image_exactly_once(cluster, data):

@@ -20,8 +20,7 @@ import pytest
 pytest.importorskip("pytriton", reason="passion-serve runs Triton through PyTriton: pip install 'passion-deploy[serve]'")
 pytest.importorskip("tritonclient.http", reason="the tests are Triton clients: pip install 'tritonclient[http,grpc]'")
 
-from serving_helpers import (ServeProcess, free_ports, infer, metric, passion_sr_outputs, rgb,  # noqa: E402
-                             tiny_onnx_artifact, write_images)
+from serving_helpers import ServeProcess, free_ports, images_with_outputs, infer, metric, rgb  # noqa: E402
 
 SIZES = [(12, 10), (20, 16), (24, 24), (40, 24), (16, 36), (33, 17)]  # LR (w, h): 1 to 4 UNet tiles, odd sides
 CLIENTS, PER_CLIENT = 16, 4
@@ -30,16 +29,9 @@ BUDGET = 64 * 64  # --max-pixels for the server: over-budget requests stay cheap
 
 
 @pytest.fixture(scope="module")
-def artifact(tmp_path_factory):
-    return tiny_onnx_artifact(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
 def images(artifact, tmp_path_factory):
-    """Test images and passion-sr --model's outputs for them: [(lr uint8, expected uint8)]."""
-    tmp = tmp_path_factory.mktemp("serve_images")
-    paths = write_images(tmp / "lr", SIZES, seed=1)
-    ref = passion_sr_outputs(artifact, tmp / "lr", tmp / "ref")
+    """Test images and passion-sr --model's outputs for them: [(lr uint8, expected uint8, path)]."""
+    paths, ref = images_with_outputs(artifact, tmp_path_factory.mktemp("serve_images"), SIZES, seed=1)
     return [(rgb(p), ref[p.stem], p) for p in paths]
 
 

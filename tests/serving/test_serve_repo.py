@@ -20,20 +20,15 @@ from tritonclient.grpc import model_config_pb2 as mc  # noqa: E402
 
 from passion_deploy.cli import serve as serve_cli  # noqa: E402
 from passion_deploy.export import artifact as artifact_mod  # noqa: E402
-from serving_helpers import passion_sr_outputs, rgb, tiny_onnx_artifact, write_images  # noqa: E402
+from serving_helpers import images_with_outputs, rgb  # noqa: E402
 
 ONNX_TYPES = {1: mc.TYPE_FP32}
 
 
 @pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return tiny_onnx_artifact(tmp_path_factory)
-
-
-@pytest.fixture(scope="module")
-def repo(art, tmp_path_factory):
+def repo(artifact, tmp_path_factory):
     out = tmp_path_factory.mktemp("repo") / "triton-repo"
-    assert serve_cli.main(["--model", str(art), "--write-repo", str(out), "--max-batch", "3",
+    assert serve_cli.main(["--model", str(artifact), "--write-repo", str(out), "--max-batch", "3",
                            "--max-queue-delay-ms", "7"]) == 0
     return out
 
@@ -51,7 +46,7 @@ def configs(repo):
     return cfgs
 
 
-def test_whole_image_model_config(configs, repo, art):
+def test_whole_image_model_config(configs, repo, artifact):
     c = configs["passion_sr"]
     assert c.backend == "python" and c.max_batch_size == 3
     assert c.dynamic_batching.max_queue_delay_microseconds == 7000
@@ -68,14 +63,14 @@ def test_whole_image_model_config(configs, repo, art):
     assert (repo / "passion_sr" / "1" / "model.py").read_text().count("import TritonPythonModel") == 1
 
 
-def test_component_configs_match_their_onnx_graphs(configs, repo, art):
+def test_component_configs_match_their_onnx_graphs(configs, repo, artifact):
     import onnx
 
     for name in ("vae_encoder", "unet", "vae_decoder"):
         c = configs[name]
         assert c.backend == "onnxruntime" and c.max_batch_size == 0  # graphs exported at batch 1
         f = repo / name / "1" / "model.onnx"
-        assert f.read_bytes() == (art / f"{name}.onnx").read_bytes()
+        assert f.read_bytes() == (artifact / f"{name}.onnx").read_bytes()
         g = onnx.load(str(f), load_external_data=False).graph
         for cfg_tensors, graph_tensors in ((c.input, g.input), (c.output, g.output)):
             want = {t.name: ([d.dim_value if d.dim_value else -1 for d in t.type.tensor_type.shape.dim],
@@ -161,14 +156,14 @@ def _load_model_py(repo, model, monkeypatch):
     return m, pb
 
 
-def test_tile_ensemble_steps_compute_the_runtime_on_a_tile(repo, art, monkeypatch):
+def test_tile_ensemble_steps_compute_the_runtime_on_a_tile(repo, artifact, monkeypatch):
     """The ensemble's steps run in order on the repository's own files (ONNX Runtime for the
     engines, the z0 model as Triton's Python backend runs it) equal the artifact's runtime."""
     import onnxruntime as ort
 
     from passion_deploy.export.targets import open_artifact
 
-    rt = open_artifact(art)
+    rt = open_artifact(artifact)
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     z0_model, pb = _load_model_py(repo, "passion_sr_z0", monkeypatch)
 
@@ -182,10 +177,9 @@ def test_tile_ensemble_steps_compute_the_runtime_on_a_tile(repo, art, monkeypatc
     assert torch.equal(torch.from_numpy(sr), rt(x))
 
 
-def test_whole_image_model_loaded_as_the_python_backend_loads_it(repo, art, tmp_path, monkeypatch):
+def test_whole_image_model_loaded_as_the_python_backend_loads_it(repo, artifact, tmp_path, monkeypatch):
     model, pb = _load_model_py(repo, "passion_sr", monkeypatch)
-    paths = write_images(tmp_path / "lr", [(20, 12), (9, 30)], seed=3)
-    ref = passion_sr_outputs(art, tmp_path / "lr", tmp_path / "ref")
+    paths, ref = images_with_outputs(artifact, tmp_path, [(20, 12), (9, 30)], seed=3)
     a, b = (rgb(p) for p in paths)
     reqs = [pb.Request(image=a[None]), pb.Request(encoded=np.array([[b"not an image"]], dtype=object)),
             pb.Request(encoded=np.array([[paths[1].read_bytes()]], dtype=object))]
@@ -201,11 +195,11 @@ def test_write_repo_needs_an_artifact(capsys):
     assert not Path("/tmp/never-written").exists()
 
 
-def _synthetic_artifact(d: Path, art: Path, target: str, **fields) -> Path:
+def _synthetic_artifact(d: Path, artifact: Path, target: str, **fields) -> Path:
     """An artifact folder of another target built from the onnx one's manifest: its files are
     placeholders (the repository copies them, Triton's backends would read them), sealed in a
     manifest the way passion-export seals them."""
-    m = json.loads((art / "manifest.json").read_text())
+    m = json.loads((artifact / "manifest.json").read_text())
     d.mkdir()
     files = []
     comps = {}
@@ -223,14 +217,14 @@ def _synthetic_artifact(d: Path, art: Path, target: str, **fields) -> Path:
     return d
 
 
-def test_trt_engines_become_plans_with_the_engines_batch(art, tmp_path):
+def test_trt_engines_become_plans_with_the_engines_batch(artifact, tmp_path):
     from passion_deploy.serving.repository import write_model_repository
     from passion_deploy.serving.spec import SRSettings
 
     tile = {"unet": {"latent": [1, 4, 32, 32]}, "vae_encoder": {"image": [1, 3, 128, 128]},
             "vae_decoder": {"latent": [1, 4, 32, 32]}}
     trt = _synthetic_artifact(
-        tmp_path / "trt", art, "trt",
+        tmp_path / "trt", artifact, "trt",
         files=lambda n: {"onnx": f"{n}.qdq.onnx", "int8_engine": f"{n}.int8.engine"},
         component={n: {"fixed_input_shapes": s, "onnx_data": None} for n, s in tile.items()},
         top={"engines": {n: {"int8": {"engine": f"{n}.int8.engine"}, "fp16": {"engine": f"{n}.int8.engine"}} for n in tile},
@@ -256,11 +250,11 @@ def test_trt_engines_become_plans_with_the_engines_batch(art, tmp_path):
     test_tile_ensemble_is_wired_tensor_by_tensor(cfgs)
 
 
-def test_openvino_ir_gets_the_openvino_backend_with_its_plugin_properties(art, tmp_path):
+def test_openvino_ir_gets_the_openvino_backend_with_its_plugin_properties(artifact, tmp_path):
     from passion_deploy.serving.repository import write_model_repository
     from passion_deploy.serving.spec import SRSettings
 
-    ov = _synthetic_artifact(tmp_path / "ov", art, "openvino",
+    ov = _synthetic_artifact(tmp_path / "ov", artifact, "openvino",
                              files=lambda n: {"openvino_xml": f"{n}.xml", "openvino_bin": f"{n}.bin"},
                              top={"openvino": {"mode": "dequant", "precision": "f32", "version": "2026.0"}})
     s = write_model_repository(tmp_path / "repo", ov, SRSettings())

@@ -8,7 +8,6 @@ import sysconfig
 import threading
 
 import numpy as np
-import pytest
 import torch
 
 from passion_deploy.export.runtime import PipelineSR
@@ -16,7 +15,7 @@ from passion_deploy.serving.batcher import BatchedRuntime, TileBatcher, exact_ba
 from passion_deploy.serving.server import libpython_first
 from passion_deploy.serving.service import SRService
 from passion_deploy.serving.spec import ModelSpec, SRSettings
-from serving_helpers import passion_sr_outputs, rgb, tiny_onnx_artifact, write_images
+from serving_helpers import images_with_outputs, rgb
 
 
 class CountingRuntime:
@@ -114,17 +113,11 @@ def test_exact_batch_is_one_for_pytorch_pipelines():
     assert exact_batch(PipelineSR(build_pipeline("tiny"), "fp32", (32, 32)), 8) == 1
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return tiny_onnx_artifact(tmp_path_factory)
-
-
-def test_service_batches_tiles_of_concurrent_images_and_stays_exact(art, tmp_path):
+def test_service_batches_tiles_of_concurrent_images_and_stays_exact(artifact, tmp_path):
     """Three requests of different sizes in one Triton batch: their UNet tiles share calls, and
     every image is passion-sr's, bit for bit."""
-    paths = write_images(tmp_path / "lr", [(24, 20), (40, 32), (16, 36)], seed=7)
-    ref = passion_sr_outputs(art, tmp_path / "lr", tmp_path / "ref")
-    svc = SRService(ModelSpec(model_dir=str(art)).load(), SRSettings(), max_batch=4)
+    paths, ref = images_with_outputs(artifact, tmp_path, [(24, 20), (40, 32), (16, 36)], seed=7)
+    svc = SRService(ModelSpec(model_dir=str(artifact)).load(), SRSettings(), max_batch=4)
     assert svc.max_batch == 4
     reqs = [svc.parse(rgb(p)[None], None) for p in paths] + [svc.parse(np.zeros((1, 4, 0, 3), np.uint8), None)]
     out = svc.run(reqs)
@@ -136,8 +129,8 @@ def test_service_batches_tiles_of_concurrent_images_and_stays_exact(art, tmp_pat
     assert sum(unet) == 5 and max(unet) > 1 and max(unet) <= 4, unet
 
 
-def test_bad_requests_are_one_sentence_each(art):
-    svc = SRService(ModelSpec(model_dir=str(art)).load(), SRSettings(max_pixels=100), max_batch=2)
+def test_bad_requests_are_one_sentence_each(artifact):
+    svc = SRService(ModelSpec(model_dir=str(artifact)).load(), SRSettings(max_pixels=100), max_batch=2)
     png = _png(12, 9)  # 108 px, over the budget of 100
 
     def why(image=None, encoded=None):
@@ -184,8 +177,8 @@ def test_libpython_goes_first_once():
     assert env2["LD_LIBRARY_PATH"] == libdir
 
 
-def test_batched_runtime_keeps_the_runtime_constants(art):
-    rt = ModelSpec(model_dir=str(art)).load().pipe
+def test_batched_runtime_keeps_the_runtime_constants(artifact):
+    rt = ModelSpec(model_dir=str(artifact)).load().pipe
     b = BatchedRuntime(rt, TileBatcher(rt, 2))
     assert b.size_multiple == rt.size_multiple and b.latent_tile == rt.latent_tile and b.dtype == rt.dtype
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(1))  # one 32x32 latent tile

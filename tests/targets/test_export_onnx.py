@@ -9,12 +9,18 @@ from passion_deploy.export.artifact import cpu_has_vnni
 from passion_deploy.export.ir.irfile import load_ir, save_ir
 from passion_deploy.export.targets.onnx.lower import lower_graph
 from passion_deploy.export.ir.trace import trace_unet, trace_vae_decoder, trace_vae_encoder
-from layer_graphs import (BITS, CONVS, attention_case, check, check_attention, conv_case, far_from_zero_case, linear_case,
-                          run_onnx, single, weight_only_case)
+from layer_graphs import (BITS, CONVS, attention_case, attention_cases, check, check_attention, conv_case, far_from_zero_case,
+                          linear_case, run_onnx, single, weight_only_case)
 
 def isas(wbits, abits):
     # int8 weights on 8x8 layers saturate without VNNI: only test that ISA where it is exact
     return ["portable"] + (["vnni"] if cpu_has_vnni() or wbits <= 6 or abits <= 6 else [])
+
+
+def check_every_isa(op: str, rec, x, ref, bits: str) -> None:
+    """A one-layer graph of `op` lowered for each ISA exact on this CPU, against the fake-quant output."""
+    for isa in isas(*BITS[bits]):
+        check(run_onnx(lower_graph(single(op, rec, {"x": x}, ref.shape), isa), {"x": x.numpy()}), ref)
 
 
 @pytest.mark.parametrize("geom", list(CONVS))
@@ -22,10 +28,7 @@ def isas(wbits, abits):
 @pytest.mark.parametrize("split", [False, True])
 def test_qconv_onnx_matches_fake_quant(geom, bits, split):
     layer, x, ref, rec = conv_case(geom, bits, split)
-    wb, ab = BITS[bits]
-    for isa in isas(wb, ab):
-        y = run_onnx(lower_graph(single("qconv", rec, {"x": x}, ref.shape), isa), {"x": x.numpy()})
-        check(y, ref)
+    check_every_isa("qconv", rec, x, ref, bits)
     # the graph is shape-generic: the same model runs a different spatial size
     x2 = torch.randn(1, 8, 6, 14)
     with torch.no_grad():
@@ -36,10 +39,8 @@ def test_qconv_onnx_matches_fake_quant(geom, bits, split):
 @pytest.mark.parametrize("bits", list(BITS))
 @pytest.mark.parametrize("split", [False, True])
 def test_qlinear_onnx_matches_fake_quant(shape, bits, split):
-    layer, x, ref, rec = linear_case(shape, bits, split)
-    wb, ab = BITS[bits]
-    for isa in isas(wb, ab):
-        check(run_onnx(lower_graph(single("qlinear", rec, {"x": x}, ref.shape), isa), {"x": x.numpy()}), ref)
+    _, x, ref, rec = linear_case(shape, bits, split)
+    check_every_isa("qlinear", rec, x, ref, bits)
 
 
 @pytest.mark.parametrize("geom", ["3x3s1", "1x1"])
@@ -58,10 +59,7 @@ def test_weight_only_layer():
         check(run_onnx(lower_graph(g), {"x": x.numpy()}), layer(x).numpy(), 1e-5)
 
 
-@pytest.mark.parametrize("bits", [8, 6])
-@pytest.mark.parametrize("cross", [False, True])
-@pytest.mark.parametrize("const_kv", [False, True])
-@pytest.mark.parametrize("wide_p", [False, True])
+@attention_cases
 def test_qattention_onnx_matches_fake_quant(bits, cross, const_kv, wide_p):
     rec, g, feeds, ref, v = attention_case(bits, cross, const_kv, wide_p)
     assert (int(rec.p.zp) > 0) == wide_p and (ia.act_operand(rec.p).wide == (wide_p and bits == 8))

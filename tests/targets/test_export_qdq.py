@@ -16,8 +16,8 @@ from passion_deploy.export.onnx_graph import session
 from passion_deploy.quant.layers import QuantConv, QuantLinear
 from passion_deploy.quant.quantizer import QuantSpec
 from calib_helpers import calibrated_layer
-from layer_graphs import (BITS, CONVS, attention_case, check, check_attention, conv_case, far_from_zero_case, linear_case,
-                          single, weight_only_case)
+from layer_graphs import (BITS, CONVS, attention_case, attention_cases, check, check_attention, conv_case, far_from_zero_case,
+                          linear_case, single, weight_only_case)
 
 
 def run_qdq(model, feeds):
@@ -26,13 +26,20 @@ def run_qdq(model, feeds):
     return session(model.SerializeToString(), plain_qdq=True).run(None, feeds)[0]
 
 
+def checked_layer(op: str, rec, x, ref):
+    """A one-layer graph of `op` lowered to Q/DQ and checked against the fake-quant output; the model
+    is returned for the test's own checks of its structure."""
+    model = lower_graph_qdq(single(op, rec, {"x": x}, ref.shape))
+    check(run_qdq(model, {"x": x.numpy()}), ref)
+    return model
+
+
 @pytest.mark.parametrize("geom", list(CONVS))
 @pytest.mark.parametrize("bits", list(BITS))
 @pytest.mark.parametrize("split", [False, True])
 def test_qconv_qdq_matches_fake_quant(geom, bits, split):
     _, x, ref, rec = conv_case(geom, bits, split)
-    model = lower_graph_qdq(single("qconv", rec, {"x": x}, ref.shape))
-    check(run_qdq(model, {"x": x.numpy()}), ref)
+    model = checked_layer("qconv", rec, x, ref)
     assert quantized_op_count(model) == len(rec.weights)  # one integer conv per split half
 
 
@@ -41,8 +48,7 @@ def test_qconv_qdq_matches_fake_quant(geom, bits, split):
 @pytest.mark.parametrize("split", [False, True])
 def test_qlinear_qdq_matches_fake_quant(shape, bits, split):
     _, x, ref, rec = linear_case(shape, bits, split)
-    model = lower_graph_qdq(single("qlinear", rec, {"x": x}, ref.shape))
-    check(run_qdq(model, {"x": x.numpy()}), ref)
+    model = checked_layer("qlinear", rec, x, ref)
     assert all(n.op_type != "MatMul" for n in model.graph.node)  # linears are Gemm(transB=1): weight axis 0
 
 
@@ -78,10 +84,7 @@ def test_weight_only_layer_keeps_float_weights():
         check(run_qdq(model, {"x": x.numpy()}), layer(x).numpy(), 1e-5)
 
 
-@pytest.mark.parametrize("bits", [8, 6])
-@pytest.mark.parametrize("cross", [False, True])
-@pytest.mark.parametrize("const_kv", [False, True])
-@pytest.mark.parametrize("wide_p", [False, True])
+@attention_cases
 def test_qattention_qdq_matches_fake_quant(bits, cross, const_kv, wide_p):
     rec, g, feeds, ref, v = attention_case(bits, cross, const_kv, wide_p)
     model = lower_graph_qdq(g)

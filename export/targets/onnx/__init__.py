@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ... import artifact
 from ...ir.int_algebra import ISAS
 from ...ir.trace import ExportError
-from .. import ExportReport, ServeSpec, Target, onnx_component_model
+from .. import CpuRuntimeTarget, ExportReport, ServeSpec, onnx_component_model
 
 
 def resolve_isa(isa: str) -> str:
@@ -26,10 +26,11 @@ class OnnxOptions:
                 "fastest, exact only with VNNI), auto (vnni when this CPU has it)"})
 
 
-class OnnxTarget(Target):
+class OnnxTarget(CpuRuntimeTarget):
     name = "onnx"
     help = "integer ONNX for ONNX Runtime's CPU int8 kernels"
     options = OnnxOptions
+    runtime = "OnnxSR"
     manifest_needs = ("isa",)
     component_needs = ("onnx",)
 
@@ -46,13 +47,6 @@ class OnnxTarget(Target):
 
     def manifest_fields(self, job) -> dict:
         return {"isa": job.options["isa"]}
-
-    def open(self, art, timing=False, threads=None, timing_only_isa=False, **kwargs):
-        from .runtime import OnnxSR, open_for_timing
-
-        if timing:
-            return open_for_timing(art, threads, timing_only_isa)
-        return OnnxSR(art, threads=threads, **kwargs)
 
     def serve_spec(self, art) -> ServeSpec:
         comps = art.manifest["components"]

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from ... import artifact
 from ...ir.trace import ExportError
-from .. import ComponentModel, ExportReport, ServeSpec, Target
+from .. import ComponentModel, CpuRuntimeTarget, ExportReport, ServeSpec
 
 MODES = ("int8", "int8_qdq", "dequant")
 INT8_MODES = ("int8", "int8_qdq")  # the modes that run OpenVINO's int8 kernels (exact only with VNNI)
@@ -98,10 +98,11 @@ class OpenVinoOptions:
                 "(on a CPU without bf16 OpenVINO runs f32 and the manifest says so)"})
 
 
-class OpenVinoTarget(Target):
+class OpenVinoTarget(CpuRuntimeTarget):
     name = "openvino"
     help = "OpenVINO IR for OpenVINO's CPU plugin (int8 kernels on a CPU int8 graph or the Q/DQ graph, or the fake-quant graph in f32)"
     options = OpenVinoOptions
+    runtime = "OpenVinoSR"
     manifest_needs = ("openvino",)
     component_needs = ("openvino_xml", "openvino_bin")
 
@@ -136,13 +137,6 @@ class OpenVinoTarget(Target):
                       for comp, c in manifest["components"].items())
         return ExportReport(f"openvino {o['version'].split('-')[0]}, {kernels} ({o['mode_chosen']}), {o['precision']} precision",
                             lines)
-
-    def open(self, art, timing=False, threads=None, timing_only_isa=False, **kwargs):
-        from .runtime import OpenVinoSR, open_for_timing
-
-        if timing:
-            return open_for_timing(art, threads, timing_only_isa)
-        return OpenVinoSR(art, threads=threads, **kwargs)
 
     def serve_spec(self, art) -> ServeSpec:
         """Each component's IR on Triton's openvino backend, with the CPU plugin properties the
