@@ -83,17 +83,19 @@ def test_no_node_of_the_tiny_unet_runs_a_reference_kernel(tiny_traced, tmp_path,
 
 
 @needs_vnni
-def test_every_attention_core_of_the_tiny_unet_runs_as_one_fused_kernel(tiny_traced, tmp_path):
+def test_every_attention_core_of_the_tiny_unet_runs_as_one_fused_int8_kernel(tiny_traced, tmp_path):
     """Each attention core (scores, softmax, P's quantizer, P @ V) compiles to one node, the
-    plugin's MHA kernel, so the N x N scores never go to memory: the reason the int8 graph keeps
-    them in float (int8_graph.lower_qattention). An int8 MatMul in the core, or any node the
-    tokenizer cannot take between the two MatMuls, splits it into separate nodes and fails this."""
-    from passion_deploy.export.targets.openvino.int8_graph import fused_attention_count
+    plugin's MHA kernel, with int8 MatMuls, so the N x N scores never go to memory
+    (int8_graph.lower_qattention). A separate node between the two MatMuls (an offset sum that
+    needs P, a quantizer the tokenizer cannot take) splits the core into several nodes, and
+    float operands make it a float kernel: either fails this."""
+    from passion_deploy.export.targets.openvino.int8_graph import fused_attention_kernels
 
     g, _ref, _name, _inp = tiny_traced["unet"]
     cores = sum(n.op == "qattention" for n in g.nodes)
-    assert cores > 0
-    assert fused_attention_count(_compiled(lower_graph_int8(g), tmp_path, "unet")) == cores
+    kernels = fused_attention_kernels(_compiled(lower_graph_int8(g), tmp_path, "unet"))
+    assert cores > 0 and len(kernels) == cores
+    assert all(k.lower().endswith("_i8") for k in kernels), kernels
 
 
 def test_channel_copies_as_convs_is_exact_and_leaves_input_splits():
