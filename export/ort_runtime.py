@@ -54,15 +54,21 @@ class OrtRuntime(ArtifactRuntime):
         and run on each of the given inputs (one list of input arrays per probe, batch 1)."""
         from .layer_cut import cut_layer, layer_values
 
-        model = self.component_model(name)
-        values = layer_values(model)
-        if values is None:  # an artifact written before graphs recorded their layers: the same lowering names them
-            values = layer_values(self.lower(load_ir(self.dir / self.manifest["components"][name]["ir"]), []))
+        # each layer's session is built once per runtime: --verify judges probe by probe (export/verify.py)
+        cuts = self.__dict__.setdefault("_layer_cuts", {})
+        if any((name, layer) not in cuts for layer in layer_inputs):
+            model = self.component_model(name)
+            values = layer_values(model)
+            if values is None:  # an artifact written before graphs recorded their layers: the same lowering names them
+                values = layer_values(self.lower(load_ir(self.dir / self.manifest["components"][name]["ir"]), []))
+            for layer in layer_inputs:
+                if (name, layer) not in cuts:
+                    v = values[layer]
+                    cuts[name, layer] = (session_of_model(cut_layer(model, v, layer), self.threads, self.plain_qdq, self.integer_view),
+                                         [i for i in v["inputs"] if i is not None])
         out = {}
         for layer, feeds in layer_inputs.items():
-            v = values[layer]
-            sess = session_of_model(cut_layer(model, v, layer), self.threads, self.plain_qdq, self.integer_view)
-            names = [i for i in v["inputs"] if i is not None]
+            sess, names = cuts[name, layer]
             out[layer] = [sess.run(None, dict(zip(names, (np.ascontiguousarray(a, np.float32) for a in xs))))[0] for xs in feeds]
         return out
 

@@ -114,27 +114,45 @@ class ComponentCheck:
     """One component of the artifact against the reference on the probes: its output (pooled
     dB), and, where the runtime can cut its layers (`run_layers`), the per-layer gate
     (export/layer_gate.py): every quantized layer of the artifact fed the fake-quant layer's own
-    input on every probe, against the fake-quant layer's output."""
+    input on every probe, against the fake-quant layer's output. Each probe's layers are judged as
+    soon as they are captured and only their counts are kept: the inputs and outputs of every
+    layer of an sd21 VAE at 512 px alone fill gigabytes, and three components' of them did not fit
+    a 24 GiB machine (measured: killed for memory)."""
 
     def __init__(self, rt, pipe, component: str, tables: bool):
         self.rt, self.pipe, self.component = rt, pipe, component
         self.tally = Tally(image=component_of(component).output_is_image)
-        self.rows = None
         self.nodes = None
-        self.io: dict[str, list] = {}
+        self.counts: dict[str, dict] = {}
         if tables:
             self.g = load_ir(rt.dir / rt.manifest["components"][component]["ir"])
             self.nodes = [n for n in self.g.nodes if n.op in ("qconv", "qlinear", "qattention")]
 
     def capture(self, run_ref):
-        """`run_ref()` (the fake-quant component), keeping each quantized layer's input and output."""
+        """`run_ref()` (the fake-quant component), its quantized layers judged on the inputs and
+        outputs it gave them."""
         if self.nodes is None:
             return run_ref()
         res = []
         got = capture_layer_io(self.pipe, self.component, [n.name for n in self.nodes], lambda: res.append(run_ref()))
-        for n in self.nodes:
-            self.io.setdefault(n.name, []).append(got[n.name])
+        self._judge(got)
         return res[0]
+
+    def _judge(self, io: dict) -> None:
+        """Each layer of the artifact on the fake-quant layer's own input of one probe, its counts
+        pooled into self.counts (layer_gate)."""
+        from . import layer_gate as lg
+
+        outs = self.rt.run_layers(self.component, {n: [[t.float().cpu().numpy() for t in ins]] for n, (ins, _) in io.items()})
+        root = getattr(self.pipe, component_of(self.component).root)
+        for n in self.nodes:
+            mod = root.get_submodule(n.name)
+            ins, ref = io.pop(n.name)
+            out = lg.as_tensor(outs.pop(n.name)[0]).to(ref.dtype).reshape(ref.shape)
+            ins, ref = [t.cpu() for t in ins], ref.cpu()
+            st = (lg.judge_attention(mod, mod.processor, *ins, ref, out) if n.op == "qattention"
+                  else lg.judge_quant_layer(mod, ins[0], ref, out))
+            self.counts[n.name] = lg.merge(self.counts.get(n.name), st)
 
     def run(self, x: torch.Tensor, ref: torch.Tensor, fp: torch.Tensor) -> torch.Tensor:
         out = self.rt.run(self.component, x)
@@ -147,23 +165,11 @@ class ComponentCheck:
             return None
         from . import layer_gate as lg
 
-        feeds = {n: [[t.float().cpu().numpy() for t in ins] for ins, _ in io] for n, io in self.io.items()}
-        outs = self.rt.run_layers(self.component, feeds)
-        root = getattr(self.pipe, component_of(self.component).root)
         rows = []
         for n in self.nodes:
             rec = self.g.recipes[n.attrs["recipe"]]
-            mod = root.get_submodule(n.name)
-            acc = None
-            for (ins, ref), out in zip(self.io[n.name], outs[n.name]):
-                out = lg.as_tensor(out).to(ref.dtype).reshape(ref.shape)
-                ins = [t.cpu() for t in ins]
-                st = (lg.judge_attention(mod, mod.processor, *ins, ref.cpu(), out) if n.op == "qattention"
-                      else lg.judge_quant_layer(mod, ins[0], ref.cpu(), out))
-                acc = lg.merge(acc, st)
             bits = f"A{rec.q.bits}" if n.op == "qattention" else f"W{rec.w_bits}A{rec.a_bits or 'fp'}"
-            rows.append({"layer": n.name, "op": n.op, "bits": bits, **lg.finish(acc)})
-        self.io.clear()
+            rows.append({"layer": n.name, "op": n.op, "bits": bits, **lg.finish(self.counts[n.name])})
         return rows
 
 
