@@ -143,12 +143,12 @@ class ComponentCheck:
         pooled into self.counts (layer_gate)."""
         from . import layer_gate as lg
 
-        outs = self.rt.run_layers(self.component, {n: [[t.float().cpu().numpy() for t in ins]] for n, (ins, _) in io.items()})
         root = getattr(self.pipe, component_of(self.component).root)
-        for n in self.nodes:
+        for n in self.nodes:  # one layer at a time, its capture dropped once judged
             mod = root.get_submodule(n.name)
             ins, ref = io.pop(n.name)
-            out = lg.as_tensor(outs.pop(n.name)[0]).to(ref.dtype).reshape(ref.shape)
+            (out,) = self.rt.run_layers(self.component, {n.name: [[t.float().cpu().numpy() for t in ins]]})[n.name]
+            out = lg.as_tensor(out).to(ref.dtype).reshape(ref.shape)
             ins, ref = [t.cpu() for t in ins], ref.cpu()
             st = (lg.judge_attention(mod, mod.processor, *ins, ref, out) if n.op == "qattention"
                   else lg.judge_quant_layer(mod, ins[0], ref, out))
