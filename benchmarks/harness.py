@@ -44,7 +44,7 @@ from .report import result_line, speedups  # the record's own lines, logged as e
 if TYPE_CHECKING:
     from passion_deploy.export.runtime import ArtifactRuntime, TimingVariant
 
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 TORCH_DTYPES = {"torch_fp32": torch.float32, "torch_fp16": torch.float16}  # the PyTorch baselines
 
 
