@@ -133,3 +133,85 @@ def test_openvino_int8_graph_passes_every_layer(tmp_path):
     out = _export("tiny-w8a8", tmp_path / "ov", target="openvino", options={"mode": "int8"})
     rows = verify_layers(out)["vae_encoder"]
     assert rows and _failed(rows) == []
+
+
+def test_score_flips_counts_the_p_codes_a_moved_score_can_carry():
+    """P codes (in code units) 0.02 and 0.11 from a half step are within reach of a score moved by
+    1e-3 at values 84 and 117 (each P moves by up to ~2e-3 of itself), one 0.5 away is not, and
+    without a moved score only codes at a tie count (sd21 cross-attention: one q code moved five
+    P codes of its row, the farthest 0.11 from its half step)."""
+    import torch
+
+    from passion_deploy.export.layer_gate import _score_flips
+
+    ps = torch.tensor([[[84.52, 117.61, 50.0, 67.4973, 90.5]]])
+    assert _score_flips(ps, 1e-3).flatten().tolist() == [4.0]
+    assert _score_flips(ps, 0.0).flatten().tolist() == [1.0]
+
+
+def _cross_attention(seed=0):
+    import torch
+    from diffusers.models.attention_processor import Attention
+
+    from calib_helpers import observe_attention
+    from passion_deploy.quant.attention import QuantAttnProcessor
+    from passion_deploy.quant.quantizer import QuantSpec
+
+    torch.manual_seed(seed)
+    attn = Attention(query_dim=32, cross_attention_dim=24, heads=2, dim_head=16)
+    hidden, ctx = torch.randn(1, 64, 32) * 3, torch.randn(1, 77, 24) * 3
+    proc = QuantAttnProcessor(QuantSpec(8), head_dim=16, s_alpha=0.5)
+    attn.set_processor(proc)
+    observe_attention(attn, hidden, ctx)
+    with torch.no_grad():
+        q, k, v = attn.to_q(hidden), attn.to_k(ctx), attn.to_v(ctx)
+    return attn, proc, q, k, v
+
+
+def _engine(attn, proc, q, k, v, moved=None, v_scale=1.0):
+    """The core as an engine computes it, with the q code at `moved` (b, token, channel) taken on
+    the other side of its half step."""
+    import torch
+
+    from passion_deploy.quant.attention import reciprocal
+
+    with torch.no_grad():
+        qh, kh, vh = (attn.head_to_batch_dim(t) for t in (q, k, v))
+        qq = proc.q_quant(qh * proc.s_qk)
+        if moved is not None:
+            bh, i, t = moved
+            dq = float(proc.q_quant.step_and_zero_point()[0])
+            x = float(qh[bh, i, t] * proc.s_qk[t]) / dq
+            qq[bh, i, t] += dq * (1.0 if qq[bh, i, t] / dq < x else -1.0)
+        kq = proc.k_quant(kh * reciprocal(proc.s_qk))
+        p = torch.softmax((qq @ kq.transpose(-1, -2)).float() * attn.scale, dim=-1)
+        y = proc.p_quant(p * proc.s_vw) @ (proc.v_quant(vh * reciprocal(proc.s_vw)[:, None]) * v_scale)
+        return attn.batch_to_head_dim(y), attn.batch_to_head_dim(proc.attention(qh, kh, vh, attn.scale))
+
+
+def test_a_q_code_near_its_half_step_is_explained_through_softmax_and_a_wrong_v_is_not():
+    """An engine that rounds the shifted code (v - shift, or v + zp) takes a q code 24 ulps of 1
+    past a half step (half an ulp of the code it rounds) the other way. That moves a whole row of
+    scores and with them the P codes of the row near a half step: the gate explains it by that q
+    tie (measured in ulps of |v| + |zp|, as on the sd21 UNet's int8 MHA, where such a code was
+    16.5 ulps of 1 from its half step). The same core with V off by one part in 500 fails."""
+    import torch
+
+    from passion_deploy.export import layer_gate as lg
+
+    attn, proc, q, k, v = _cross_attention()
+    dq, zq = (float(a) for a in proc.q_quant.step_and_zero_point())
+    assert abs(zq) > 64  # the shifted code is far larger than v: its ulps are what an engine rounds at
+    for i, t in ((i, t) for i in range(q.shape[1]) for t in range(16)):  # the first q code whose move reaches P codes
+        s = float(proc.s_qk[t].detach())
+        q_tie = q.clone()
+        q_tie[0, i, 16 + t] = (0.5 + 24 * 2.0**-23) * dq / s  # v = x s / D just past the half step above code 0
+        moved, ref = _engine(attn, proc, q_tie, k, v, moved=(1, i, t))
+        if not torch.equal(moved, ref):
+            break
+    assert not torch.equal(moved, ref)
+    q = q_tie
+    st = lg.judge_attention(attn, proc, q, k, v, ref, moved)
+    assert st["beyond_float"] > 0 and st["unexplained"] == 0 and st["boundary_codes"] >= 1, st
+    wrong, _ = _engine(attn, proc, q, k, v, v_scale=1.002)
+    assert lg.judge_attention(attn, proc, q, k, v, ref, wrong)["unexplained"] > 0
