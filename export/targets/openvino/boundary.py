@@ -70,6 +70,8 @@ def boundary_codes(graph, x: np.ndarray, compile_config: dict, extra_feeds: dict
         for g, name in zip(plan.rows[0].groups, gemm_ins):
             part = xs.narrow(axis % xs.dim(), g.k0, g.k1 - g.k0) if len(rec.weights) > 1 else xs
             got = torch.from_numpy(by_name[name]).double()
+            if got.dim() == xs.dim() + 1:  # token halves as a batch axis (int8_graph.lower_qlinear): back to (B, N, K)
+                got = got.reshape(xs.shape[0], -1, got.shape[-1])
             spans = plan.row_spans(xs.shape[1])
             for (r0, r1), row in zip(spans, plan.rows):
                 grid = rec.acts[_grid_index(rec, plan, row, g)]
