@@ -88,8 +88,9 @@ def resolve_mode(mode: str) -> tuple[str, str]:
     if mode not in MODES:
         raise ExportError(f"--ov-mode {mode!r}: choose auto, int8, int8_qdq, int8_narrow or dequant")
     if mode in INT8_MODES and not vnni:
-        raise ExportError(f"--ov-mode {mode} is not exact on this CPU: {SATURATES}; use --ov-mode int8_narrow or dequant "
-                          "(exact on every x86 CPU) or auto, or export on a CPU with VNNI")
+        raise ExportError(f"--ov-mode {mode} is not exact on this CPU: {SATURATES}; use --ov-mode auto (int8_narrow here: "
+                          "int8 kernels only where they cannot saturate) or --ov-mode dequant (both exact on every x86 CPU), "
+                          "or export on a CPU with VNNI")
     return mode, "asked for"
 
 

@@ -26,6 +26,7 @@ from ...ir.graph import Graph
 from ...ir.plan import layer_plan
 from ...ir.recipes import QAttentionRecipe, QLayerRecipe
 from ...onnx_graph import lower_ir, quantized_lowering
+from . import NARROW as MODE
 from . import fq_graph, int8_graph
 
 I16_MIN, I16_MAX = -(1 << 15), (1 << 15) - 1
