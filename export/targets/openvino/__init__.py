@@ -1,14 +1,15 @@
 """The openvino target: the deploy IR as OpenVINO IR (`<component>.xml` + `.bin`, int8 weights kept),
 run by OpenVINO's CPU plugin (runtime.OpenVinoSR), always with an explicit inference precision.
 
-Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
+Four ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
 
     int8     the CPU int8 graph (int8_graph.py), built for what OpenVINO's CPU plugin runs natively:
              u8 activations with PassionSR's own zero points, int8 weights whose per-channel shift
              term comes from one channel sum of the input (no all-ones output channel, no Split
              of a GEMM output), token halves as one GEMM with per-row grids. Every quantized
-             conv/linear becomes an int8 primitive; attention cores stay float on fake-quantized
-             operands, which the plugin fuses into one MHA kernel (int8_graph.lower_qattention).
+             conv/linear becomes an int8 primitive; attention cores are int8 MatMuls on
+             zero-point-free operands, which the plugin fuses into one MHA kernel
+             (int8_graph.lower_qattention).
     int8_qdq the rule-checked Q/DQ graph the trt target writes (export/qdq: one graph, two
              engines), the former int8 mode, kept for comparison: int8 kernels, but
              symmetric shifts, compensation maps and all-ones channels split off by reference
@@ -19,7 +20,22 @@ Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
              codes, one with codes inside [-64, 63] is exact, and Gemm (jit_gemm_i8) differs
              even then; --verify of tiny-w8a8 gives 34.0 / 12.4 / 11.0 dB vs fake-quant (UNet /
              encoder / decoder; tiny-w6a6, 8-bit first and last layers: 47.3 / 17.0 / 39.0) on
-             an AVX2 EPYC. Refused on such CPUs.
+             an AVX2 EPYC. The int8 graph with oneDNN capped to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 on
+             an AVX-512 VNNI EPYC), tiny-w6a6: every 6-bit layer passes --verify's per-layer gate
+             (all 119 UNet layers, 14 int8 attention cores among them), the 8-bit post_quant_conv
+             (50 dB) and quant_conv (4 dB) fail. Both refused on such CPUs.
+    int8_narrow  for CPUs without VNNI (narrow_graph.py): per layer, the int8 graph's lowering
+             where the layer's integer operands cannot saturate those pair sums
+             (narrow_graph.cannot_saturate: 2 * u8 max * |s8| max <= 32767, from the layer's
+             actual activation operand and weight codes, so 6-bit layers), the dequant graph's
+             (f32) elsewhere (PassionSR's 8-bit first and last layers). Compiled with the
+             low-precision transformations on; the f32 layers stay f32 Conv/MatMul kernels on f32
+             inputs (they hold no Q/DQ pair; ovcore.check_compiled refuses a compiled model where
+             they do not). Exact on every x86 CPU. Measured with ONEDNN_MAX_CPU_ISA=AVX2 (AVX-512
+             VNNI EPYC, OpenVINO 2026.4.1, `passion-export --target openvino --verify`, auto):
+             tiny-w6a6 UNet 47.28, encoder 62.23, decoder 48.39 dB vs fake-quant, 167/167 layers
+             pass, 118 + 19 + 25 layers int8 and 1 + 2 + 2 in f32; tiny-w8a8 (no layer narrow
+             enough) 58.64 / 70.91 / 56.72 dB, 167/167 layers pass, every layer f32.
     dequant  the fake-quant function itself (fq_graph.py): each activation rounded to its grid
              by Div -> Round -> Clip -> Mul in f32, one f32 Conv/MatMul per layer on the
              int8-stored weights (decompressed by the plugin), the low-precision transformations
@@ -28,9 +44,13 @@ Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
              at f32 speed.
 
 `auto` (the default) takes int8 where the CPU has VNNI (faster than int8_qdq where measured, see
-resolve_mode) and dequant elsewhere, and says which.
-The manifest records the mode, the precision and the CPU it was exported on; the runtime
-refuses an int8 artifact on a CPU without VNNI, by name, as the onnx target refuses --isa vnni.
+resolve_mode) and int8_narrow elsewhere, and says which; the export's summary names the layers
+int8_narrow runs in f32. VNNI is judged as oneDNN will use it (artifact.onednn_has_vnni: the CPU's
+flags, unless ONEDNN_MAX_CPU_ISA caps oneDNN below its VNNI ISAs, which makes OpenVINO's kernels
+those of a CPU without VNNI).
+The manifest records the mode, the precision, what it is exact on and the CPU it was exported on
+(oneDNN's cap included); the runtime refuses an int8 or int8_qdq artifact on a CPU without VNNI,
+by name, as the onnx target refuses --isa vnni, and runs int8_narrow and dequant ones anywhere.
 """
 from __future__ import annotations
 

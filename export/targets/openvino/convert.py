@@ -37,35 +37,8 @@ import tempfile
 from pathlib import Path
 
 from ...ir.trace import ExportError
+from .fq_graph import NO_FOLD, guard_divisions  # noqa: F401  (the division guard lives with the graph it guards)
 from .ovcore import convert
-
-
-NO_FOLD = "passion.lowest_float"
-
-
-def guard_divisions(model, only: set[str] | None = None):
-    """`model` with a Max(x, -FLT_MAX) in front of every Div by a float constant (see the module
-    docstring): the division stays a division in OpenVINO, as in the fake-quant model. `only`: the
-    names of the Div nodes to guard (the fake-quant layers of the int8_narrow graph), else all."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    g = model.graph
-    # float constants only: a Div of int64 shape values (a reshape's arithmetic) has nothing to round
-    float_consts = {t.name for t in g.initializer if t.data_type == TensorProto.FLOAT}
-    float_consts |= {o for n in g.node if n.op_type == "Constant" and n.attribute and n.attribute[0].t.data_type == TensorProto.FLOAT
-                     for o in n.output}
-    nodes = []
-    for n in g.node:
-        if n.op_type == "Div" and n.input[1] in float_consts and (only is None or n.name in only):
-            guard = n.output[0] + "/nofold"
-            nodes.append(helper.make_node("Max", [n.input[0], NO_FOLD], [guard], name=guard))
-            n = helper.make_node("Div", [guard, n.input[1]], list(n.output), name=n.name)
-        nodes.append(n)
-    del g.node[:]
-    g.node.extend(nodes)
-    g.initializer.append(numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), NO_FOLD))
-    return model
 
 
 def lower_component(graph, mode: str, probes: list[str] | None = None):

@@ -13,7 +13,7 @@ The graph is compiled with the low-precision transformations on (they make the i
 kernels). They act on FakeQuantize nodes, which only the int8 layers' Q/DQ pairs become: a
 fake-quant layer's Div -> Round -> Clip -> Mul is no Q/DQ pair, so its Conv/MatMul stays f32 on
 f32 inputs (checked on the compiled graph: `f32_layer_kernels`, ovcore.check_compiled). Its Divs
-are guarded as in the dequant graph (convert.guard_divisions), the int8 layers' are left as the
+are guarded as in the dequant graph (fq_graph.guard_divisions), the int8 layers' are left as the
 int8 mode leaves them.
 """
 from __future__ import annotations
@@ -113,8 +113,6 @@ def lower_graph_narrow(g: Graph, probes: list[str] | None = None) -> onnx.ModelP
     """The int8_narrow mode's ONNX of IR graph `g` (module docstring): per quantized layer the int8
     graph's lowering or the fake-quant graph's, then the int8 graph's layout rewrites and the
     fake-quant layers' division guards."""
-    from .convert import guard_divisions
-
     static = int8_graph.static_inputs(g)
     as_int8 = int8_layers(g)
     int8 = int8_graph.int8_lowering(static)
@@ -129,7 +127,7 @@ def lower_graph_narrow(g: Graph, probes: list[str] | None = None) -> onnx.ModelP
         fq_nodes.update(node.name for node in b.nodes[start:])
         return out
 
-    model = guard_divisions(lower_ir(g, lower, probes), only=fq_nodes)
+    model = fq_graph.guard_divisions(lower_ir(g, lower, probes), only=fq_nodes)
     return int8_graph.int8_layout(model, static)
 
 
