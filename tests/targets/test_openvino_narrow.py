@@ -246,7 +246,7 @@ def test_tiny_w6a6_under_avx2_exports_int8_narrow_and_every_layer_passes(tmp_pat
     VNNI: what an AVX2-only CPU runs; the variable is read when oneDNN starts, so in a fresh
     process): auto picks int8_narrow and says so, the 8-bit layers are the f32 ones, and every
     quantized layer passes --verify's per-layer gate (with every layer int8 the 8-bit post_quant_conv
-    and quant_conv fail there: 50 and 4 dB). About 6 minutes on 2 cores."""
+    and quant_conv fail there: 50 and 4 dB). 12.5 minutes on this shared 2-core machine."""
     out = tmp_path / "w6"
     code = ("import sys; from passion_deploy.cli.export import main; sys.exit(main(sys.argv[1:]))")
     r = subprocess.run([sys.executable, "-c", code, "--ckpt", "tiny-w6a6", "--target", "openvino", "--out", str(out),
