@@ -51,6 +51,35 @@ def cpu_has_vnni() -> bool:
     return bool(cpu_flags() & VNNI_FLAGS)
 
 
+# oneDNN's ISA caps (its ONEDNN_MAX_CPU_ISA values) without any VNNI ISA, and the AVX2 ones with it
+ONEDNN_NO_VNNI = {"SSE41", "AVX", "AVX2", "AVX512_CORE", "AVX512_MIC", "AVX512_MIC_4OPS"}
+ONEDNN_AVX2_VNNI = {"AVX2_VNNI", "AVX2_VNNI_2"}
+
+
+def onednn_isa_cap() -> str | None:
+    """The ISA cap oneDNN reads from the environment (ONEDNN_MAX_CPU_ISA, else the older
+    DNNL_MAX_CPU_ISA), upper case; None where neither is set."""
+    cap = os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA")
+    return cap.strip().upper() if cap and cap.strip() else None
+
+
+def onednn_has_vnni() -> bool:
+    """VNNI as oneDNN (OpenVINO's CPU plugin) will use it: this CPU's VNNI (cpu_has_vnni), unless
+    ONEDNN_MAX_CPU_ISA caps oneDNN below its VNNI ISAs (AVX2, AVX512_CORE and older: no VNNI;
+    AVX2_VNNI: only the AVX-VNNI flag counts). A user who sets the variable gets the kernels it
+    names, so the openvino target judges exactness by the same; on a VNNI machine it is also how
+    this project runs OpenVINO as on an AVX2-only CPU. The onnx target's ONNX Runtime does not read
+    it and keeps cpu_has_vnni."""
+    if not cpu_has_vnni():
+        return False
+    cap = onednn_isa_cap()
+    if cap in ONEDNN_NO_VNNI:
+        return False
+    if cap in ONEDNN_AVX2_VNNI:
+        return "avx_vnni" in cpu_flags()
+    return True
+
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():

@@ -24,7 +24,7 @@ from passion_deploy.export.targets import openvino as ov_target  # noqa: E402
 from passion_deploy.export.targets.openvino import ovcore  # noqa: E402
 from passion_deploy.export.targets.openvino.runtime import OpenVinoSR  # noqa: E402
 
-VNNI = artifact.cpu_has_vnni()
+VNNI = artifact.onednn_has_vnni()  # as oneDNN sees it (ONEDNN_MAX_CPU_ISA caps it)
 
 
 def _export(out, *args):
@@ -48,7 +48,7 @@ def test_tiny_w8a8_exports_verifies_and_records_the_mode_this_cpu_needs(w8a8):
     m = artifact.read_manifest(out)
     o = m["openvino"]
     assert m["target"] == "openvino" and o["precision"] == "f32"
-    assert o["mode"] == ("int8" if VNNI else "dequant") and o["mode_chosen"].startswith("auto: this CPU has")
+    assert o["mode"] == ("int8" if VNNI else "int8_narrow") and o["mode_chosen"].startswith("auto: this CPU has")
     assert o["exported_on"]["vnni"] == VNNI
     for comp, c in m["components"].items():
         assert {c["openvino_xml"], c["openvino_bin"], c["ir"]} <= set(m["files"])  # sealed like every file
@@ -64,7 +64,7 @@ def test_tiny_w8a8_exports_verifies_and_records_the_mode_this_cpu_needs(w8a8):
     report = json.loads((out / "verify.json").read_text())
     assert report["passed"] and report["target"] == "openvino"
     assert all(r["psnr_vs_fakequant_db"] >= 45 for r in report["components"].values())
-    assert ("dequant mode" in report["runtime"]) != VNNI
+    assert ov_target.KERNELS[o["mode"]] in report["runtime"]
 
 
 def test_tiny_w6a6_verifies(tmp_path):
@@ -88,7 +88,7 @@ def test_the_runtime_compiles_f32_and_runs_the_vae_at_any_size(w8a8):
         assert img.shape == (1, 3, hw[0] * rt.vae_factor, hw[1] * rt.vae_factor)
     found = rt.models["vae_decoder"].found
     assert len(rt.models["vae_decoder"].compiled) == 2 and found["precision"] == "f32"
-    assert (found["int8_primitives"] == 0) == (rt.mode == "dequant")
+    assert (found["int8_primitives"] == 0) == (rt.mode != "int8")  # int8_narrow: no tiny-w8a8 decoder layer is narrow
     with pytest.raises(ValueError, match="latent tiles"):
         rt.unet_eps(torch.randn(1, 4, th // 2, tw))
 
@@ -231,11 +231,13 @@ def test_int8_mode_saturates_without_vnni(conv8):
 
 
 def test_auto_mode_follows_vnni_and_int8_is_refused_without_it(monkeypatch):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
     monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: True)
     assert ov_target.resolve_mode("auto") == ("int8", "auto: this CPU has VNNI")
     assert ov_target.resolve_mode("int8") == ("int8", "asked for")
     monkeypatch.setattr(artifact, "cpu_has_vnni", lambda: False)
-    assert ov_target.resolve_mode("auto")[0] == "dequant"
+    assert ov_target.resolve_mode("auto")[0] == "int8_narrow"  # test_openvino_narrow.py
     with pytest.raises(ExportError, match="--ov-mode int8 is not exact on this CPU") as e:
         ov_target.resolve_mode("int8")
     assert "\n" not in str(e.value)
@@ -306,7 +308,7 @@ def test_bench_times_openvino_fp32_and_nncf_int8_with_fidelity_and_full_sr(w8a8,
                            "--threads", "1", "--no-memory", "--no-torch", "--no-progress", "--sr-size", "64",
                            "--json", str(rec_path)]) == 0
     rec = json.loads(rec_path.read_text())
-    art = f"ov_{ov_target.AUTO_INT8}" if VNNI else "ov_dequant"
+    art = f"ov_{ov_target.AUTO_INT8}" if VNNI else f"ov_{ov_target.AUTO_NO_VNNI}"
     assert rec["artifact_variant"] == art and rec["openvino"]["mode"] == art[3:]
     # where the artifact's time goes, per compiled shape: the plugin's counters by node and exec type
     prof = rec["exec_profile"]

@@ -1,14 +1,15 @@
 """The openvino target: the deploy IR as OpenVINO IR (`<component>.xml` + `.bin`, int8 weights kept),
 run by OpenVINO's CPU plugin (runtime.OpenVinoSR), always with an explicit inference precision.
 
-Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
+Four ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
 
     int8     the CPU int8 graph (int8_graph.py), built for what OpenVINO's CPU plugin runs natively:
              u8 activations with PassionSR's own zero points, int8 weights whose per-channel shift
              term comes from one channel sum of the input (no all-ones output channel, no Split
              of a GEMM output), token halves as one GEMM with per-row grids. Every quantized
-             conv/linear becomes an int8 primitive; attention cores stay float on fake-quantized
-             operands, which the plugin fuses into one MHA kernel (int8_graph.lower_qattention).
+             conv/linear becomes an int8 primitive; attention cores are int8 MatMuls on
+             zero-point-free operands, which the plugin fuses into one MHA kernel
+             (int8_graph.lower_qattention).
     int8_qdq the rule-checked Q/DQ graph the trt target writes (export/qdq: one graph, two
              engines), the former int8 mode, kept for comparison: int8 kernels, but
              symmetric shifts, compensation maps and all-ones channels split off by reference
@@ -19,7 +20,22 @@ Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
              codes, one with codes inside [-64, 63] is exact, and Gemm (jit_gemm_i8) differs
              even then; --verify of tiny-w8a8 gives 34.0 / 12.4 / 11.0 dB vs fake-quant (UNet /
              encoder / decoder; tiny-w6a6, 8-bit first and last layers: 47.3 / 17.0 / 39.0) on
-             an AVX2 EPYC. Refused on such CPUs.
+             an AVX2 EPYC. The int8 graph with oneDNN capped to AVX2 (ONEDNN_MAX_CPU_ISA=AVX2 on
+             an AVX-512 VNNI EPYC), tiny-w6a6: every 6-bit layer passes --verify's per-layer gate
+             (all 119 UNet layers, 14 int8 attention cores among them), the 8-bit post_quant_conv
+             (50 dB) and quant_conv (4 dB) fail. Both refused on such CPUs.
+    int8_narrow  for CPUs without VNNI (narrow_graph.py): per layer, the int8 graph's lowering
+             where the layer's integer operands cannot saturate those pair sums
+             (narrow_graph.cannot_saturate: 2 * u8 max * |s8| max <= 32767, from the layer's
+             actual activation operand and weight codes, so 6-bit layers), the dequant graph's
+             (f32) elsewhere (PassionSR's 8-bit first and last layers). Compiled with the
+             low-precision transformations on; the f32 layers stay f32 Conv/MatMul kernels on f32
+             inputs (they hold no Q/DQ pair; ovcore.check_compiled refuses a compiled model where
+             they do not). Exact on every x86 CPU. Measured with ONEDNN_MAX_CPU_ISA=AVX2 (AVX-512
+             VNNI EPYC, OpenVINO 2026.4.1, `passion-export --target openvino --verify`, auto):
+             tiny-w6a6 UNet 47.28, encoder 62.23, decoder 48.39 dB vs fake-quant, 167/167 layers
+             pass, 118 + 19 + 25 layers int8 and 1 + 2 + 2 in f32; tiny-w8a8 (no layer narrow
+             enough) 58.64 / 70.91 / 56.72 dB, 167/167 layers pass, every layer f32.
     dequant  the fake-quant function itself (fq_graph.py): each activation rounded to its grid
              by Div -> Round -> Clip -> Mul in f32, one f32 Conv/MatMul per layer on the
              int8-stored weights (decompressed by the plugin), the low-precision transformations
@@ -28,9 +44,13 @@ Two ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
              at f32 speed.
 
 `auto` (the default) takes int8 where the CPU has VNNI (faster than int8_qdq where measured, see
-resolve_mode) and dequant elsewhere, and says which.
-The manifest records the mode, the precision and the CPU it was exported on; the runtime
-refuses an int8 artifact on a CPU without VNNI, by name, as the onnx target refuses --isa vnni.
+resolve_mode) and int8_narrow elsewhere, and says which; the export's summary names the layers
+int8_narrow runs in f32. VNNI is judged as oneDNN will use it (artifact.onednn_has_vnni: the CPU's
+flags, unless ONEDNN_MAX_CPU_ISA caps oneDNN below its VNNI ISAs, which makes OpenVINO's kernels
+those of a CPU without VNNI).
+The manifest records the mode, the precision, what it is exact on and the CPU it was exported on
+(oneDNN's cap included); the runtime refuses an int8 or int8_qdq artifact on a CPU without VNNI,
+by name, as the onnx target refuses --isa vnni, and runs int8_narrow and dequant ones anywhere.
 """
 from __future__ import annotations
 
@@ -40,9 +60,11 @@ from ... import artifact
 from ...ir.trace import ExportError
 from .. import ComponentModel, CpuRuntimeTarget, ExportReport, ServeSpec
 
-MODES = ("int8", "int8_qdq", "dequant")
-INT8_MODES = ("int8", "int8_qdq")  # the modes that run OpenVINO's int8 kernels (exact only with VNNI)
+MODES = ("int8", "int8_qdq", "int8_narrow", "dequant")
+INT8_MODES = ("int8", "int8_qdq")  # the modes that run OpenVINO's int8 kernels on every layer (exact only with VNNI)
+NARROW = "int8_narrow"  # int8 kernels only where they cannot saturate (narrow_graph.py): exact on every x86 CPU
 AUTO_INT8 = "int8"  # what auto takes where the CPU has VNNI (resolve_mode says why)
+AUTO_NO_VNNI = NARROW  # and where it has none
 PRECISIONS = ("f32", "bf16")
 INSTALL_HINT = "pip install 'passion-deploy[openvino]'"
 MISSING = f"the openvino target needs OpenVINO, which is not installed here: {INSTALL_HINT}"
@@ -52,8 +74,12 @@ SATURATES = ("OpenVINO's int8 kernels add 8-bit products in pairs in int16 with 
 
 
 # how the summary and the runtime name each mode's kernels, and the report its quantized ops
-KERNELS = {"int8": "int8 kernels (the CPU int8 graph)", "int8_qdq": "int8 kernels (the trt target's Q/DQ graph)"}
-OPS = {"int8": "int8", "int8_qdq": "Q/DQ", "dequant": "fake-quantized"}
+KERNELS = {"int8": "int8 kernels (the CPU int8 graph)", "int8_qdq": "int8 kernels (the trt target's Q/DQ graph)",
+           NARROW: "int8 kernels where the operands cannot saturate, f32 fake-quant elsewhere (the int8_narrow graph)"}
+OPS = {"int8": "int8", "int8_qdq": "Q/DQ", NARROW: "int8 or fake-quantized", "dequant": "fake-quantized"}
+EXACT_ON = {"int8": "CPUs with VNNI", "int8_qdq": "CPUs with VNNI",
+            NARROW: "every x86 CPU (int8 kernels only on layers whose operands cannot saturate int16 pair sums)",
+            "dequant": "every x86 CPU"}
 
 
 def openvino_missing() -> bool:
@@ -65,20 +91,26 @@ def openvino_missing() -> bool:
 
 
 def resolve_mode(mode: str) -> tuple[str, str]:
-    """(mode, why): auto picks int8 where the CPU has VNNI and dequant elsewhere; an explicit int8
-    on a CPU without VNNI is refused, since --verify could only measure its saturation here."""
-    vnni = artifact.cpu_has_vnni()
+    """(mode, why): auto picks int8 where the CPU has VNNI and int8_narrow elsewhere; an explicit
+    int8 or int8_qdq on a CPU without VNNI is refused, since --verify could only measure its
+    saturation here. VNNI as oneDNN will use it (artifact.onednn_has_vnni: the CPU's flags, capped
+    by ONEDNN_MAX_CPU_ISA where that is set)."""
+    vnni = artifact.onednn_has_vnni()
     if mode == "auto":
         # the CPU int8 graph: it passes --verify's per-layer gate and, with its attention cores fused
         # by the plugin, beats the Q/DQ graph (tiny-w8a8 on a 2-core AVX-512 VNNI EPYC, alternating in
         # one process: UNet 1.48x, decoder 1.55x, encoder 1.18x its speed; README, issue 23)
+        # without VNNI: int8 kernels on the layers that cannot saturate (6-bit codes), f32 on the others
+        # (tiny-w6a6 under ONEDNN_MAX_CPU_ISA=AVX2: every layer passes the per-layer gate; narrow_graph)
         return (AUTO_INT8, "auto: this CPU has VNNI") if vnni else (
-            "dequant", "auto: this CPU has no VNNI, where OpenVINO's int8 kernels saturate")
+            AUTO_NO_VNNI, "auto: this CPU has no VNNI, where OpenVINO's int8 kernels may saturate: int8 kernels on the "
+                          "layers whose integer operands cannot saturate, f32 fake-quant on the others")
     if mode not in MODES:
-        raise ExportError(f"--ov-mode {mode!r}: choose auto, int8, int8_qdq or dequant")
+        raise ExportError(f"--ov-mode {mode!r}: choose auto, int8, int8_qdq, int8_narrow or dequant")
     if mode in INT8_MODES and not vnni:
-        raise ExportError(f"--ov-mode {mode} is not exact on this CPU: {SATURATES}; use --ov-mode dequant (exact on "
-                          "every x86 CPU) or auto, or export on a CPU with VNNI")
+        raise ExportError(f"--ov-mode {mode} is not exact on this CPU: {SATURATES}; use --ov-mode auto (int8_narrow here: "
+                          "int8 kernels only where they cannot saturate) or --ov-mode dequant (both exact on every x86 CPU), "
+                          "or export on a CPU with VNNI")
     return mode, "asked for"
 
 
@@ -88,9 +120,11 @@ class OpenVinoOptions:
         "flag": "--ov-mode", "choices": ("auto", *MODES),
         "help": "int8: OpenVINO's int8 primitives on a graph built for them (u8 activations with PassionSR's zero "
                 "points; exact only on CPUs with VNNI, refused elsewhere); int8_qdq: the same kernels on the trt "
-                "target's Q/DQ graph; dequant: the fake-quant graph, rounding and "
+                "target's Q/DQ graph; int8_narrow: int8 primitives on the layers whose integer operands cannot "
+                "saturate the 16-bit pair sums of CPUs without VNNI (6-bit codes), the fake-quant graph in f32 on "
+                "the others (exact on every x86 CPU); dequant: the fake-quant graph, rounding and "
                 "convs/matmuls in f32 (exact on every x86 CPU); auto (default): int8 where this CPU has VNNI, "
-                "else dequant"})
+                "else int8_narrow"})
     precision: str = field(default="f32", metadata={
         "flag": "--ov-precision", "choices": PRECISIONS,
         "help": "OpenVINO's inference precision for the float ops, set explicitly (default f32: exact); bf16 is "
@@ -100,7 +134,8 @@ class OpenVinoOptions:
 
 class OpenVinoTarget(CpuRuntimeTarget):
     name = "openvino"
-    help = "OpenVINO IR for OpenVINO's CPU plugin (int8 kernels on a CPU int8 graph or the Q/DQ graph, or the fake-quant graph in f32)"
+    help = ("OpenVINO IR for OpenVINO's CPU plugin (int8 kernels on a CPU int8 graph or the Q/DQ graph, per layer where "
+            "they cannot saturate, or the fake-quant graph in f32)")
     options = OpenVinoOptions
     runtime = "OpenVinoSR"
     manifest_needs = ("openvino",)
@@ -125,7 +160,7 @@ class OpenVinoTarget(CpuRuntimeTarget):
 
         o = job.options
         return {"openvino": {"version": openvino_version(), "mode": o["mode"], "mode_chosen": o["mode_chosen"],
-                             "precision": o["precision"], "exact_on": "CPUs with VNNI" if o["mode"] in INT8_MODES else "every x86 CPU",
+                             "precision": o["precision"], "exact_on": EXACT_ON[o["mode"]],
                              "exported_on": cpu_info()}}
 
     def report(self, manifest: dict) -> ExportReport:
@@ -134,6 +169,7 @@ class OpenVinoTarget(CpuRuntimeTarget):
         ops = OPS[o["mode"]]
         lines = tuple(f"  {comp:12s} OpenVINO IR {c['openvino_bytes'] / 1e6:.2f} MB (int8 weights "
                       f"{c['openvino_int8_weight_bytes'] / 1e6:.2f} MB), {c['quantized_ops']} {ops} convs/matmuls"
+                      + (_layer_split(c) if "openvino_f32_layers" in c else "")
                       for comp, c in manifest["components"].items())
         return ExportReport(f"openvino {o['version'].split('-')[0]}, {kernels} ({o['mode_chosen']}), {o['precision']} precision",
                             lines)
@@ -154,6 +190,13 @@ class OpenVinoTarget(CpuRuntimeTarget):
                 "(config.pbtxt parameters); check that your OpenVINO backend passes them on, LP_TRANSFORMS_MODE above "
                 "all where the artifact runs in dequant mode")
         return ServeSpec(gpu=False, components=comps, notes=(note,))
+
+
+def _layer_split(c: dict) -> str:
+    """The int8_narrow mode's per-layer choice, as the export's summary says it."""
+    f32 = c["openvino_f32_layers"]
+    named = ", ".join(f32[:4]) + (f" and {len(f32) - 4} more" if len(f32) > 4 else "")
+    return f"; {c['openvino_int8_layers']} layers int8, {len(f32)} f32" + (f" ({named})" if f32 else "")
 
 
 TARGET = OpenVinoTarget()

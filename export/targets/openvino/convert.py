@@ -1,8 +1,11 @@
 """Write a component's OpenVINO IR: the deploy IR lowered to ONNX for the artifact's mode, converted
 by OpenVINO's ONNX frontend and saved as `<component>.xml` + `<component>.bin`.
 
-- int8: the rule-checked Q/DQ graph (export/qdq, the same lowering the trt target writes), whose
-  Q/DQ pairs OpenVINO's low-precision transformations fuse into int8 kernels.
+- int8: the CPU int8 graph (int8_graph.py), whose Q/DQ pairs OpenVINO's low-precision
+  transformations fuse into int8 kernels.
+- int8_qdq: the rule-checked Q/DQ graph (export/qdq, the same lowering the trt target writes).
+- int8_narrow: per layer the int8 graph's lowering where the layer's integer operands cannot
+  saturate int16 pair sums, the dequant graph's elsewhere (narrow_graph.py).
 - dequant: the fake-quant function itself (fq_graph.py: one f32 Conv/MatMul per layer, no
   shifts, no split convs), with every Div by a constant guarded (`guard_divisions`).
 
@@ -34,34 +37,8 @@ import tempfile
 from pathlib import Path
 
 from ...ir.trace import ExportError
+from .fq_graph import NO_FOLD, guard_divisions  # noqa: F401  (the division guard lives with the graph it guards)
 from .ovcore import convert
-
-
-NO_FOLD = "passion.lowest_float"
-
-
-def guard_divisions(model):
-    """`model` with a Max(x, -FLT_MAX) in front of every Div by a float constant (see the module
-    docstring): the division stays a division in OpenVINO, as in the fake-quant model."""
-    import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
-
-    g = model.graph
-    # float constants only: a Div of int64 shape values (a reshape's arithmetic) has nothing to round
-    float_consts = {t.name for t in g.initializer if t.data_type == TensorProto.FLOAT}
-    float_consts |= {o for n in g.node if n.op_type == "Constant" and n.attribute and n.attribute[0].t.data_type == TensorProto.FLOAT
-                     for o in n.output}
-    nodes = []
-    for n in g.node:
-        if n.op_type == "Div" and n.input[1] in float_consts:
-            guard = n.output[0] + "/nofold"
-            nodes.append(helper.make_node("Max", [n.input[0], NO_FOLD], [guard], name=guard))
-            n = helper.make_node("Div", [guard, n.input[1]], list(n.output), name=n.name)
-        nodes.append(n)
-    del g.node[:]
-    g.node.extend(nodes)
-    g.initializer.append(numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), NO_FOLD))
-    return model
 
 
 def lower_component(graph, mode: str, probes: list[str] | None = None):
@@ -75,6 +52,10 @@ def lower_component(graph, mode: str, probes: list[str] | None = None):
         from .int8_graph import int8_op_count, lower_graph_int8
 
         return lower_graph_int8(graph, probes), int8_op_count(graph)
+    if mode == "int8_narrow":
+        from .narrow_graph import lower_graph_narrow, narrow_op_count
+
+        return lower_graph_narrow(graph, probes), narrow_op_count(graph)
     if mode != "int8_qdq":
         raise ValueError(f"no openvino graph for mode {mode!r}")
     from ...qdq.lower import lower_graph_qdq
@@ -92,7 +73,7 @@ def write_openvino_ir(job, name: str, graph) -> tuple[list[str], dict]:
     import openvino as ov
 
     mode = job.options["mode"]
-    job.status({"int8": "int8 graph", "int8_qdq": "Q/DQ graph"}.get(mode, "fake-quant graph"))
+    job.status({"int8": "int8 graph", "int8_qdq": "Q/DQ graph", "int8_narrow": "int8 / fake-quant graph"}.get(mode, "fake-quant graph"))
     onnx_model, quantized_ops = lower_component(graph, mode)
     shapes = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
               for i in onnx_model.graph.input}
@@ -107,7 +88,14 @@ def write_openvino_ir(job, name: str, graph) -> tuple[list[str], dict]:
         for ext in ("bin", "xml"):  # the .xml last: it names the .bin
             os.replace(Path(tmp) / f"{name}.{ext}", job.out_dir / f"{name}.{ext}")
     xml, binf = f"{name}.xml", f"{name}.bin"
-    return [xml, binf], {"openvino_xml": xml, "openvino_bin": binf,
-                         "openvino_bytes": sum((job.out_dir / f).stat().st_size for f in (xml, binf)),
-                         "openvino_int8_weight_bytes": int8_bytes, "quantized_ops": quantized_ops,
-                         "input_shapes": shapes}
+    fields = {"openvino_xml": xml, "openvino_bin": binf,
+              "openvino_bytes": sum((job.out_dir / f).stat().st_size for f in (xml, binf)),
+              "openvino_int8_weight_bytes": int8_bytes, "quantized_ops": quantized_ops,
+              "input_shapes": shapes}
+    if mode == "int8_narrow":  # which layers run int8 (narrow_graph.cannot_saturate) and which in f32
+        from .narrow_graph import int8_layers
+
+        as_int8 = int8_layers(graph)
+        fields.update(openvino_int8_layers=sum(as_int8.values()),
+                      openvino_f32_layers=[layer for layer, int8 in as_int8.items() if not int8])
+    return [xml, binf], fields

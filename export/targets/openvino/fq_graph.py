@@ -17,7 +17,7 @@ are two convs. So the dequant mode lowers each quantized layer as the reference 
 
 Split halves become per-channel vectors of D and bounds on one tensor (channel halves) or two
 token slices quantized and concatenated (token halves), so every layer has one Conv or MatMul.
-Every Div here divides by a constant as the fake-quant does; convert.guard_divisions keeps
+Every Div here divides by a constant as the fake-quant does; guard_divisions (below) keeps
 OpenVINO from turning any of them into a multiplication.
 """
 from __future__ import annotations
@@ -135,3 +135,30 @@ def fake_quant_op_count(g: Graph) -> int:
     """The convs and matmuls lower_graph_fq runs on fake-quantized activations (two per attention)."""
     return sum(2 if n.op == "qattention" else int(g.recipes[n.attrs["recipe"]].acts is not None)
                for n in g.nodes if n.op in ("qconv", "qlinear", "qattention"))
+
+
+NO_FOLD = "passion.lowest_float"
+
+
+def guard_divisions(model, only: set[str] | None = None):
+    """`model` with a Max(x, -FLT_MAX) in front of every Div by a float constant (see convert.py's module
+    docstring): the division stays a division in OpenVINO, as in the fake-quant model. `only`: the
+    names of the Div nodes to guard (the fake-quant layers of the int8_narrow graph), else all."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    g = model.graph
+    # float constants only: a Div of int64 shape values (a reshape's arithmetic) has nothing to round
+    float_consts = {t.name for t in g.initializer if t.data_type == TensorProto.FLOAT}
+    float_consts |= {o for n in g.node if n.op_type == "Constant" and n.attribute and n.attribute[0].t.data_type == TensorProto.FLOAT
+                     for o in n.output}
+    nodes = []
+    for n in g.node:
+        if n.op_type == "Div" and n.input[1] in float_consts and (only is None or n.name in only):
+            guard = n.output[0] + "/nofold"
+            nodes.append(helper.make_node("Max", [n.input[0], NO_FOLD], [guard], name=guard))
+            n = helper.make_node("Div", [guard, n.input[1]], list(n.output), name=n.name)
+        nodes.append(n)
+    del g.node[:]
+    g.node.extend(nodes)
+    g.initializer.append(numpy_helper.from_array(np.array(np.finfo(np.float32).min, np.float32), NO_FOLD))
+    return model

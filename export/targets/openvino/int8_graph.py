@@ -454,10 +454,24 @@ def channel_copies_as_convs(model: onnx.ModelProto, only: set[str] | None = None
     return model
 
 
+def static_inputs(g: Graph) -> bool:
+    """Whether every input of `g` has a fixed shape (the UNet at its tile; the VAE graphs take any size)."""
+    return all(d is not None for shape in g.inputs.values() for d in shape)
+
+
+def int8_lowering(static: bool):
+    """lower_ir's quantized-op lowering of the int8 graph (static: the graph's inputs have fixed shapes)."""
+    return quantized_lowering(_conv, lower_qlinear, _attention, static_tokens=static)
+
+
 def lower_graph_int8(g: Graph, probes: list[str] | None = None) -> onnx.ModelProto:
     """The int8 mode's ONNX of IR graph `g` (module docstring), traced input shapes kept."""
-    static = all(d is not None for shape in g.inputs.values() for d in shape)
-    model = lower_ir(g, quantized_lowering(_conv, lower_qlinear, _attention, static_tokens=static), probes)
+    static = static_inputs(g)
+    return int8_layout(lower_ir(g, int8_lowering(static), probes), static)
+
+
+def int8_layout(model: onnx.ModelProto, static: bool) -> onnx.ModelProto:
+    """The rewrites of the lowered int8 graph that keep the plugin off its reference kernels."""
     model = splits_to_gathers(model)
     # only at a static shape (the UNet): there the rewrite leaves no reference kernel at all; the
     # dynamic-shape VAE keeps its shape arithmetic's reference nodes either way. Only the copies the

@@ -39,13 +39,17 @@ def default_precision() -> str:
 def cpu_info() -> dict:
     caps = core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return {"cpu": artifact.cpu_model(), "vnni": artifact.cpu_has_vnni(), "bf16": "BF16" in caps,
-            "openvino_default_precision": default_precision()}
+            "openvino_default_precision": default_precision(),
+            # oneDNN's ISA cap where one is set (ONEDNN_MAX_CPU_ISA), and the VNNI the kernels use under it
+            "onednn_max_cpu_isa": artifact.onednn_isa_cap(), "onednn_vnni": artifact.onednn_has_vnni()}
 
 
 def compile_config(precision: str | None, mode: str | None = None, threads: int | None = None) -> dict:
     """The CPU plugin's settings. precision: f32 or bf16, always given for the artifact (None only
     for the "OpenVINO default" baseline, which is what a user who sets nothing gets). mode dequant
-    switches the low-precision transformations off: Q/DQ pairs then stay rounding ops in f32."""
+    switches the low-precision transformations off: Q/DQ pairs then stay rounding ops in f32. The
+    int8 modes keep them on, int8_narrow too: its int8 layers need them, and its f32 layers hold
+    no Q/DQ pair for them to act on (check_compiled holds it to that)."""
     cfg = {"PERFORMANCE_HINT": "LATENCY"}  # one request at a time, as every runtime here is called
     if precision is not None:
         cfg["INFERENCE_PRECISION_HINT"] = precision
@@ -79,11 +83,29 @@ def int8_primitives(compiled) -> tuple[int, int]:
     return n_int, n_all
 
 
-def check_compiled(compiled, mode: str, precision: str, where: str) -> dict:
+def f32_layer_int8_kernels(compiled, layers: list[str]) -> tuple[list[str], int]:
+    """(the convs/matmuls of the named fake-quant layers that run on int8 inputs, how many of those
+    layers' convs/matmuls were found) in a compiled int8_narrow model: a node belongs to layer L
+    when its own name starts with `n.L.` (the lowering's names; a node fused into it keeps that)."""
+    prefixes = tuple(f"n.{layer}." for layer in layers)
+    bad, found = [], 0
+    for op in compiled.get_runtime_model().get_ops():
+        rt = op.get_rt_info()
+        if rt["layerType"].astype(str) not in INTEGER_LAYERS or not op.get_friendly_name().startswith(prefixes):
+            continue
+        found += 1
+        if _short(op.input(0).get_element_type()) in INT8_TYPES:
+            bad.append(f"{op.get_friendly_name()} ({rt['primitiveType'].astype(str)})")
+    return bad, found
+
+
+def check_compiled(compiled, mode: str, precision: str, where: str, f32_layers: list[str] | None = None) -> dict:
     """Refuse a compiled model that does not run as the artifact was verified: float ops in a lower
     precision than asked (a bf16 compile of an f32 artifact), or, in dequant mode, int8 primitives
-    (an OpenVINO that ignored LP_TRANSFORMS_MODE would saturate on CPUs without VNNI). Returns
-    what it found, for the runtime's description and the benchmark record."""
+    (an OpenVINO that ignored LP_TRANSFORMS_MODE would saturate on CPUs without VNNI), or, in
+    int8_narrow mode, an int8 primitive in one of its f32 layers `f32_layers` (the layers whose
+    operands can saturate). Returns what it found, for the runtime's description and the
+    benchmark record."""
     got = effective_precision(compiled)
     if precision == "f32" and got != "f32":
         raise artifact.ArtifactError(f"{where}: OpenVINO compiled it in {got} although the artifact was exported and "
@@ -93,6 +115,12 @@ def check_compiled(compiled, mode: str, precision: str, where: str) -> dict:
         raise artifact.ArtifactError(f"{where}: OpenVINO {openvino_version()} still runs {n_int} of {n_all} convs/matmuls "
                                      "as int8 primitives with its low-precision transformations switched off, so the exact "
                                      "dequant mode is not available with this version; install the version the manifest names")
+    if mode == "int8_narrow" and f32_layers:
+        bad, _ = f32_layer_int8_kernels(compiled, f32_layers)
+        if bad:
+            raise artifact.ArtifactError(f"{where}: OpenVINO {openvino_version()} runs {len(bad)} conv/matmul(s) of the "
+                                         f"layers exported to run in f32 as int8 primitives ({bad[0]}), which may saturate "
+                                         "on CPUs without VNNI; re-export with --ov-mode dequant")
     return {"precision": got, "int8_primitives": n_int, "convs_and_matmuls": n_all}
 
 

@@ -1,9 +1,11 @@
 """Run an openvino artifact: its OpenVINO IR in the CPU plugin, in the mode and precision the
 manifest records (targets/openvino/__init__.py), checked against the CPU at hand on load.
 
-An int8 artifact is refused on a CPU without VNNI (its int8 kernels saturate there); every
-compiled model is checked to run the precision the artifact was verified in, and a dequant one
-to hold no int8 primitive (ovcore.check_compiled). Batches run one tile at a time, as the
+An int8 or int8_qdq artifact is refused on a CPU without VNNI (its int8 kernels saturate there;
+VNNI as oneDNN uses it, artifact.onednn_has_vnni); an int8_narrow one runs everywhere (int8
+kernels only where they cannot saturate). Every compiled model is checked to run the precision
+the artifact was verified in, a dequant one to hold no int8 primitive, an int8_narrow one none in
+its f32 layers (ovcore.check_compiled). Batches run one tile at a time, as the
 graphs are exported at batch 1; the VAE runs at any size (one compiled model per size).
 """
 from __future__ import annotations
@@ -21,9 +23,9 @@ from .baselines import OpenVinoBaselines
 
 def check_cpu(m: dict, where: str) -> None:
     """The CPU check of the module docstring (the manifest's mode against this CPU's VNNI)."""
-    if m["openvino"]["mode"] in INT8_MODES and not artifact.cpu_has_vnni():
+    if m["openvino"]["mode"] in INT8_MODES and not artifact.onednn_has_vnni():
         raise artifact.ArtifactError(f"{where}: exported with --ov-mode {m['openvino']['mode']}, which is not exact on this CPU: {SATURATES}; "
-                                     "re-export it here with --ov-mode dequant (or auto)")
+                                     "re-export it here with --ov-mode auto (int8_narrow) or dequant")
 
 
 class OpenVinoSR(ArtifactRuntime):
@@ -46,10 +48,12 @@ class OpenVinoSR(ArtifactRuntime):
         from . import ovcore
 
         if name not in self.models:
-            xml = self.dir / self.manifest["components"][name]["openvino_xml"]
+            comp = self.manifest["components"][name]
+            xml = self.dir / comp["openvino_xml"]
             self.models[name] = ovcore.StaticModels(
                 ovcore.core().read_model(str(xml)), self.config,
-                lambda c: ovcore.check_compiled(c, self.mode, self.precision, f"{self.dir}: {name}"))
+                lambda c: ovcore.check_compiled(c, self.mode, self.precision, f"{self.dir}: {name}",
+                                                comp.get("openvino_f32_layers")))
         return self.models[name]
 
     @property
@@ -162,7 +166,7 @@ class OpenVinoSR(ArtifactRuntime):
         found = {c: m.found for c, m in self.models.items() if m.found}
         return {"ov_inference_num_threads": self.threads or "default", "ov_mode": self.mode, "ov_precision": self.precision,
                 "ov_compiled": found,
-                "cpu_check_skipped_outputs_invalid": self.mode in INT8_MODES and not artifact.cpu_has_vnni()}
+                "cpu_check_skipped_outputs_invalid": self.mode in INT8_MODES and not artifact.onednn_has_vnni()}
 
 
 def open_for_timing(model_dir: str | os.PathLike, threads: int | None = None, timing_only_isa: bool = False) -> OpenVinoSR:
