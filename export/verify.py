@@ -119,8 +119,8 @@ class ComponentCheck:
     layer of an sd21 VAE at 512 px alone fill gigabytes, and three components' of them did not fit
     a 24 GiB machine (measured: killed for memory)."""
 
-    def __init__(self, rt, pipe, component: str, tables: bool):
-        self.rt, self.pipe, self.component = rt, pipe, component
+    def __init__(self, rt, pipe, component: str, tables: bool, progress: bool = False):
+        self.rt, self.pipe, self.component, self.progress = rt, pipe, component, progress
         self.tally = Tally(image=component_of(component).output_is_image)
         self.nodes = None
         self.counts: dict[str, dict] = {}
@@ -144,7 +144,8 @@ class ComponentCheck:
         from . import layer_gate as lg
 
         root = getattr(self.pipe, component_of(self.component).root)
-        for n in self.nodes:  # one layer at a time, its capture dropped once judged
+        # one layer at a time, its capture dropped once judged (the sd21 UNet's 258 take most of an hour)
+        for n in tqdm(self.nodes, desc=f"gate: {self.component}", unit="layer", leave=False, disable=not self.progress):
             mod = root.get_submodule(n.name)
             ins, ref = io.pop(n.name)
             (out,) = self.rt.run_layers(self.component, {n.name: [[t.float().cpu().numpy() for t in ins]]})[n.name]
@@ -188,7 +189,7 @@ def verify_artifact(model_dir: "str | Path | artifact.Artifact", min_psnr: float
     th, tw = rt.latent_tile
     probes, desc = probe_images((th * rt.vae_factor, tw * rt.vae_factor), count=n_probes)
     layer_tables = layer_tables and getattr(rt, "layer_tables", True)
-    checks = {c: ComponentCheck(rt, pipe, c, layer_tables) for c in m["components"]}
+    checks = {c: ComponentCheck(rt, pipe, c, layer_tables, progress) for c in m["components"]}
     e2e = Tally(image=True)
     sens, rounding = [], {}
     for x in tqdm(probes, desc="verify", unit="probe", disable=not progress):

@@ -69,6 +69,20 @@ def test_tiny_export_passes_every_layer(tiny_enc):
     assert {"max_abs_err", "boundary_codes", "boundary_elements", "unexplained", "sqnr_db"} <= set(rows[0])
 
 
+def test_the_gate_shows_its_progress_layer_by_layer(tiny_enc, capsys):
+    """--verify's per-layer gate is most of its time (the sd21 UNet's 258 layers, about an hour on
+    2 cores): it shows a bar over the layers, and none when progress is off."""
+    from passion_deploy.export.verify import verify_artifact
+
+    n_layers = len(verify_layers(tiny_enc, ["vae_encoder"])["vae_encoder"])
+    capsys.readouterr()
+    verify_artifact(tiny_enc, n_probes=1, progress=True)
+    err = capsys.readouterr().err
+    assert "gate: vae_encoder" in err and f"/{n_layers} [" in err, err[-400:]
+    verify_artifact(tiny_enc, n_probes=1, progress=False)
+    assert "gate:" not in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("init,change", [(f"{ENC_LAYER}.g0.w", _weight_code_up), (f"{ENC_LAYER}.let_offset", _offset_sign)],
                          ids=["weight-code", "let-offset-sign"])
 def test_planted_defect_fails_that_layer_by_name(tiny_enc, tmp_path, init, change):
