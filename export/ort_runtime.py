@@ -54,13 +54,18 @@ class OrtRuntime(ArtifactRuntime):
         and run on each of the given inputs (one list of input arrays per probe, batch 1)."""
         from .layer_cut import cut_layer, layer_values
 
-        # each layer's session is built once per runtime: --verify judges probe by probe (export/verify.py)
+        # each layer's session is built once per runtime, and the component's model read once: --verify
+        # judges probe by probe and layer by layer (export/verify.py)
         cuts = self.__dict__.setdefault("_layer_cuts", {})
+        models = self.__dict__.setdefault("_layer_models", {})
         if any((name, layer) not in cuts for layer in layer_inputs):
-            model = self.component_model(name)
-            values = layer_values(model)
-            if values is None:  # an artifact written before graphs recorded their layers: the same lowering names them
-                values = layer_values(self.lower(load_ir(self.dir / self.manifest["components"][name]["ir"]), []))
+            if name not in models:
+                model = self.component_model(name)
+                values = layer_values(model)
+                if values is None:  # an artifact written before graphs recorded their layers: the same lowering names them
+                    values = layer_values(self.lower(load_ir(self.dir / self.manifest["components"][name]["ir"]), []))
+                models[name] = model, values
+            model, values = models[name]
             for layer in layer_inputs:
                 if (name, layer) not in cuts:
                     v = values[layer]

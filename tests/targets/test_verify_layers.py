@@ -149,6 +149,29 @@ def test_openvino_int8_graph_passes_every_layer(tmp_path):
     assert rows and _failed(rows) == []
 
 
+@pytest.mark.parametrize("target", ["onnx", "openvino"])
+def test_the_gate_reads_each_component_once_not_once_per_layer(tiny_enc, tmp_path, monkeypatch, target):
+    """The gate runs one layer at a time; the runtime learns the component's layer names once (the
+    openvino target by lowering the graph again, which compiles the whole int8 graph: a minute for
+    the sd21 UNet, which once per layer made its --verify hours long; the onnx target by reading
+    the model)."""
+    if target == "openvino":
+        pytest.importorskip("openvino")
+        from passion_deploy.export.targets.openvino import convert as where
+
+        art, attr = _export("tiny-w8a8", tmp_path / "ov", target="openvino", options={"mode": "dequant"}), "lower_component"
+    else:
+        from passion_deploy.export.ort_runtime import OrtRuntime as where
+
+        art, attr = tiny_enc, "component_model"
+    calls = []
+    real = getattr(where, attr)
+    monkeypatch.setattr(where, attr, lambda *a, **k: calls.append(1) or real(*a, **k))
+    rows = verify_layers(art, ["vae_encoder"])["vae_encoder"]
+    assert len(rows) > 10 and not _failed(rows)
+    assert len(calls) == 1, len(calls)
+
+
 def test_score_flips_counts_the_p_codes_a_moved_score_can_carry():
     """P codes (in code units) 0.02 and 0.11 from a half step are within reach of a score moved by
     1e-3 at values 84 and 117 (each P moves by up to ~2e-3 of itself), one 0.5 away is not, and

@@ -91,10 +91,16 @@ class OpenVinoSR(ArtifactRuntime):
         from . import ovcore
         from .convert import lower_component
 
-        # each layer is cut and compiled once per runtime: --verify judges probe by probe (export/verify.py)
+        # each layer is cut and compiled once per runtime: --verify judges probe by probe and layer by
+        # layer (export/verify.py). The component's tensor names come from one lowering per runtime:
+        # lowering the int8 graph compiles it (int8_graph.reference_copies), a minute for the sd21 UNet,
+        # which once per layer made its --verify hours long
         cuts = self.__dict__.setdefault("_layer_cuts", {})
+        names_of = self.__dict__.setdefault("_layer_values", {})
         missing = [layer for layer in layer_inputs if (name, layer) not in cuts]
-        values = layer_values(lower_component(load_ir(self.dir / self.manifest["components"][name]["ir"]), self.mode)[0]) if missing else {}
+        if missing and name not in names_of:
+            names_of[name] = layer_values(lower_component(load_ir(self.dir / self.manifest["components"][name]["ir"]), self.mode)[0])
+        values = names_of.get(name, {})
         xml = str(self.dir / self.manifest["components"][name]["openvino_xml"])
         for layer in missing:
             model = ovcore.core().read_model(xml)  # cut in place: a fresh copy per layer
