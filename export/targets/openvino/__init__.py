@@ -25,17 +25,20 @@ Four ways to run it on a CPU (`--ov-mode`), measured on this project's CPUs:
              (all 119 UNet layers, 14 int8 attention cores among them), the 8-bit post_quant_conv
              (50 dB) and quant_conv (4 dB) fail. Both refused on such CPUs.
     int8_narrow  for CPUs without VNNI (narrow_graph.py): per layer, the int8 graph's lowering
-             where the layer's integer operands cannot saturate those pair sums
+             for a conv whose integer operands cannot saturate those pair sums
              (narrow_graph.cannot_saturate: 2 * u8 max * |s8| max <= 32767, from the layer's
-             actual activation operand and weight codes, so 6-bit layers), the dequant graph's
-             (f32) elsewhere (PassionSR's 8-bit first and last layers). Compiled with the
+             actual activation operand and weight codes, so 6-bit convs), the dequant graph's
+             (f32) elsewhere: PassionSR's 8-bit first and last layers, and the linears and
+             attention cores, whose int8 kernels without VNNI are slower than f32 ones (sd21
+             W6A6 UNet: 1.29x faster with them f32; narrow_graph's docstring). Compiled with the
              low-precision transformations on; the f32 layers stay f32 Conv/MatMul kernels on f32
              inputs (they hold no Q/DQ pair; ovcore.check_compiled refuses a compiled model where
              they do not). Exact on every x86 CPU. Measured with ONEDNN_MAX_CPU_ISA=AVX2 (AVX-512
              VNNI EPYC, OpenVINO 2026.4.1, `passion-export --target openvino --verify`, auto):
-             tiny-w6a6 UNet 47.28, encoder 62.23, decoder 48.39 dB vs fake-quant, 167/167 layers
-             pass, 118 + 19 + 25 layers int8 and 1 + 2 + 2 in f32; tiny-w8a8 (no layer narrow
-             enough) 58.64 / 70.91 / 56.72 dB, 167/167 layers pass, every layer f32.
+             tiny-w6a6 with every layer that cannot saturate int8 (linears and attention
+             included): UNet 47.28, encoder 62.23, decoder 48.39 dB vs fake-quant, 167/167
+             layers pass; tiny-w8a8 (no layer narrow enough) 58.64 / 70.91 / 56.72 dB, 167/167
+             layers pass, every layer f32.
     dequant  the fake-quant function itself (fq_graph.py): each activation rounded to its grid
              by Div -> Round -> Clip -> Mul in f32, one f32 Conv/MatMul per layer on the
              int8-stored weights (decompressed by the plugin), the low-precision transformations
@@ -75,10 +78,10 @@ SATURATES = ("OpenVINO's int8 kernels add 8-bit products in pairs in int16 with 
 
 # how the summary and the runtime name each mode's kernels, and the report its quantized ops
 KERNELS = {"int8": "int8 kernels (the CPU int8 graph)", "int8_qdq": "int8 kernels (the trt target's Q/DQ graph)",
-           NARROW: "int8 kernels where the operands cannot saturate, f32 fake-quant elsewhere (the int8_narrow graph)"}
+           NARROW: "int8 convs where the operands cannot saturate, f32 fake-quant elsewhere (the int8_narrow graph)"}
 OPS = {"int8": "int8", "int8_qdq": "Q/DQ", NARROW: "int8 or fake-quantized", "dequant": "fake-quantized"}
 EXACT_ON = {"int8": "CPUs with VNNI", "int8_qdq": "CPUs with VNNI",
-            NARROW: "every x86 CPU (int8 kernels only on layers whose operands cannot saturate int16 pair sums)",
+            NARROW: "every x86 CPU (int8 kernels only on convs whose operands cannot saturate int16 pair sums)",
             "dequant": "every x86 CPU"}
 
 
@@ -100,11 +103,11 @@ def resolve_mode(mode: str) -> tuple[str, str]:
         # the CPU int8 graph: it passes --verify's per-layer gate and, with its attention cores fused
         # by the plugin, beats the Q/DQ graph (tiny-w8a8 on a 2-core AVX-512 VNNI EPYC, alternating in
         # one process: UNet 1.48x, decoder 1.55x, encoder 1.18x its speed; README, issue 23)
-        # without VNNI: int8 kernels on the layers that cannot saturate (6-bit codes), f32 on the others
-        # (tiny-w6a6 under ONEDNN_MAX_CPU_ISA=AVX2: every layer passes the per-layer gate; narrow_graph)
+        # without VNNI: int8 kernels on the convs that cannot saturate (6-bit codes), f32 on the other
+        # layers (tiny-w6a6 under ONEDNN_MAX_CPU_ISA=AVX2: every layer passes the per-layer gate; narrow_graph)
         return (AUTO_INT8, "auto: this CPU has VNNI") if vnni else (
             AUTO_NO_VNNI, "auto: this CPU has no VNNI, where OpenVINO's int8 kernels may saturate: int8 kernels on the "
-                          "layers whose integer operands cannot saturate, f32 fake-quant on the others")
+                          "convs whose integer operands cannot saturate, f32 fake-quant on the other layers")
     if mode not in MODES:
         raise ExportError(f"--ov-mode {mode!r}: choose auto, int8, int8_qdq, int8_narrow or dequant")
     if mode in INT8_MODES and not vnni:
@@ -120,9 +123,9 @@ class OpenVinoOptions:
         "flag": "--ov-mode", "choices": ("auto", *MODES),
         "help": "int8: OpenVINO's int8 primitives on a graph built for them (u8 activations with PassionSR's zero "
                 "points; exact only on CPUs with VNNI, refused elsewhere); int8_qdq: the same kernels on the trt "
-                "target's Q/DQ graph; int8_narrow: int8 primitives on the layers whose integer operands cannot "
+                "target's Q/DQ graph; int8_narrow: int8 primitives on the convs whose integer operands cannot "
                 "saturate the 16-bit pair sums of CPUs without VNNI (6-bit codes), the fake-quant graph in f32 on "
-                "the others (exact on every x86 CPU); dequant: the fake-quant graph, rounding and "
+                "the other layers (exact on every x86 CPU); dequant: the fake-quant graph, rounding and "
                 "convs/matmuls in f32 (exact on every x86 CPU); auto (default): int8 where this CPU has VNNI, "
                 "else int8_narrow"})
     precision: str = field(default="f32", metadata={

@@ -1,8 +1,17 @@
-"""The int8_narrow mode's graph, for CPUs without VNNI: each quantized layer lowered as the int8
+"""The int8_narrow mode's graph, for CPUs without VNNI: each quantized conv lowered as the int8
 graph does (int8_graph.py) where its integer operands cannot saturate the int16 pair sums of
-AVX2's int8 instruction, and as the fake-quant graph does (fq_graph.py: rounding and one f32
-Conv/MatMul) everywhere else, layer by layer (`cannot_saturate` decides; `lower_graph_narrow` is
-the dispatcher over the two lowerings' own per-layer functions).
+AVX2's int8 instruction, and every other quantized layer as the fake-quant graph does
+(fq_graph.py: rounding and one f32 Conv/MatMul), layer by layer (`int8_layers` decides;
+`lower_graph_narrow` is the dispatcher over the two lowerings' own per-layer functions).
+
+Linears and attention cores stay f32 even where they cannot saturate, by measurement (sd21 W6A6
+UNet, ONEDNN_MAX_CPU_ISA=AVX2 on an AVX-512 VNNI EPYC, OpenVINO 2026.4.1, PERF_COUNT): there the
+plugin's int8 FullyConnected is oneDNN's `jit_gemm_I8` (1401 ms for 320 K-group GEMMs, against
+1257 ms for the f32 graph's 160 `gemm_mlas_f32` ones) and an int8 attention core is two separate
+`jit_gemm` MatMuls and a Softmax (959 ms for 32 cores), where the f32 one runs fused; its int8
+convs (`jit_avx2_I8`) took 978 ms against 2016 ms of f32 ones. With only the convs int8 the UNet
+ran 1.29x as fast as with every layer that cannot saturate int8 (3376 against 4367 ms,
+alternating, median of 5).
 
 Without VNNI, oneDNN multiplies u8 by s8 with vpmaddubsw, which adds the two products of each
 adjacent pair into int16 with saturation. 6-bit codes cannot reach that bound (u8 activation
@@ -95,8 +104,10 @@ def cannot_saturate(rec: QLayerRecipe | QAttentionRecipe, ndim: int) -> bool:
 
 
 def int8_layers(g: Graph) -> dict[str, bool]:
-    """{quantized layer: lowered as int8 (cannot_saturate)} for every quantized op of `g` with
-    quantized activations; weight-only layers have no integer GEMM and are not listed."""
+    """{quantized layer: lowered as int8} for every quantized op of `g` with quantized activations:
+    the convs whose operands cannot saturate (cannot_saturate), no linear and no attention core
+    (slower as int8 than as f32 without VNNI: module docstring). Weight-only layers have no
+    integer GEMM and are not listed."""
     out = {}
     for n in g.nodes:
         if n.op not in ("qconv", "qlinear", "qattention"):
@@ -105,7 +116,7 @@ def int8_layers(g: Graph) -> dict[str, bool]:
         if n.op != "qattention" and rec.acts is None:
             continue
         ndim = 4 if n.op == "qconv" else len(g.shapes[n.inputs[0]])
-        out[n.name] = cannot_saturate(rec, ndim)
+        out[n.name] = n.op == "qconv" and cannot_saturate(rec, ndim)
     return out
 
 

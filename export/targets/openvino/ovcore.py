@@ -103,8 +103,8 @@ def check_compiled(compiled, mode: str, precision: str, where: str, f32_layers: 
     """Refuse a compiled model that does not run as the artifact was verified: float ops in a lower
     precision than asked (a bf16 compile of an f32 artifact), or, in dequant mode, int8 primitives
     (an OpenVINO that ignored LP_TRANSFORMS_MODE would saturate on CPUs without VNNI), or, in
-    int8_narrow mode, an int8 primitive in one of its f32 layers `f32_layers` (the layers whose
-    operands can saturate). Returns what it found, for the runtime's description and the
+    int8_narrow mode, an int8 primitive in one of its f32 layers `f32_layers` (the layers it
+    exported to run in f32, those whose operands can saturate among them). Returns what it found, for the runtime's description and the
     benchmark record."""
     got = effective_precision(compiled)
     if precision == "f32" and got != "f32":
