@@ -259,3 +259,27 @@ def test_an_older_format_and_a_manifest_without_what_its_target_needs_are_refuse
     reseal(d, {**m, "components": comps})
     with pytest.raises(ArtifactError, match=r"component \w+ lacks 'onnx', which the onnx target needs"):
         targets.open_artifact(d)
+
+
+def test_the_fp_copy_shares_the_pipelines_weights_and_moves_on_its_own(tiny_w8a8):
+    """fp_copy (verify's "vs FP" model) shares every weight tensor with the fake-quant pipeline
+    instead of copying it (a deep copy added 4.9 GB to the sd21 --verify, which peaked at 24.4 GB
+    on a 24 GiB machine), through its own Parameter objects: converting the copy leaves the
+    pipeline as it was, and the pipeline computes what it did before the copy."""
+    from passion_deploy.export.fp_model import fp_copy
+    from passion_deploy.quant.layers import QuantLayer
+
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = tiny_w8a8(x)
+        fp = fp_copy(tiny_w8a8)
+        assert torch.equal(tiny_w8a8(x), before)
+    quant = {n: m for n, m in tiny_w8a8.unet.named_modules() if isinstance(m, QuantLayer)}
+    plain = dict(fp.unet.named_modules())
+    assert quant and all(plain[n].weight.data_ptr() == q.weight.data_ptr() for n, q in quant.items())
+    assert not any(isinstance(m, QuantLayer) for m in fp.modules())
+    fp.to(torch.float64)
+    assert all(q.weight.dtype == torch.float32 for q in quant.values())
+    assert all(p.dtype == torch.float32 for p in tiny_w8a8.parameters())
+    with torch.no_grad():
+        assert torch.equal(tiny_w8a8(x), before)
