@@ -54,26 +54,22 @@ class OrtRuntime(ArtifactRuntime):
         and run on each of the given inputs (one list of input arrays per probe, batch 1)."""
         from .layer_cut import cut_layer, layer_values
 
-        # each layer's session is built once per runtime, and the component's model read once: --verify
-        # judges probe by probe and layer by layer (export/verify.py)
-        cuts = self.__dict__.setdefault("_layer_cuts", {})
-        models = self.__dict__.setdefault("_layer_models", {})
-        if any((name, layer) not in cuts for layer in layer_inputs):
-            if name not in models:
-                model = self.component_model(name)
-                values = layer_values(model)
-                if values is None:  # an artifact written before graphs recorded their layers: the same lowering names them
-                    values = layer_values(self.lower(load_ir(self.dir / self.manifest["components"][name]["ir"]), []))
-                models[name] = model, values
-            model, values = models[name]
-            for layer in layer_inputs:
-                if (name, layer) not in cuts:
-                    v = values[layer]
-                    cuts[name, layer] = (session_of_model(cut_layer(model, v, layer), self.threads, self.plain_qdq, self.integer_view),
-                                         [i for i in v["inputs"] if i is not None])
+        def model_and_names():
+            model = self.component_model(name)
+            values = layer_values(model)
+            if values is None:  # an artifact written before graphs recorded their layers: the same lowering names them
+                values = layer_values(self.lower(load_ir(self.dir / self.manifest["components"][name]["ir"]), []))
+            return model, values
+
+        def session_of(layer):
+            model, values = self.once(("layer names", name), model_and_names)
+            v = values[layer]
+            return (session_of_model(cut_layer(model, v, layer), self.threads, self.plain_qdq, self.integer_view),
+                    [i for i in v["inputs"] if i is not None])
+
         out = {}
         for layer, feeds in layer_inputs.items():
-            sess, names = cuts[name, layer]
+            sess, names = self.once(("layer cut", name, layer), lambda: session_of(layer))
             out[layer] = [sess.run(None, dict(zip(names, (np.ascontiguousarray(a, np.float32) for a in xs))))[0] for xs in feeds]
         return out
 

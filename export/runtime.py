@@ -181,6 +181,15 @@ class ArtifactRuntime(SRRuntime):
     def artifact_fn(self, name: str) -> ComponentFn:
         raise NotImplementedError
 
+    def once(self, key: tuple, make):
+        """What `make()` returned the first time `key` was asked for on this runtime: --verify judges
+        probe by probe and layer by layer (export/verify.py), and a component's layer names and each
+        layer's cut are built once, not per call."""
+        store = self.__dict__.setdefault("_once", {})
+        if key not in store:
+            store[key] = make()
+        return store[key]
+
     def component_fn(self, name: str) -> ComponentFn:
         if name in self.manifest["components"]:
             return self.artifact_fn(name)

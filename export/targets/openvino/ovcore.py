@@ -104,8 +104,8 @@ def check_compiled(compiled, mode: str, precision: str, where: str, f32_layers: 
     precision than asked (a bf16 compile of an f32 artifact), or, in dequant mode, int8 primitives
     (an OpenVINO that ignored LP_TRANSFORMS_MODE would saturate on CPUs without VNNI), or, in
     int8_narrow mode, an int8 primitive in one of its f32 layers `f32_layers` (the layers it
-    exported to run in f32, those whose operands can saturate among them). Returns what it found, for the runtime's description and the
-    benchmark record."""
+    exported to run in f32, those whose operands can saturate among them). Returns what it found,
+    for the runtime's description and the benchmark record."""
     got = effective_precision(compiled)
     if precision == "f32" and got != "f32":
         raise artifact.ArtifactError(f"{where}: OpenVINO compiled it in {got} although the artifact was exported and "

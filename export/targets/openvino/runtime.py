@@ -91,27 +91,24 @@ class OpenVinoSR(ArtifactRuntime):
         from . import ovcore
         from .convert import lower_component
 
-        # each layer is cut and compiled once per runtime: --verify judges probe by probe and layer by
-        # layer (export/verify.py). The component's tensor names come from one lowering per runtime:
-        # lowering the int8 graph compiles it (int8_graph.reference_copies), a minute for the sd21 UNet,
-        # which once per layer made its --verify hours long
-        cuts = self.__dict__.setdefault("_layer_cuts", {})
-        names_of = self.__dict__.setdefault("_layer_values", {})
-        missing = [layer for layer in layer_inputs if (name, layer) not in cuts]
-        if missing and name not in names_of:
-            names_of[name] = layer_values(lower_component(load_ir(self.dir / self.manifest["components"][name]["ir"]), self.mode)[0])
-        values = names_of.get(name, {})
+        # each layer is cut and compiled once per runtime (ArtifactRuntime.once), and the component's tensor
+        # names come from one lowering: lowering the int8 graph compiles it (int8_graph.reference_copies),
+        # a minute for the sd21 UNet, which once per layer made its --verify hours long
+        def names():
+            return layer_values(lower_component(load_ir(self.dir / self.manifest["components"][name]["ir"]), self.mode)[0])
+
         xml = str(self.dir / self.manifest["components"][name]["openvino_xml"])
-        for layer in missing:
+
+        def compiled_cut(layer):
             model = ovcore.core().read_model(xml)  # cut in place: a fresh copy per layer
             ports = {n: o for op in model.get_ordered_ops() for o in op.outputs() for n in o.get_names()}
-            v = values[layer]
-            names = [i for i in v["inputs"] if i is not None]
-            unnamed = [t for t in names + [v["output"]] if t not in ports]
+            v = self.once(("layer names", name), names)[layer]
+            inputs = [i for i in v["inputs"] if i is not None]
+            unnamed = [t for t in inputs + [v["output"]] if t not in ports]
             if unnamed:
                 raise LayerCutError(f"{self.dir}: {name}: {layer}: tensor {unnamed[0]!r} is not named in the OpenVINO model")
             params = []
-            for t in names:
+            for t in inputs:
                 src = ports[t]
                 p = ops.parameter(src.get_partial_shape(), src.get_element_type(), name=t)
                 p.output(0).set_names({t})
@@ -119,11 +116,12 @@ class OpenVinoSR(ArtifactRuntime):
                     target.replace_source_output(p.output(0))
                 params.append(p)
             cut = ov.Model([ops.result(ports[v["output"]])], params, layer)
-            cuts[name, layer] = (ovcore.core().compile_model(cut, "CPU", self.config), names)
+            return ovcore.core().compile_model(cut, "CPU", self.config), inputs
+
         out = {}
         for layer, feeds in layer_inputs.items():
-            compiled, names = cuts[name, layer]
-            out[layer] = [np.array(compiled({t: np.ascontiguousarray(a, np.float32) for t, a in zip(names, xs)})[0])
+            compiled, inputs = self.once(("layer cut", name, layer), lambda: compiled_cut(layer))
+            out[layer] = [np.array(compiled({t: np.ascontiguousarray(a, np.float32) for t, a in zip(inputs, xs)})[0])
                           for xs in feeds]
             compiled.release_memory()  # its activation buffers: an sd21 VAE layer's at 512 px are hundreds of MB
         return out
